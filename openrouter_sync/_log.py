@@ -1,0 +1,70 @@
+"""The library's logger and the redaction that keeps API keys out of every record."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Iterable
+
+logger = logging.getLogger("openrouter_sync")
+logger.addHandler(logging.NullHandler())
+
+REDACTED = "[REDACTED]"
+
+# Shapes of secrets that must never be shown, whatever their source.
+_PATTERNS = re.compile(
+    r"sk-or-v1-[A-Za-z0-9_\-]+"  # OpenRouter keys
+    r"|sk-(?:proj-|ant-)?[A-Za-z0-9_\-]{16,}"  # other OpenAI-style keys
+    r"|(?i:bearer)\s+[A-Za-z0-9_\-\.=:/+]{8,}"  # an Authorization header value
+)
+
+_secrets_lock = threading.Lock()
+_secrets: frozenset[str] = frozenset()
+_secret_re: re.Pattern[str] | None = None
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a secret (e.g. whatever the configured key variable holds) so it is always redacted."""
+    global _secrets, _secret_re
+    if not value or len(value) < 4 or value in _secrets:
+        return
+    with _secrets_lock:
+        _secrets = _secrets | {value}
+        ordered = sorted(_secrets, key=len, reverse=True)
+        _secret_re = re.compile("|".join(re.escape(s) for s in ordered))
+
+
+def redact(text: str) -> str:
+    """Return ``text`` with every known secret and every key-shaped token replaced."""
+    if not text:
+        return text
+    secret_re = _secret_re
+    if secret_re is not None:
+        text = secret_re.sub(REDACTED, text)
+    return _PATTERNS.sub(REDACTED, text)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts the formatted message (and exception text) of a record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message or record.args:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+_filter = RedactingFilter()
+logger.addFilter(_filter)
+
+
+def attach_redaction(handlers: Iterable[logging.Handler]) -> None:
+    """Add the redacting filter to handlers (for records that reach them from other loggers)."""
+    for handler in handlers:
+        if _filter not in handler.filters:
+            handler.addFilter(_filter)

@@ -1,0 +1,58 @@
+"""HTML views for Jupyter: one result, or a run's results as a compact table."""
+
+from __future__ import annotations
+
+import html
+from typing import TYPE_CHECKING, Iterable, Optional
+
+if TYPE_CHECKING:
+    from .result import ExecutionResult
+    from .summary import RunSummary
+
+_PREVIEW = 80
+
+
+def _row(index: Optional[int], result: ExecutionResult) -> str:
+    status = "ok" if result.success else f"{result.error_type} ({result.exit_code})"
+    colour = "#2e7d32" if result.success else "#c62828"
+    text = result.stdout if result.success else (result.error_message or result.stderr)
+    preview = text[:_PREVIEW] + ("…" if len(text) > _PREVIEW else "")
+    cost = "" if result.cost is None else f"${result.cost:.6f}"
+    cells = [
+        "" if index is None else str(index),
+        html.escape(result.sheet_id or ""),
+        f'<span style="color:{colour}">{html.escape(status)}</span>',
+        html.escape(result.model or ""),
+        str(result.tokens_used if result.tokens_used is not None else ""),
+        cost,
+        f"{result.duration_seconds:.2f}s",
+        html.escape(preview),
+    ]
+    return "<tr>" + "".join(f"<td style='text-align:left'>{c}</td>" for c in cells) + "</tr>"
+
+
+_HEAD = ("<tr>" + "".join(f"<th style='text-align:left'>{h}</th>" for h in
+                          ("#", "sheet", "status", "model", "tokens", "cost", "time", "answer")) + "</tr>")
+
+
+def result_html(result: ExecutionResult) -> str:
+    from ._log import redact
+
+    return redact(f"<table>{_HEAD}{_row(None, result)}</table>")
+
+
+def results_html(results: Iterable[Optional[ExecutionResult]], summary: Optional[RunSummary] = None,
+                 limit: int = 200) -> str:
+    from ._log import redact
+
+    rows = []
+    for index, result in enumerate(results):
+        if index >= limit:
+            rows.append(f"<tr><td colspan='8'>… {index} of more rows shown</td></tr>")
+            break
+        if result is not None:
+            rows.append(_row(index, result))
+    caption = ""
+    if summary is not None:
+        caption = f"<caption style='text-align:left'>{html.escape(str(summary).splitlines()[0])}</caption>"
+    return redact(f"<table>{caption}{_HEAD}{''.join(rows)}</table>")

@@ -1,0 +1,87 @@
+"""Progress for a run: a ``tqdm.auto`` bar when tqdm is installed, a one-line text meter otherwise, or a callback."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, TextIO, Union
+
+from .result import ExecutionResult
+
+
+@dataclass
+class ProgressInfo:
+    """A snapshot handed to a progress callback after each finished sheet."""
+
+    done: int
+    total: Optional[int]
+    succeeded: int
+    failed: int
+    retried: int
+    tokens: int
+    cost: float
+    elapsed: float
+
+    def line(self) -> str:
+        total = "?" if self.total is None else str(self.total)
+        return (f"[{self.done}/{total}] ok {self.succeeded} failed {self.failed} retried {self.retried} "
+                f"tokens {self.tokens} ${self.cost:.4f} {self.elapsed:.1f}s")
+
+
+ProgressArg = Union[bool, Callable[[ProgressInfo], Any], None]
+
+
+class Progress:
+    """Counts results and shows them the way the caller asked."""
+
+    def __init__(self, total: Optional[int], mode: ProgressArg, file: Optional[TextIO] = None,
+                 min_interval: float = 0.2) -> None:
+        self.info = ProgressInfo(0, total, 0, 0, 0, 0, 0.0, 0.0)
+        self._start = time.monotonic()
+        self._callback = mode if callable(mode) else None
+        self._file = file or sys.stderr
+        self._text = False
+        self._bar: Any = None
+        self._last = 0.0
+        self._min_interval = min_interval
+        if mode is True:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                self._text = True
+            else:
+                self._bar = tqdm(total=total, unit="sheet", dynamic_ncols=True, file=self._file)
+
+    def update(self, result: ExecutionResult, skipped: bool = False) -> None:
+        info = self.info
+        info.done += 1
+        if result.success:
+            info.succeeded += 1
+        else:
+            info.failed += 1
+        info.retried += result.attempts > 1
+        info.tokens += result.tokens_used or 0
+        info.cost += result.cost or 0.0
+        info.elapsed = time.monotonic() - self._start
+        if self._callback is not None:
+            self._callback(info)
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"failed={info.failed} retried={info.retried} tokens={info.tokens} "
+                                      f"${info.cost:.4f}", refresh=False)
+            self._bar.update(1)
+        elif self._text:
+            now = time.monotonic()
+            if now - self._last >= self._min_interval or info.done == info.total:
+                self._last = now
+                self._file.write("\r" + info.line())
+                self._file.flush()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        elif self._text and self.info.done:
+            self._file.write("\r" + self.info.line() + "\n")
+            self._file.flush()
+            self._text = False

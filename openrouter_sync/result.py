@@ -1,0 +1,128 @@
+"""The outcome of one call: ``ExecutionResult``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from ._log import redact
+
+
+def utc_now() -> datetime:
+    """The current time as an aware UTC datetime."""
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class ExecutionResult:
+    """What one prompt produced: the answer or a typed failure, with usage and timing.
+
+    ``success`` is True only for a usable answer; every failure carries an ``error_type``
+    (see the README's outcome table) and an ``exit_code`` (the HTTP status where there is one).
+    """
+
+    success: bool
+    stdout: str
+    stderr: str
+    duration_seconds: float
+    exit_code: Optional[int] = None
+    exit_signal: Optional[int] = None
+    exit_reason: str = "completed"
+    started_at: datetime = field(default_factory=utc_now)
+    rate_limited: bool = False
+    rate_limit_wait_seconds: Optional[float] = None
+    error_type: Optional[str] = None
+    error_message: Optional[str] = None
+    model: Optional[str] = None
+    tokens_used: Optional[int] = None
+    input_tokens: Optional[int] = None
+    output_tokens: Optional[int] = None
+    # Additions beyond the reference; all optional.
+    attempts: int = 1
+    retry_wait_seconds: float = 0.0
+    cost: Optional[float] = None
+    finish_reason: Optional[str] = None
+    generation_id: Optional[str] = None
+    provider: Optional[str] = None
+    reasoning: Optional[str] = None
+    cached_tokens: Optional[int] = None
+    reasoning_tokens: Optional[int] = None
+    status_code: Optional[int] = None
+    sheet_id: Optional[str] = None
+    from_checkpoint: bool = False
+
+    def __post_init__(self) -> None:
+        if self.success and self.exit_code not in (None, 0):
+            raise ValueError(
+                f"a successful result cannot have a non-zero exit_code, got {self.exit_code}"
+            )
+
+    @property
+    def output(self) -> str:
+        """``stdout`` and ``stderr`` joined by a newline, stripped."""
+        return (self.stdout + "\n" + self.stderr).strip()
+
+    @property
+    def text(self) -> str:
+        """The answer's text (``stdout``)."""
+        return self.stdout
+
+    def json(self) -> Any:
+        """Parse the answer as JSON (for ``response_format`` calls).
+
+        Tolerates a Markdown code fence around the JSON. Raises ``ValueError`` naming the
+        problem when the call failed or the answer is not valid JSON.
+        """
+        if not self.success:
+            raise ValueError(f"no JSON: the call failed ({self.error_type}): {self.error_message}")
+        text = self.stdout.strip()
+        if text.startswith("```"):
+            text = text.split("\n", 1)[1] if "\n" in text else ""
+            text = text.rsplit("```", 1)[0]
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            preview = self.stdout[:80].replace("\n", " ")
+            raise ValueError(f"the answer is not valid JSON ({exc}): {preview!r}") from None
+
+    def raise_for_error(self) -> ExecutionResult:
+        """Raise the matching ``OpenRouterError`` subclass if the call failed; else return self."""
+        if not self.success:
+            from .errors import error_for
+
+            raise error_for(self)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field (``started_at`` as ISO 8601)."""
+        data = dataclasses.asdict(self)
+        data["started_at"] = self.started_at.isoformat()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExecutionResult:
+        """Rebuild a result from :meth:`to_dict` output; unknown keys are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        started = kwargs.get("started_at")
+        if isinstance(started, str):
+            kwargs["started_at"] = datetime.fromisoformat(started)
+        return cls(**kwargs)
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+        return redact(f"ExecutionResult({parts})")
+
+    def __str__(self) -> str:
+        if self.success:
+            head = f"ok {self.model or ''} ({self.tokens_used or 0} tokens, {self.duration_seconds:.2f}s)"
+            return redact(f"{head}\n{self.stdout}")
+        return redact(f"failed [{self.error_type}, exit {self.exit_code}] {self.error_message or self.stderr}")
+
+    def _repr_html_(self) -> str:
+        from .display import result_html
+
+        return result_html(self)

@@ -1,0 +1,567 @@
+"""The fake OpenRouter server: a threaded ``http.server`` on 127.0.0.1 that speaks the real API's shapes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import socket
+import struct
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Deque, Optional, Sequence, Union
+from urllib.parse import parse_qs, urlsplit
+
+MODELS = [
+    {"id": "openai/gpt-4o-mini", "name": "OpenAI: GPT-4o-mini", "context_length": 128000,
+     "pricing": {"prompt": "0.00000015", "completion": "0.0000006"},
+     "supported_parameters": ["max_tokens", "temperature", "top_p", "response_format", "seed", "stop"]},
+    {"id": "minimax/minimax-m1-80k", "name": "MiniMax: MiniMax M1 80k", "context_length": 1000000,
+     "pricing": {"prompt": "0.00000055", "completion": "0.0000022"},
+     "supported_parameters": ["max_tokens", "temperature", "top_p", "reasoning"]},
+    {"id": "meta-llama/llama-3.3-70b-instruct:free", "name": "Meta: Llama 3.3 70B Instruct (free)",
+     "context_length": 131072, "pricing": {"prompt": "0", "completion": "0"},
+     "supported_parameters": ["max_tokens", "temperature", "top_p", "stop"]},
+    {"id": "google/gemma-3-27b-it:free", "name": "Google: Gemma 3 27B (free)", "context_length": 96000,
+     "pricing": {"prompt": "0", "completion": "0"}, "supported_parameters": ["max_tokens", "temperature"]},
+]
+_PRICE_IN, _PRICE_OUT = 1.5e-7, 6e-7
+
+
+def fake_reply(prompt: str, model: str = "") -> str:
+    """The fake server's deterministic answer to a prompt (the last user message)."""
+    digest = hashlib.sha1(f"{model}\x00{prompt}".encode()).hexdigest()[:8]
+    shown = prompt if len(prompt) <= 200 else prompt[:200] + "..."
+    return f"Fake answer {digest} to: {shown}"
+
+
+@dataclass
+class Reply:
+    """A scripted answer. ``body=None`` means the normal completion for the request.
+
+    ``trickle`` sends the body one byte every so many seconds; ``hang`` waits that long before
+    answering; ``reset`` drops the connection with no answer; ``truncate`` sends half the body
+    and closes; ``stream_error_after`` (streaming) sends that many content chunks, then an error chunk.
+    """
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: Union[bytes, str, dict, list, None] = None
+    delay: float = 0.0
+    trickle: Optional[float] = None
+    hang: Optional[float] = None
+    reset: bool = False
+    truncate: bool = False
+    stream_error_after: Optional[int] = None
+    stream_error_code: Union[int, str] = 502
+
+
+@dataclass
+class RateLimit:
+    """A token bucket: ``rate`` requests a second, ``burst`` at once. 429s carry the wait in ``style``:
+    ``retry-after`` (fractional seconds), ``retry-after-int``, ``retry-after-ms``, ``http-date``,
+    ``reset-ms``/``reset-s`` (``X-RateLimit-Reset`` epoch), ``body`` (``retry_after_seconds``),
+    ``metadata`` (inside ``error.metadata.headers``), ``text`` ("retry after N seconds"), ``none``."""
+
+    rate: float = 50.0
+    burst: int = 10
+    style: str = "retry-after"
+
+
+@dataclass
+class Faults:
+    """Answer a share of chat requests badly, chosen with a seeded random generator.
+
+    Kinds: an HTTP status as a string ("500", "502", "503", "524", "529"), ``reset``,
+    ``truncate``, ``error200`` (finish_reason "error"), ``error200-top`` (top-level error), ``html``
+    (a non-JSON 200), ``hang`` (answers after ``hang_seconds``)."""
+
+    probability: float = 0.25
+    kinds: Sequence[str] = ("500", "502", "503", "reset", "truncate", "error200", "html")
+    seed: int = 0
+    hang_seconds: float = 2.0
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    json: Any
+    prompt: Optional[str]
+    status: int = 0
+
+
+class _Bucket:
+    def __init__(self, limit: RateLimit) -> None:
+        self.limit = limit
+        self.tokens = float(limit.burst)
+        self.stamp = time.monotonic()
+        self.lock = threading.Lock()
+
+    def take(self) -> Optional[float]:
+        """None when a token was taken, else the seconds until one is available."""
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(float(self.limit.burst), self.tokens + (now - self.stamp) * self.limit.rate)
+            self.stamp = now
+            if self.tokens >= 1.0:
+                self.tokens -= 1.0
+                return None
+            return (1.0 - self.tokens) / self.limit.rate
+
+
+class FakeOpenRouter:
+    """A local OpenRouter look-alike. Use as a context manager; ``base_url`` is its ``/api/v1``.
+
+    Counters: ``request_count``, ``connection_count``, ``status_counts``, ``answers_per_prompt``
+    (successful chat answers per prompt), ``requests`` (each ``RecordedRequest``; keep off with
+    ``record=False`` for huge runs).
+    """
+
+    def __init__(self, *, latency: float = 0.0, rate_limit: Optional[RateLimit] = None,
+                 faults: Optional[Faults] = None, require_key: Optional[str] = None,
+                 processing_comments: int = 1, record: bool = True, max_lifetime: float = 900.0,
+                 host: str = "127.0.0.1", port: int = 0,
+                 handler: Optional[Callable[[RecordedRequest], Optional[Reply]]] = None) -> None:
+        self.latency = latency
+        self.rate_limit = rate_limit
+        self.faults = faults
+        self.require_key = require_key
+        self.processing_comments = processing_comments
+        self.record = record
+        self.handler = handler
+        self.max_lifetime = max_lifetime
+        self._host, self._port = host, port
+        self._bucket = _Bucket(rate_limit) if rate_limit else None
+        self._rng = random.Random(faults.seed if faults else 0)
+        self._lock = threading.Lock()
+        self._script: Deque[Reply] = deque()
+        self._server: Optional[ThreadingHTTPServer] = None
+        self._thread: Optional[threading.Thread] = None
+        self._timer: Optional[threading.Timer] = None
+        self._sockets: set[socket.socket] = set()
+        self._gen = 0
+        self.generations: dict[str, dict[str, Any]] = {}
+        self.reset_counts()
+
+    # ----- lifecycle -----
+    def start(self) -> FakeOpenRouter:
+        server = ThreadingHTTPServer((self._host, self._port), _make_handler(self))
+        server.daemon_threads = True
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="fake-openrouter", daemon=True)
+        self._thread.start()
+        self._timer = threading.Timer(self.max_lifetime, self.stop)
+        self._timer.daemon = True
+        self._timer.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        server.shutdown()
+        server.server_close()
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def __enter__(self) -> FakeOpenRouter:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "the server is not running"
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/api/v1"
+
+    # ----- scripting and counters -----
+    def script(self, *replies: Reply) -> None:
+        """Queue answers for the next chat requests, in order (then normal behaviour resumes)."""
+        with self._lock:
+            self._script.extend(replies)
+
+    def reset_counts(self) -> None:
+        with self._lock:
+            self.request_count = 0
+            self.connection_count = 0
+            self.status_counts: Counter[int] = Counter()
+            self.answers_per_prompt: Counter[str] = Counter()
+            self.requests: list[RecordedRequest] = []
+
+    def _next_scripted(self) -> Optional[Reply]:
+        with self._lock:
+            return self._script.popleft() if self._script else None
+
+    def _draw_fault(self) -> Optional[str]:
+        faults = self.faults
+        if not faults or not faults.kinds:
+            return None
+        with self._lock:
+            if self._rng.random() >= faults.probability:
+                return None
+            return self._rng.choice(list(faults.kinds))
+
+    def _new_generation_id(self) -> str:
+        with self._lock:
+            self._gen += 1
+            n = self._gen
+        return f"gen-{1783514921 + n}-{hashlib.sha1(str(n).encode()).hexdigest()[:20]}"
+
+
+def _completion(server: FakeOpenRouter, payload: dict[str, Any], prompt: str) -> tuple[dict[str, Any], str]:
+    model = payload.get("model") or (payload.get("models") or ["openai/gpt-4o-mini"])[0]
+    text = fake_reply(prompt, model)
+    fmt = payload.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+        text = json.dumps({"answer": text, "prompt_chars": len(prompt)})
+    all_text = "".join(str(m.get("content") or "") for m in payload.get("messages") or [] if isinstance(m, dict))
+    prompt_tokens = max(1, len(all_text) // 4)
+    completion_tokens = max(1, len(text) // 4)
+    max_tokens = payload.get("max_tokens")
+    finish = "stop"
+    if isinstance(max_tokens, int) and completion_tokens > max_tokens:
+        text, completion_tokens, finish = text[: max_tokens * 4], max_tokens, "length"
+    gen_id = server._new_generation_id()
+    cost = round(prompt_tokens * _PRICE_IN + completion_tokens * _PRICE_OUT, 10)
+    message: dict[str, Any] = {"role": "assistant", "content": text, "reasoning": None}
+    if payload.get("reasoning"):
+        message["reasoning"] = f"Thinking about: {prompt[:40]}"
+    body = {
+        "id": gen_id, "object": "chat.completion", "created": int(time.time()), "model": model,
+        "provider": "FakeProvider", "system_fingerprint": "fp_fake",
+        "choices": [{"index": 0, "finish_reason": finish, "native_finish_reason": finish, "message": message}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens, "cost": cost,
+                  "prompt_tokens_details": {"cached_tokens": 0},
+                  "completion_tokens_details": {"reasoning_tokens": 0}},
+    }
+    server.generations[gen_id] = {
+        "id": gen_id, "model": model, "provider_name": "FakeProvider", "total_cost": cost,
+        "tokens_prompt": prompt_tokens, "tokens_completion": completion_tokens,
+        "native_tokens_prompt": prompt_tokens, "native_tokens_completion": completion_tokens,
+        "latency": int(server.latency * 1000), "generation_time": 1, "finish_reason": finish,
+    }
+    return body, text
+
+
+def _error_body(status: int, message: str, metadata: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": status, "message": message}
+    if metadata:
+        error["metadata"] = metadata
+    return {"error": error, "user_id": "user_fake"}
+
+
+def _rate_limited_reply(style: str, wait: float, limit: RateLimit) -> Reply:
+    reset_ms = int((time.time() + wait) * 1000)
+    rl = {"X-RateLimit-Limit": str(limit.burst), "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(reset_ms)}
+    message = "Rate limit exceeded: fake-per-second"
+    headers: dict[str, str] = {}
+    metadata: dict[str, Any] = {}
+    body_extra: dict[str, Any] = {}
+    if style == "retry-after":
+        headers["Retry-After"] = f"{wait:.3f}"
+    elif style == "retry-after-int":
+        headers["Retry-After"] = str(max(1, int(wait + 0.999)))
+    elif style == "retry-after-ms":
+        headers["retry-after-ms"] = str(int(wait * 1000) + 1)
+    elif style == "http-date":
+        headers["Retry-After"] = formatdate(time.time() + max(1.0, wait), usegmt=True)
+    elif style == "reset-ms":
+        headers.update(rl)
+    elif style == "reset-s":
+        headers.update(rl, **{"X-RateLimit-Reset": f"{time.time() + wait:.3f}"})
+    elif style == "metadata":
+        metadata["headers"] = rl
+    elif style == "body":
+        body_extra["retry_after_seconds"] = round(wait, 3)
+    elif style == "text":
+        message += f". Please retry after {max(1, int(wait + 0.999))} seconds"
+    body = _error_body(429, message, metadata or None)
+    body.update(body_extra)
+    return Reply(429, headers, body)
+
+
+def _fault_reply(kind: str, faults: Faults) -> Reply:
+    if kind.isdigit():
+        status = int(kind)
+        return Reply(status, {}, _error_body(status, f"Fake fault {status}", {"provider_name": "FakeProvider"}))
+    if kind == "reset":
+        return Reply(reset=True)
+    if kind == "truncate":
+        return Reply(truncate=True)
+    if kind == "error200":
+        return Reply(200, {}, "error200")
+    if kind == "error200-top":
+        return Reply(200, {}, _error_body(502, "Provider returned error"))
+    if kind == "html":
+        return Reply(200, {"Content-Type": "text/html"}, "<html><body>502 Bad Gateway</body></html>")
+    if kind == "hang":
+        return Reply(hang=faults.hang_seconds)
+    raise ValueError(f"unknown fault kind {kind!r}")
+
+
+def _make_handler(server: FakeOpenRouter) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "FakeOpenRouter/1.0"
+
+        def setup(self) -> None:
+            super().setup()
+            with server._lock:
+                server.connection_count += 1
+                server._sockets.add(self.connection)
+
+        def handle(self) -> None:
+            try:
+                super().handle()
+            except (ConnectionError, socket.timeout, OSError):
+                pass  # the client went away (a deadline, a reset): not the server's problem
+
+        def finish(self) -> None:
+            with server._lock:
+                server._sockets.discard(self.connection)
+            try:
+                super().finish()
+            except OSError:
+                pass
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet
+            pass
+
+        # ----- plumbing -----
+        def _send(self, status: int, body: Union[bytes, str, dict, list], headers: Optional[dict[str, str]] = None,
+                  reply: Optional[Reply] = None) -> None:
+            if isinstance(body, (dict, list)):
+                data = json.dumps(body).encode("utf-8")
+                content_type = "application/json"
+            else:
+                data = body.encode("utf-8") if isinstance(body, str) else body
+                content_type = "text/plain"
+            headers = dict(headers or {})
+            headers.setdefault("Content-Type", content_type)
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if reply is not None and reply.truncate:
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if reply is not None and reply.trickle:
+                for i in range(len(data)):
+                    self.wfile.write(data[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(reply.trickle)
+                return
+            self.wfile.write(data)
+
+        def _reset(self) -> None:
+            self.close_connection = True
+            try:
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+            self.connection.close()
+
+        def _read_json(self) -> Any:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            try:
+                return json.loads(raw) if raw else None
+            except ValueError:
+                return None
+
+        def _record(self, payload: Any) -> RecordedRequest:
+            prompt = None
+            if isinstance(payload, dict):
+                for message in reversed(payload.get("messages") or []):
+                    if isinstance(message, dict) and message.get("role") == "user":
+                        prompt = str(message.get("content"))
+                        break
+            recorded = RecordedRequest(self.command, urlsplit(self.path).path,
+                                       {k.lower(): v for k, v in self.headers.items()}, payload, prompt)
+            with server._lock:
+                server.request_count += 1
+                if server.record:
+                    server.requests.append(recorded)
+            return recorded
+
+        def _count(self, status: int, recorded: RecordedRequest, answered: bool = False) -> None:
+            recorded.status = status
+            with server._lock:
+                server.status_counts[status] += 1
+                if answered and recorded.prompt is not None:
+                    server.answers_per_prompt[recorded.prompt] += 1
+
+        def _authorized(self) -> bool:
+            auth = self.headers.get("Authorization") or ""
+            if server.require_key is not None:
+                return auth == f"Bearer {server.require_key}"
+            return auth.startswith("Bearer ") and len(auth) > len("Bearer ")
+
+        # ----- routes -----
+        def do_GET(self) -> None:
+            parts = urlsplit(self.path)
+            recorded = self._record(None)
+            path = parts.path.rstrip("/")
+            if path.endswith("/models"):
+                self._count(200, recorded)
+                return self._send(200, {"data": MODELS})
+            if not self._authorized():
+                self._count(401, recorded)
+                return self._send(401, _error_body(401, "No auth credentials found"))
+            if path.endswith("/key"):
+                self._count(200, recorded)
+                return self._send(200, {"data": {"label": "sk-or-v1-fak...key", "limit": 10.0, "limit_remaining": 9.5,
+                                                 "usage": 0.5, "usage_daily": 0.1, "is_free_tier": False,
+                                                 "rate_limit": {"requests": 20, "interval": "10s"}}})
+            if path.endswith("/generation"):
+                gen_id = (parse_qs(parts.query).get("id") or [""])[0]
+                data = server.generations.get(gen_id)
+                if data is None:
+                    self._count(404, recorded)
+                    return self._send(404, _error_body(404, f"Generation {gen_id} not found"))
+                self._count(200, recorded)
+                return self._send(200, {"data": data})
+            self._count(404, recorded)
+            self._send(404, _error_body(404, f"Not found: {parts.path}"))
+
+        def do_POST(self) -> None:
+            payload = self._read_json()
+            recorded = self._record(payload)
+            if not urlsplit(self.path).path.rstrip("/").endswith("/chat/completions"):
+                self._count(404, recorded)
+                return self._send(404, _error_body(404, f"Not found: {self.path}"))
+            if server.latency:
+                time.sleep(server.latency)
+            reply = server._next_scripted()
+            if reply is None and server.handler is not None:
+                reply = server.handler(recorded)
+            if reply is None and not self._authorized():
+                self._count(401, recorded)
+                return self._send(401, _error_body(401, "No auth credentials found"))
+            if not isinstance(payload, dict) or not isinstance(payload.get("messages"), list):
+                self._count(400, recorded)
+                return self._send(400, _error_body(400, "Input required: specify \"messages\""))
+            if reply is None and server._bucket is not None:
+                wait = server._bucket.take()
+                if wait is not None:
+                    reply = _rate_limited_reply(server._bucket.limit.style, wait, server._bucket.limit)
+            if reply is None and server.faults is not None:
+                kind = server._draw_fault()
+                if kind is not None:
+                    reply = _fault_reply(kind, server.faults)
+            self._answer(reply or Reply(), payload, recorded)
+
+        def _answer(self, reply: Reply, payload: dict[str, Any], recorded: RecordedRequest) -> None:
+            if reply.delay:
+                time.sleep(reply.delay)
+            if reply.hang:
+                time.sleep(reply.hang)
+                self._count(0, recorded)
+                return self._reset()
+            if reply.reset:
+                self._count(0, recorded)
+                return self._reset()
+            prompt = recorded.prompt or ""
+            if reply.status == 200 and reply.body is None and payload.get("stream"):
+                return self._stream(reply, payload, prompt, recorded)
+            body: Union[bytes, str, dict, list]
+            answered = False
+            if reply.body is None and reply.status == 200:
+                body, _ = _completion(server, payload, prompt)
+                answered = not reply.truncate
+            elif reply.body == "error200":
+                body, _ = _completion(server, payload, prompt)
+                choice = body["choices"][0]
+                choice["finish_reason"] = "error"
+                choice["error"] = {"code": 502, "message": "Provider disconnected mid-stream"}
+                choice["message"]["content"] = choice["message"]["content"][:10]
+            elif reply.body is None:
+                body = _error_body(reply.status, f"Scripted error {reply.status}")
+            else:
+                body = reply.body
+            headers = dict(reply.headers)
+            if isinstance(body, dict) and isinstance(body.get("id"), str):
+                headers.setdefault("X-Generation-Id", body["id"])
+            self._count(reply.status if not reply.truncate else 0, recorded, answered)
+            self._send(reply.status, body, headers, reply)
+
+        def _stream(self, reply: Reply, payload: dict[str, Any], prompt: str, recorded: RecordedRequest) -> None:
+            body, text = _completion(server, payload, prompt)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("X-Generation-Id", body["id"])
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            base = {"id": body["id"], "object": "chat.completion.chunk", "created": body["created"],
+                    "model": body["model"], "provider": "FakeProvider"}
+
+            def event(data: Union[dict, str]) -> bytes:
+                text_ = data if isinstance(data, str) else json.dumps(data)
+                return f"data: {text_}\n\n".encode()
+
+            try:
+                for _ in range(server.processing_comments):
+                    self.wfile.write(b": OPENROUTER PROCESSING\n\n")
+                    self.wfile.flush()
+                pieces = [text[i:i + 8] for i in range(0, len(text), 8)] or [""]
+                for index, piece in enumerate(pieces):
+                    if reply.stream_error_after is not None and index >= reply.stream_error_after:
+                        error = {"code": reply.stream_error_code, "message": "Provider disconnected mid-stream"}
+                        self.wfile.write(event({**base, "error": error, "choices": [
+                            {"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]}))
+                        self.wfile.flush()
+                        self._count(200, recorded)
+                        return
+                    if reply.truncate and index >= len(pieces) // 2:
+                        self._count(0, recorded)
+                        return self._reset()
+                    delta: dict[str, Any] = {"content": piece}
+                    if index == 0:
+                        delta["role"] = "assistant"
+                    self.wfile.write(event({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}))
+                    self.wfile.flush()
+                    if reply.trickle:
+                        time.sleep(reply.trickle)
+                finish = body["choices"][0]["finish_reason"]
+                last = {"index": 0, "delta": {"content": ""}, "finish_reason": finish}
+                self.wfile.write(event({**base, "choices": [last]}))
+                self.wfile.write(event({**base, "choices": [], "usage": body["usage"]}))
+                self.wfile.write(event("[DONE]"))
+                self.wfile.flush()
+                self._count(200, recorded, answered=True)
+            except OSError:
+                self._count(0, recorded)
+
+    return Handler
