@@ -37,9 +37,9 @@ class RetryPolicy:
     bounds the whole call, waits included. ``RetryPolicy(max_attempts=1)`` never retries.
     """
 
-    max_attempts: int = 6
-    backoff_base: float = 0.5
-    backoff_max: float = 30.0
+    max_attempts: int = 8
+    backoff_base: float = 0.25
+    backoff_max: float = 20.0
     jitter: float = 0.5
     max_wait_seconds: float = 120.0
     max_elapsed_seconds: Optional[float] = 900.0

@@ -4,10 +4,18 @@ A ``Throttle`` is shared by all threads (and all backends) that use the same bas
 
 - a gate: when any call is told to wait (``Retry-After`` and friends), no thread sends until
   the wait is over;
-- pacing: an optional fixed ``requests_per_minute``, and an adaptive rate that is learned from
-  429s (each new 429 "event" re-estimates the server's rate from the answers accepted since the
-  previous one) and recovers slowly while no 429 arrives. Threads leave the gate one slot apart,
-  so a wait never ends in a stampede.
+- pacing: an optional fixed ``requests_per_minute``, and an adaptive rate learned from 429s.
+  Threads leave in slots one interval apart, so the end of a wait is never a stampede.
+
+How the adaptive rate is learned. Before any 429 nothing is paced. The first 429 sets a
+first guess: a token bucket's wait is at most one token's interval, so ``1 / Retry-After``
+(tightened by the other 429s of the same burst) bounds the server's rate; what it accepted in
+the last second is another bound. Each later 429 "event" (a 429 to a request sent after the
+last adjustment) measures the rate: between two 429 events the server went from "no capacity"
+to "no capacity", so the requests it accepted of those sent in between, per second, are its
+sustained rate. The new rate is 98% of the lower of that and the current one. While no 429
+comes, a guessed rate doubles every second (probing) and a measured one creeps up 5% a second
+(to follow a raised limit); far above any demand, pacing stops.
 """
 
 from __future__ import annotations
@@ -21,13 +29,16 @@ from typing import Callable, Deque, Optional, Tuple
 Sleep = Callable[[float], None]
 
 _MIN_RATE = 0.05  # requests per second: never slower than one per 20 s
-_RECOVER_AFTER = 2.0  # seconds without a 429 before the learned rate starts to grow
-_GROWTH_PER_SECOND = 0.10  # then it grows by 10% a second
+# Growth while no 429 arrives, as (seconds of quiet before it starts, growth per second):
+_PROBE = (0.2, 1.0)
+_CRUISE = (3.0, 0.05)
+_WINDOW = 10.0  # seconds of 429 events kept to measure the server's rate over
 _UNLIMITED = 500.0  # a learned rate above this many requests a second no longer paces anything
+_MARGIN = 0.98  # pace this much below the measured rate, so the server's bucket is never quite empty
 
 
 class Throttle:
-    """Shared gate and pacer. ``acquire`` before each send; report each answer back."""
+    """Shared gate and pacer. ``acquire`` before each send; report each answer with its ticket."""
 
     def __init__(self, requests_per_minute: Optional[float] = None, *, adaptive: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -37,17 +48,22 @@ class Throttle:
         self._lock = threading.Lock()
         self._fixed_interval = 60.0 / requests_per_minute if requests_per_minute else 0.0
         self.adaptive = adaptive
-        self._rate: Optional[float] = None  # learned requests per second; None: not limited yet
+        self._rate: Optional[float] = None  # learned requests per second; None: not limited
+        self._measured = False  # whether the rate was measured, not guessed
         self._blocked_until = 0.0
         self._next_slot = 0.0
-        self._epoch = 0
-        self._accepted = 0  # answers that were not 429, in all
-        self._recent: Deque[float] = deque(maxlen=512)  # when the latest accepted answers came
-        self._event_time = 0.0
-        self._event_accepted = 0
+        self._generation = 0  # bumped when the rate drops: slots reserved before are void
+        self._adjusted_at = -1.0  # when the rate last changed because of a 429
         self._last_growth = 0.0
+        self._answered: Deque[float] = deque(maxlen=512)  # when recent accepted answers came
+        self._accepted_sent: Deque[float] = deque(maxlen=8192)  # when accepted requests were sent
+        self._latencies: Deque[float] = deque(maxlen=64)
+        self._sends: Deque[float] = deque(maxlen=512)
+        self._events: Deque[float] = deque()  # send times of the 429s that were events, newest last
+        self._skip_first = True  # the first event of a regime followed a full bucket: no window starts there
         self.rate_limited_count = 0
 
+    # ----- configuration and introspection -----
     @property
     def requests_per_minute(self) -> Optional[float]:
         return 60.0 / self._fixed_interval if self._fixed_interval else None
@@ -60,18 +76,19 @@ class Throttle:
 
     @property
     def learned_rate(self) -> Optional[float]:
-        """The adaptive rate in requests per second, or None while no 429 has been seen."""
+        """The adaptive rate in requests per second, or None while nothing is paced."""
         return self._rate
 
     def blocked_for(self) -> float:
         """Seconds until the gate opens (0 when open)."""
         return max(0.0, self._blocked_until - self._clock())
 
-    def acquire(self, sleep: Sleep, max_wait: float) -> Tuple[Optional[int], float]:
+    # ----- the send side -----
+    def acquire(self, sleep: Sleep, max_wait: float) -> Tuple[Optional[float], float]:
         """Wait for this thread's turn to send.
 
-        Returns ``(ticket, waited)``; the ticket goes back with the answer. When the gate stays
-        shut for longer than ``max_wait`` seconds it does not wait: it returns ``(None, seconds)``.
+        Returns ``(ticket, waited)``; hand the ticket back with the answer. When the gate stays
+        shut longer than ``max_wait`` seconds it does not wait: it returns ``(None, seconds)``.
         """
         waited = 0.0
         while True:
@@ -86,80 +103,110 @@ class Throttle:
                 if interval:
                     start = max(start, self._next_slot)
                     self._next_slot = start + interval
-                ticket = self._epoch
-                blocked_until = self._blocked_until
+                self._sends.append(start)
+                generation = self._generation
             delay = start - now
             if delay <= 0:
-                return ticket, waited
+                return start, waited
             sleep(delay)
             waited += delay
-            if self._blocked_until <= blocked_until:  # no new wait was ordered while we slept
-                return ticket, waited
+            # Go unless, while we slept, the gate shut again or the rate dropped (then queue anew).
+            if self._clock() >= self._blocked_until and generation == self._generation:
+                return start, waited
 
     def block(self, seconds: float) -> None:
         """Shut the gate for ``seconds`` (the server asked every client to wait)."""
         with self._lock:
             self._blocked_until = max(self._blocked_until, self._clock() + seconds)
 
-    def on_answer(self, ticket: Optional[int]) -> None:
-        """An answer that was not a 429 (it counts as accepted by the server)."""
+    # ----- the answer side -----
+    def on_answer(self, ticket: Optional[float]) -> None:
+        """An answer that was not a 429: the server accepted the request."""
         with self._lock:
-            self._accepted += 1
             now = self._clock()
-            self._recent.append(now)
+            self._answered.append(now)
+            if ticket is not None:
+                self._accepted_sent.append(ticket)
+                self._latencies.append(now - ticket)
             rate = self._rate
             if rate is None or not self.adaptive:
                 return
-            if now - self._event_time >= _RECOVER_AFTER:
-                since = now - max(self._last_growth, self._event_time + _RECOVER_AFTER)
-                if since > 0.1:
-                    rate *= 1.0 + _GROWTH_PER_SECOND * since
-                    self._rate = None if rate > _UNLIMITED else rate
+            after, per_second = _CRUISE if self._measured else _PROBE
+            quiet_since = self._adjusted_at + after
+            if now >= quiet_since:
+                since = now - max(self._last_growth, quiet_since)
+                if since > 0.05:
+                    rate *= 1.0 + per_second * since
                     self._last_growth = now
+                    # We were below the server's capacity: no measurement window spans this.
+                    self._events.clear()
+                    self._skip_first = False
+                    if rate > _UNLIMITED:
+                        self._rate, self._measured = None, False
+                    else:
+                        self._rate = rate
 
-    def on_rate_limited(self, ticket: Optional[int], wait: Optional[float]) -> None:
-        """A 429 (or another answer that orders a wait). ``wait`` is the server's, if it gave one."""
+    def on_rate_limited(self, ticket: Optional[float], wait: Optional[float]) -> None:
+        """A 429. ``wait`` is the server's, if it named one."""
         with self._lock:
             now = self._clock()
             if wait is not None and wait > 0:
                 self._blocked_until = max(self._blocked_until, now + wait)
             self.rate_limited_count += 1
-            if not self.adaptive or ticket != self._epoch:
-                return  # sent before the last adjustment: already accounted for
-            self._epoch += 1
-            self._rate = self._estimate(now, wait)
-            self._event_time = now
-            self._event_accepted = self._accepted
+            if not self.adaptive or ticket is None:
+                return
+            if ticket <= self._adjusted_at:
+                # Sent before the last adjustment: not news. But while the rate is still a first
+                # guess, a longer token-bucket wait tightens it.
+                if self._rate is not None and not self._measured and wait is not None and 0.0 < wait < 1.0:
+                    self._rate = max(_MIN_RATE, min(self._rate, 1.0 / wait))
+                return
+            self._rate = self._estimate(now, ticket, wait)
+            self._adjusted_at = now
             self._last_growth = now
-            self._next_slot = max(self._next_slot, self._blocked_until)
+            self._generation += 1
+            self._next_slot = max(now, self._blocked_until)
+            events = self._events
+            events.append(ticket)
+            while len(events) > 3 and ticket - events[1] >= _WINDOW:
+                events.popleft()
 
-    def _estimate(self, now: float, wait: Optional[float]) -> float:
+    def _estimate(self, now: float, ticket: float, wait: Optional[float]) -> float:
         rate = self._rate
         if rate is None:
-            # First 429 (or the first since pacing was dropped): the server's hint (a token
-            # bucket's wait is at most one token's interval) and what it accepted in the last
-            # second; whichever is lower.
-            candidates = []
-            if wait is not None and 0.0 < wait < 1.0:
-                candidates.append(1.0 / wait)
-            recent = [t for t in self._recent if t > now - 1.0]
-            if recent:
-                elapsed = max(now - recent[0], 0.05)
-                candidates.append(len(recent) / elapsed)
-            if not candidates:
-                candidates.append(1.0)
+            return self._first_guess(now, wait)
+        first = 1 if self._skip_first else 0
+        if len(self._events) > first:
+            start = self._events[first]
+            lag = max(self._latencies, default=0.0)  # requests sent later may still be unanswered
+            end = ticket - lag
+            if end - start >= 0.1:
+                accepted = sum(1 for t in self._accepted_sent if start < t <= end)
+                if accepted >= 3:
+                    self._measured = True
+                    measured = accepted / (end - start)
+                    if end - start < 0.5:  # a short window is noisy: only let it slow us down
+                        measured = min(rate, measured)
+                    return max(_MIN_RATE, rate * 0.5, measured * _MARGIN)
+        return max(_MIN_RATE, rate * 0.9)
+
+    def _first_guess(self, now: float, wait: Optional[float]) -> float:
+        self._events.clear()
+        self._skip_first = True
+        self._measured = False
+        candidates = []
+        if wait is not None and 0.0 < wait < 1.0:
+            candidates.append(1.0 / wait)
+        recent = [t for t in self._answered if t > now - 1.0]
+        if len(recent) >= 5:
+            candidates.append(len(recent) / max(now - recent[0], 0.05))
+        if candidates:
             return max(_MIN_RATE, min(candidates))
-        accepted = self._accepted - self._event_accepted
-        elapsed = now - self._event_time
-        if elapsed >= 0.5 and accepted >= 5:
-            # Between two 429 events the server's bucket went from empty to empty: what it
-            # accepted in between is its sustained rate.
-            measured = accepted / elapsed
-            return max(_MIN_RATE, rate * 0.5, min(rate, measured) * 0.97)
-        return max(_MIN_RATE, rate * 0.85)
+        # Nothing to go on: what was sent in the last second, a guess that probing corrects.
+        return max(1.0, float(sum(1 for t in self._sends if t > now - 1.0)))
 
 
-_registry: "weakref.WeakValueDictionary[tuple[str, int], Throttle]" = weakref.WeakValueDictionary()
+_registry: weakref.WeakValueDictionary[tuple[str, int], Throttle] = weakref.WeakValueDictionary()
 _registry_lock = threading.Lock()
 
 

@@ -78,17 +78,17 @@ def _header(headers: Mapping[str, Any], name: str) -> Optional[str]:
 
 def wait_from_headers(headers: Mapping[str, Any], now: Optional[float] = None) -> Optional[Tuple[float, str]]:
     """The wait a set of headers asks for, with its source, or None."""
+    value = _header(headers, "Retry-After")
+    if value is not None:
+        seconds = parse_retry_after(value, now)
+        if seconds is not None:
+            return seconds, "retry-after"
     value = _header(headers, "retry-after-ms")
     if value is not None:
         try:
             return _clamp(float(value) / 1000.0), "retry-after-ms"
         except ValueError:
             pass
-    value = _header(headers, "Retry-After")
-    if value is not None:
-        seconds = parse_retry_after(value, now)
-        if seconds is not None:
-            return seconds, "retry-after"
     remaining = _header(headers, "X-RateLimit-Remaining")
     reset = _header(headers, "X-RateLimit-Reset")
     if reset is not None and remaining is not None and remaining.strip() in ("0", "0.0"):

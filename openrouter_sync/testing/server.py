@@ -70,6 +70,7 @@ class RateLimit:
     rate: float = 50.0
     burst: int = 10
     style: str = "retry-after"
+    delay_rejections: bool = False  # False: a 429 is answered at once (as OpenRouter does); True: after the latency
 
 
 @dataclass
@@ -94,6 +95,11 @@ class RecordedRequest:
     json: Any
     prompt: Optional[str]
     status: int = 0
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 512  # many clients connect at once: never let a SYN wait for a retry
+    daemon_threads = True
 
 
 class _Bucket:
@@ -151,7 +157,7 @@ class FakeOpenRouter:
 
     # ----- lifecycle -----
     def start(self) -> FakeOpenRouter:
-        server = ThreadingHTTPServer((self._host, self._port), _make_handler(self))
+        server = _Server((self._host, self._port), _make_handler(self))
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -458,7 +464,12 @@ def _make_handler(server: FakeOpenRouter) -> type[BaseHTTPRequestHandler]:
             if not urlsplit(self.path).path.rstrip("/").endswith("/chat/completions"):
                 self._count(404, recorded)
                 return self._send(404, _error_body(404, f"Not found: {self.path}"))
-            if server.latency:
+            limited = None
+            if server._bucket is not None:
+                wait = server._bucket.take()
+                if wait is not None:
+                    limited = _rate_limited_reply(server._bucket.limit.style, wait, server._bucket.limit)
+            if server.latency and (limited is None or server._bucket.limit.delay_rejections):  # type: ignore[union-attr]
                 time.sleep(server.latency)
             reply = server._next_scripted()
             if reply is None and server.handler is not None:
@@ -469,10 +480,8 @@ def _make_handler(server: FakeOpenRouter) -> type[BaseHTTPRequestHandler]:
             if not isinstance(payload, dict) or not isinstance(payload.get("messages"), list):
                 self._count(400, recorded)
                 return self._send(400, _error_body(400, "Input required: specify \"messages\""))
-            if reply is None and server._bucket is not None:
-                wait = server._bucket.take()
-                if wait is not None:
-                    reply = _rate_limited_reply(server._bucket.limit.style, wait, server._bucket.limit)
+            if reply is None:
+                reply = limited
             if reply is None and server.faults is not None:
                 kind = server._draw_fault()
                 if kind is not None:
