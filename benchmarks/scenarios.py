@@ -5,16 +5,18 @@ Each returns a dict of figures for one client; ``run.py`` puts them side by side
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import requests
 import tenacity
 
 from openrouter_sync import OpenRouterBackend, run_sheets
-from openrouter_sync.testing import FakeOpenRouter, Faults, RateLimit, fake_reply
+from openrouter_sync.testing import fake_reply
 
 MODEL = "openai/gpt-4o-mini"
 FAULT_KINDS = ("500", "502", "503", "529", "reset", "truncate", "error200", "error200-top", "html")
@@ -24,14 +26,45 @@ def _prompts(n: int, tag: str) -> list[str]:
     return [f"{tag} prompt number {i}: say something about {i}" for i in range(n)]
 
 
-def _check(server: FakeOpenRouter, prompts: list[str], answers: list[str]) -> dict[str, Any]:
+class ServerProcess:
+    """The fake server in its own process, so its work does not share the client's GIL."""
+
+    def __init__(self, *args: str, module: str = "openrouter_sync.testing") -> None:
+        self._module = module
+        self._args = [*args, "--max-lifetime", "600"] if module == "openrouter_sync.testing" else list(args)
+        self._proc: Optional[subprocess.Popen[str]] = None
+        self.base_url = ""
+
+    def __enter__(self) -> ServerProcess:
+        self._proc = subprocess.Popen([sys.executable, "-m", self._module, *self._args],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self._proc.stdout is not None
+        self.base_url = self._proc.stdout.readline().strip()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._proc is not None and self._proc.stdin is not None
+        self._proc.stdin.close()
+        try:
+            self._proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+
+    def stats(self) -> dict[str, Any]:
+        return dict(requests.get(self.base_url.rsplit("/api/v1", 1)[0] + "/_fake/stats", timeout=5).json())
+
+
+def _check(server: ServerProcess, prompts: list[str], answers: list[str]) -> dict[str, Any]:
+    stats = server.stats()
+    per_prompt = stats["answers_per_prompt"]
     correct = sum(a == fake_reply(p, MODEL) for p, a in zip(prompts, answers))
-    twice = sum(1 for p in prompts if server.answers_per_prompt[p] > 1)
+    twice = sum(1 for p in prompts if per_prompt.get(p, 0) > 1)
     return {"answered": correct, "of": len(prompts), "answered_twice": twice,
-            "requests": server.request_count, "429s": server.status_counts[429]}
+            "requests": stats["request_count"], "429s": stats["status_counts"].get("429", 0),
+            "answers": sum(per_prompt.values())}
 
 
-def ours(server: FakeOpenRouter, prompts: list[str], workers: int) -> list[str]:
+def ours(server: ServerProcess, prompts: list[str], workers: int) -> list[str]:
     with OpenRouterBackend(model=MODEL, base_url=server.base_url, api_key=f"bench-{uuid.uuid4().hex}",
                            timeout_seconds=10, pool_size=workers) as backend:
         results = run_sheets(backend, prompts, max_workers=workers)
@@ -42,7 +75,7 @@ class _Retryable(Exception):
     pass
 
 
-def requests_tenacity(server: FakeOpenRouter, prompts: list[str], workers: int) -> list[str]:
+def requests_tenacity(server: ServerProcess, prompts: list[str], workers: int) -> list[str]:
     """The usual hand-written loop: requests.Session + tenacity exponential back-off with jitter."""
     session = requests.Session()
     session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=workers))
@@ -74,7 +107,7 @@ def requests_tenacity(server: FakeOpenRouter, prompts: list[str], workers: int) 
     return answers
 
 
-def plain_requests_pool(server: FakeOpenRouter, prompts: list[str], workers: int) -> list[str]:
+def plain_requests_pool(server: ServerProcess, prompts: list[str], workers: int) -> list[str]:
     """A ThreadPoolExecutor over a plain requests.Session, no retries (the latency-bound baseline)."""
     session = requests.Session()
     session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=workers))
@@ -91,14 +124,14 @@ def plain_requests_pool(server: FakeOpenRouter, prompts: list[str], workers: int
     return answers
 
 
-Client = Callable[[FakeOpenRouter, list, int], list]
+Client = Callable[[ServerProcess, list, int], list]
 
 
 def rate_limited(client: Client, style: str = "retry-after", n: int = 300, workers: int = 32) -> dict[str, Any]:
     """300 prompts, 32 workers, a server allowing 50 requests/s with burst 10, 50 ms latency."""
     prompts = _prompts(n, f"rl-{style}")
     ideal = (n - 10) / 50.0
-    with FakeOpenRouter(latency=0.05, rate_limit=RateLimit(rate=50.0, burst=10, style=style), record=False) as server:
+    with ServerProcess("--latency", "0.05", "--rate", "50", "--burst", "10", "--style", style) as server:
         start = time.monotonic()
         answers = client(server, prompts, workers)
         makespan = time.monotonic() - start
@@ -111,12 +144,13 @@ def rate_limited(client: Client, style: str = "retry-after", n: int = 300, worke
 def fault_soak(client: Client, n: int = 300, workers: int = 16, seed: int = 7) -> dict[str, Any]:
     """300 prompts, 16 workers, about a quarter of the answers faulty."""
     prompts = _prompts(n, "soak")
-    with FakeOpenRouter(latency=0.005, faults=Faults(0.25, FAULT_KINDS, seed=seed), record=False) as server:
+    with ServerProcess("--latency", "0.005", "--fault-probability", "0.25", "--fault-kinds", ",".join(FAULT_KINDS),
+                       "--seed", str(seed)) as server:
         start = time.monotonic()
         answers = client(server, prompts, workers)
         figures = _check(server, prompts, answers)
         figures["makespan"] = round(time.monotonic() - start, 2)
-        figures["faulty_answers"] = server.request_count - sum(server.answers_per_prompt.values())
+        figures["faulty_answers"] = figures["requests"] - figures["answers"]
     return figures
 
 
@@ -124,7 +158,7 @@ def latency_bound(client: Client, n: int = 400, workers: int = 50, latency: floa
     """400 sheets, 50 workers, 200 ms latency: the ideal is n / workers * latency."""
     prompts = _prompts(n, "lat")
     ideal = n / workers * latency
-    with FakeOpenRouter(latency=latency, record=False) as server:
+    with ServerProcess("--latency", str(latency), module="benchmarks.fastserver") as server:
         start = time.monotonic()
         answers = client(server, prompts, workers)
         makespan = time.monotonic() - start

@@ -217,6 +217,13 @@ class FakeOpenRouter:
             self.answers_per_prompt: Counter[str] = Counter()
             self.requests: list[RecordedRequest] = []
 
+    def stats(self) -> dict[str, Any]:
+        """The counters as plain data (also served at ``GET /_fake/stats``)."""
+        with self._lock:
+            return {"request_count": self.request_count, "connection_count": self.connection_count,
+                    "status_counts": {str(k): v for k, v in self.status_counts.items()},
+                    "answers_per_prompt": dict(self.answers_per_prompt)}
+
     def _next_scripted(self) -> Optional[Reply]:
         with self._lock:
             return self._script.popleft() if self._script else None
@@ -404,6 +411,8 @@ def _make_handler(server: FakeOpenRouter) -> type[BaseHTTPRequestHandler]:
                 return None
 
         def _record(self, payload: Any) -> RecordedRequest:
+            if self.path == "/_fake/stats":
+                return RecordedRequest(self.command, self.path, {}, None, None)
             prompt = None
             if isinstance(payload, dict):
                 for message in reversed(payload.get("messages") or []):
@@ -436,6 +445,8 @@ def _make_handler(server: FakeOpenRouter) -> type[BaseHTTPRequestHandler]:
             parts = urlsplit(self.path)
             recorded = self._record(None)
             path = parts.path.rstrip("/")
+            if path == "/_fake/stats":  # for a server run in another process (see __main__)
+                return self._send(200, server.stats())
             if path.endswith("/models"):
                 self._count(200, recorded)
                 return self._send(200, {"data": MODELS})

@@ -1,0 +1,156 @@
+"""RetryPolicy: an immutable value; what is retried; where waits come from; budgets; logging."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+
+import pytest
+
+from openrouter_sync import OpenRouterBackend, RetryPolicy
+from openrouter_sync.classify import Outcome
+from openrouter_sync.testing import FakeOpenRouter, Reply
+
+FAST = RetryPolicy(backoff_base=0.01, backoff_max=0.02, max_wait_seconds=2.0)
+
+
+def test_policy_is_an_immutable_value() -> None:
+    policy = RetryPolicy()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        policy.max_attempts = 3  # type: ignore[misc]
+    assert policy == RetryPolicy()
+    assert hash(policy) == hash(RetryPolicy())
+    assert policy.replace(max_attempts=2).max_attempts == 2 and policy.max_attempts == 8
+    assert RetryPolicy.never() == RetryPolicy(max_attempts=1)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"max_attempts": 0}, "max_attempts"), ({"backoff_base": -1}, "backoff_base"),
+    ({"jitter": 2}, "jitter"), ({"max_elapsed_seconds": 0}, "max_elapsed_seconds"),
+    ({"max_wait_seconds": -1}, "max_wait_seconds"),
+])
+def test_policy_validation(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RetryPolicy(**kwargs)
+
+
+def test_backoff_grows_is_capped_and_jittered() -> None:
+    policy = RetryPolicy(backoff_base=1.0, backoff_max=5.0, jitter=0.0)
+    assert [policy.backoff(n) for n in (1, 2, 3, 4, 5)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+    jittered = RetryPolicy(backoff_base=1.0, backoff_max=5.0, jitter=0.5)
+    rng = random.Random(1)
+    draws = [jittered.backoff(3, rng) for _ in range(200)]
+    assert all(2.0 <= d <= 4.0 for d in draws) and len(set(draws)) > 100
+
+
+RETRIED = ["rate_limit", "server_timeout", "api_error", "bad_gateway", "service_unavailable", "gateway_timeout",
+           "overloaded", "connection", "timeout", "truncated_response", "invalid_response"]
+NOT_RETRIED = ["bad_request", "authentication", "moderation", "not_found", "payload_too_large", "unprocessable",
+               "configuration", "http_error"]
+
+
+@pytest.mark.parametrize("kind", RETRIED)
+def test_retried_by_default(kind: str) -> None:
+    assert RetryPolicy().is_retryable(Outcome(kind, 500))
+
+
+@pytest.mark.parametrize("kind", NOT_RETRIED)
+def test_not_retried_by_default(kind: str) -> None:
+    assert not RetryPolicy().is_retryable(Outcome(kind, 400))
+
+
+def test_402_only_with_retry_after_and_200_errors_by_code() -> None:
+    policy = RetryPolicy()
+    assert not policy.is_retryable(Outcome("insufficient_credits", 402))
+    assert policy.is_retryable(Outcome("insufficient_credits", 402, retry_after=2.0))
+    assert policy.is_retryable(Outcome("provider_error", 502))
+    assert not policy.is_retryable(Outcome("provider_error", 400))
+    assert not RetryPolicy(retry_on=frozenset({"timeout"})).is_retryable(Outcome("api_error", 500))
+
+
+@pytest.mark.parametrize(("headers", "body", "source"), [
+    ({"Retry-After": "0.05"}, None, "retry-after"),
+    ({"retry-after-ms": "50"}, None, "retry-after-ms"),
+    ({}, {"error": {"code": 429, "message": "slow"}, "retry_after_seconds": 0.05}, "body"),
+    ({}, {"error": {"code": 429, "message": "slow"}}, "backoff"),
+])
+def test_each_wait_source_is_used_and_logged(fake: FakeOpenRouter, key: str, caplog: pytest.LogCaptureFixture,
+                                             headers: dict, body: object, source: str) -> None:
+    caplog.set_level(logging.WARNING, logger="openrouter_sync")
+    fake.script(Reply(429, headers, body), Reply())
+    with OpenRouterBackend(base_url=fake.base_url, api_key=key, retry_policy=FAST, adaptive_rate=False) as b:
+        r = b.execute("x")
+    assert r.success and r.attempts == 2
+    retry_lines = [rec.getMessage() for rec in caplog.records if rec.getMessage().startswith("retry ")]
+    assert len(retry_lines) == 1
+    assert f"({source})" in retry_lines[0] and "HTTP 429" in retry_lines[0] and "2/8" in retry_lines[0]
+
+
+def test_too_long_a_wait_returns_at_once(fake: FakeOpenRouter, key: str) -> None:
+    fake.script(Reply(429, {"Retry-After": str(9 * 3600)}, {"error": {"code": 429, "message": "per-day limit"}}))
+    with OpenRouterBackend(base_url=fake.base_url, api_key=key, retry_policy=RetryPolicy(max_wait_seconds=60)) as b:
+        start = time.monotonic()
+        r = b.execute("x")
+        assert time.monotonic() - start < 1.0
+        assert (r.error_type, r.rate_limited, r.attempts) == ("rate_limit", True, 1)
+        assert r.rate_limit_wait_seconds == pytest.approx(9 * 3600, abs=2)
+        # The shared gate is shut for 9 hours: the next call is not even sent.
+        again = b.execute("y")
+    assert again.error_type == "rate_limit" and again.rate_limit_wait_seconds > 9 * 3600 - 10
+    assert fake.request_count == 1
+
+
+def test_total_budget_is_respected(fake: FakeOpenRouter, key: str) -> None:
+    fake.script(*[Reply(503) for _ in range(20)])
+    policy = RetryPolicy(max_attempts=20, backoff_base=0.2, backoff_max=0.2, jitter=0, max_elapsed_seconds=0.5)
+    with OpenRouterBackend(base_url=fake.base_url, api_key=key, retry_policy=policy) as b:
+        start = time.monotonic()
+        r = b.execute("x")
+    assert r.error_type == "service_unavailable"
+    assert time.monotonic() - start < 0.9
+    assert 2 <= r.attempts <= 3
+
+
+def test_attempts_and_waits_are_recorded(fake: FakeOpenRouter, key: str) -> None:
+    fake.script(Reply(500), Reply(503), Reply())
+    policy = RetryPolicy(backoff_base=0.05, backoff_max=0.05, jitter=0)
+    with OpenRouterBackend(base_url=fake.base_url, api_key=key, retry_policy=policy) as b:
+        r = b.execute("x")
+    assert r.success and r.attempts == 3
+    assert r.retry_wait_seconds == pytest.approx(0.1, abs=0.02)
+
+
+def test_exhausted_retries_return_the_last_failure(fake: FakeOpenRouter, key: str) -> None:
+    fake.script(Reply(500), Reply(502), Reply(529))
+    policy = RetryPolicy(max_attempts=3, backoff_base=0.01, backoff_max=0.01)
+    with OpenRouterBackend(base_url=fake.base_url, api_key=key, retry_policy=policy) as b:
+        r = b.execute("x")
+    assert (r.error_type, r.exit_code, r.attempts) == ("overloaded", 529, 3)
+    assert fake.request_count == 3
+
+
+def test_no_retry_policy_means_one_request_each(fake: FakeOpenRouter, key: str) -> None:
+    with OpenRouterBackend(base_url=fake.base_url, api_key=key, retry_policy=RetryPolicy(max_attempts=1)) as b:
+        for reply in (Reply(429, {"Retry-After": "0.01"}), Reply(500), Reply(503), Reply(reset=True),
+                      Reply(truncate=True), Reply(200, {}, "error200")):
+            fake.reset_counts()
+            fake.script(reply)
+            assert not b.execute("x").success
+            assert fake.request_count == 1
+
+
+def test_ctrl_c_during_a_wait_returns_at_once(fake: FakeOpenRouter, key: str) -> None:
+    import os
+    import signal
+    import threading
+    fake.script(Reply(503, {"Retry-After": "30"}))
+    with OpenRouterBackend(base_url=fake.base_url, api_key=key) as b:
+        timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            b.execute("x")
+        assert time.monotonic() - start < 1.5
+        timer.cancel()

@@ -1,0 +1,159 @@
+"""The shared gate and pacer: unit tests on an injected clock, then threads against the fake server."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from openrouter_sync import OpenRouterBackend, RetryPolicy, run_sheets
+from openrouter_sync.testing import FakeOpenRouter, RateLimit, Reply, fake_reply
+from openrouter_sync.throttle import Throttle, shared_throttle
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_open_gate_does_not_wait() -> None:
+    clock = Clock()
+    t = Throttle(clock=clock)
+    ticket, waited = t.acquire(clock.sleep, 60)
+    assert ticket == 100.0 and waited == 0
+
+
+def test_told_wait_shuts_the_gate_for_everyone() -> None:
+    clock = Clock()
+    t = Throttle(clock=clock, adaptive=False)
+    t.on_rate_limited(100.0, 5.0)
+    assert t.blocked_for() == 5.0
+    _, waited = t.acquire(clock.sleep, 60)
+    assert waited == pytest.approx(5.0)
+    t.block(3.0)
+    ticket, waited = t.acquire(clock.sleep, 60)
+    assert waited == pytest.approx(3.0)
+
+
+def test_gate_longer_than_max_wait_is_not_waited() -> None:
+    clock = Clock()
+    t = Throttle(clock=clock)
+    t.block(3600)
+    ticket, remaining = t.acquire(clock.sleep, 60)
+    assert ticket is None and remaining == pytest.approx(3600)
+    assert clock.now == 100.0
+
+
+def test_fixed_pacing_spaces_sends() -> None:
+    clock = Clock()
+    t = Throttle(requests_per_minute=120, clock=clock)
+    starts = [t.acquire(lambda s: None, 60)[0] for _ in range(5)]
+    assert starts == pytest.approx([100.0, 100.5, 101.0, 101.5, 102.0])
+    with pytest.raises(ValueError, match="requests_per_minute must be > 0"):
+        Throttle(requests_per_minute=0)
+
+
+def test_adaptive_rate_slows_on_429_and_recovers() -> None:
+    clock = Clock()
+    t = Throttle(clock=clock)
+    assert t.learned_rate is None
+    for _ in range(10):  # a burst of answers in the last second
+        clock.now += 0.05
+        t.on_answer(clock.now - 0.01)
+    t.on_rate_limited(clock.now - 0.01, 0.1)  # a token bucket: at most one token's interval
+    first = t.learned_rate
+    assert first is not None and first <= 10.0 + 1e-9
+    # A 429 to a request sent before that adjustment is not a new event.
+    t.on_rate_limited(clock.now - 0.02, None)
+    assert t.learned_rate == first
+    # Quiet: answers keep coming without 429s, and the guessed rate grows back (probing).
+    for _ in range(40):
+        clock.now += 0.1
+        t.on_answer(clock.now - 0.05)
+    assert t.learned_rate is None or t.learned_rate > first * 2
+
+
+def test_measured_rate_converges_on_the_server_rate() -> None:
+    """Simulated: a server accepting 20/s; the client paced too fast; 429 events every so often."""
+    clock = Clock()
+    t = Throttle(clock=clock)
+    t._rate = 40.0  # as if a first guess had been made
+    t._adjusted_at = clock.now
+    t._events.append(clock.now)
+    t._skip_first = False
+    # 2 seconds in which the server accepted 40 requests spread evenly, then a 429 event.
+    for i in range(40):
+        t.on_answer(clock.now + i * 0.05)
+    clock.now += 2.05
+    t._latencies.clear()
+    t.on_rate_limited(clock.now, None)
+    assert t.learned_rate == pytest.approx(20.0 * 0.98, rel=0.06)
+
+
+def test_shared_throttle_per_endpoint_and_key() -> None:
+    a = shared_throttle("http://x/api", "k1")
+    assert shared_throttle("http://x/api/", "k1") is a
+    assert shared_throttle("http://x/api", "k2") is not a
+
+
+@pytest.mark.socket
+def test_one_429_delays_every_thread(fake: FakeOpenRouter, key: str) -> None:
+    """Thread A is told to wait 0.6 s; threads B..E, sending after that, wait too."""
+    fake.script(Reply(429, {"Retry-After": "0.6"}))
+    with OpenRouterBackend(base_url=fake.base_url, api_key=key, adaptive_rate=False) as b:
+        first = b.execute("A")
+        assert first.success and first.attempts == 2
+    # The gate was shut when A got its 429; calls started meanwhile wait for it.
+    fake.reset_counts()
+    fake.script(Reply(429, {"Retry-After": "0.6"}))
+    with OpenRouterBackend(base_url=fake.base_url, api_key=key + "x", adaptive_rate=False) as b:
+        times: dict[str, float] = {}
+        start = time.monotonic()
+
+        def call(prompt: str) -> None:
+            b.execute(prompt)
+            times[prompt] = time.monotonic() - start
+
+        a = threading.Thread(target=call, args=("A",))
+        a.start()
+        deadline = time.monotonic() + 2
+        while b.throttle.blocked_for() == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert b.throttle.blocked_for() > 0.3
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(call, ["B", "C", "D", "E"]))
+        a.join()
+    assert all(times[p] >= 0.55 for p in "BCDE"), times
+    assert fake.status_counts[429] == 1
+
+
+@pytest.mark.socket
+def test_requests_per_minute_is_shared_by_threads(fake: FakeOpenRouter, key: str) -> None:
+    with OpenRouterBackend(base_url=fake.base_url, api_key=key, requests_per_minute=600) as b:
+        start = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(b.execute, [f"p{i}" for i in range(8)]))
+        elapsed = time.monotonic() - start
+    assert all(r.success for r in results)
+    assert elapsed >= 0.65  # 8 sends, 0.1 s apart
+
+
+@pytest.mark.socket
+def test_short_storm_loses_nothing(key: str) -> None:
+    """60 prompts, 12 threads, a server allowing 40/s with burst 5: every prompt answered once, few 429s."""
+    with FakeOpenRouter(rate_limit=RateLimit(rate=40, burst=5), latency=0.01) as server, \
+            OpenRouterBackend(base_url=server.base_url, api_key=key,
+                              retry_policy=RetryPolicy(max_attempts=20, max_wait_seconds=5)) as b:
+        prompts = [f"storm {i}" for i in range(60)]
+        results = run_sheets(b, prompts, max_workers=12)
+        assert [r.stdout for r in results] == [fake_reply(p, b.model) for p in prompts]
+        assert all(server.answers_per_prompt[p] == 1 for p in prompts)
+        assert server.status_counts[429] <= 20
