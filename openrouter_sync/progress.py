@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -65,7 +66,7 @@ class Progress:
         info.cost += result.cost or 0.0
         info.elapsed = time.monotonic() - self._start
         if self._callback is not None:
-            self._callback(info)
+            self._callback(dataclasses.replace(info))  # a snapshot the callback may keep
         if self._bar is not None:
             self._bar.set_postfix_str(f"failed={info.failed} retried={info.retried} tokens={info.tokens} "
                                       f"${info.cost:.4f}", refresh=False)

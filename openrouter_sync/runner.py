@@ -64,6 +64,8 @@ def _run_one(backend: Any, sheet: Sheet, cancel: threading.Event, stream: bool) 
         return backend.execute_sheet(sheet, cancel=cancel)  # type: ignore[no-any-return]
     except Interrupted:
         return _failed(sheet, E.CANCELLED, "cancelled while running")
+    except (ValueError, TypeError) as exc:  # a sheet whose settings are wrong: it fails, the run goes on
+        return _failed(sheet, "invalid_sheet", redact(f"{type(exc).__name__}: {exc}"))
     except Exception as exc:  # a bug or a bad sheet: this sheet fails, the run goes on
         logger.exception("sheet %s raised", sheet.key)
         return _failed(sheet, "internal_error", redact(f"{type(exc).__name__}: {exc}"))

@@ -8,7 +8,12 @@ from email.utils import formatdate
 import pytest
 
 from openrouter_sync.waits import (
-    MAX_SANE_WAIT, parse_reset, parse_retry_after, wait_from_body, wait_from_headers, wait_from_text,
+    MAX_SANE_WAIT,
+    parse_reset,
+    parse_retry_after,
+    wait_from_body,
+    wait_from_headers,
+    wait_from_text,
 )
 
 NOW = 1_800_000_000.0

@@ -1,0 +1,303 @@
+"""run_sheets / iter_sheets: order, concurrency, per-sheet settings, checkpoints, interrupts, progress."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from openrouter_sync import ExecutionResult, OpenRouterBackend, RetryPolicy, RunInterrupted, Sheet, iter_sheets, run_sheets
+from openrouter_sync.checkpoint import load_checkpoint
+from openrouter_sync.progress import ProgressInfo
+from openrouter_sync.testing import FakeOpenRouter, RecordedRequest, Reply, fake_reply
+
+pytestmark = pytest.mark.socket
+MODEL = "openai/gpt-4o-mini"
+
+
+def _backend(server: FakeOpenRouter, key: str, **kw: object) -> OpenRouterBackend:
+    return OpenRouterBackend(model=MODEL, base_url=server.base_url, api_key=key,
+                             retry_policy=RetryPolicy(backoff_base=0.01, backoff_max=0.05), **kw)  # type: ignore[arg-type]
+
+
+def test_order_is_kept_under_random_latencies(key: str) -> None:
+    rng = random.Random(42)
+    delays = {f"p{i}": rng.uniform(0, 0.05) for i in range(80)}
+
+    def slow(request: RecordedRequest) -> Optional[Reply]:
+        time.sleep(delays.get(request.prompt or "", 0))
+        return None
+
+    with FakeOpenRouter(handler=slow) as server, _backend(server, key) as b:
+        mixed: list = [Sheet(prompt=p, id=p) if i % 2 else p for i, p in enumerate(delays)]
+        results = run_sheets(b, mixed, max_workers=16)
+    assert [r.stdout for r in results] == [fake_reply(p, MODEL) for p in delays]
+    assert all(isinstance(r, ExecutionResult) for r in results)
+    assert results.summary.succeeded == 80 and results.summary.failed == 0
+
+
+def test_a_thousand_sheets(key: str) -> None:
+    with FakeOpenRouter(record=False) as server, _backend(server, key) as b:
+        prompts = [f"sheet {i}" for i in range(1000)]
+        with _no_pool_warnings():
+            results = run_sheets(b, prompts, max_workers=32)
+        assert [r.stdout for r in results] == [fake_reply(p, MODEL) for p in prompts]
+        assert server.connection_count <= 32
+        assert all(server.answers_per_prompt[p] == 1 for p in prompts)
+
+
+class _no_pool_warnings:
+    def __enter__(self) -> None:
+        import logging
+        self.records: list = []
+        self.handler = logging.Handler()
+        self.handler.emit = self.records.append  # type: ignore[method-assign]
+        logging.getLogger("urllib3").addHandler(self.handler)
+
+    def __exit__(self, *exc: object) -> None:
+        import logging
+        logging.getLogger("urllib3").removeHandler(self.handler)
+        assert not [r for r in self.records if "pool is full" in r.getMessage()]
+
+
+def test_per_sheet_settings_land_in_the_right_requests(fake: FakeOpenRouter, key: str) -> None:
+    sheets = [Sheet(prompt=f"q{i}", id=f"s{i}", overrides={"model": f"m/{i % 3}", "temperature": (i % 4) / 2,
+                                                           "max_tokens": 100 + i},
+                    preamble=f"PRE{i}", extensions=[f"EXT{i}"], system=f"SYS{i}") for i in range(60)]
+    with _backend(fake, key) as b:
+        b.apply_overrides({"model": "m/WRONG"})  # the backend's mutable state must not leak in
+        b.set_preamble("WRONG PREAMBLE")
+        results = run_sheets(b, sheets, max_workers=12)
+        b.clear_overrides()
+    by_prompt = {r.json["messages"][-1]["content"]: r.json for r in fake.requests}
+    for i, result in enumerate(results):
+        sent = by_prompt[f"PRE{i}\nq{i}\nEXT{i}"]
+        assert sent["model"] == f"m/{i % 3}" and result.model == f"m/{i % 3}"
+        assert sent["temperature"] == (i % 4) / 2 and sent["max_tokens"] == 100 + i
+        assert sent["messages"][0] == {"role": "system", "content": f"SYS{i}"}
+        assert result.sheet_id == f"s{i}"
+
+
+def test_execute_sheet_from_many_threads(fake: FakeOpenRouter, key: str) -> None:
+    with _backend(fake, key) as b, ThreadPoolExecutor(16) as pool:
+        sheets = [Sheet(prompt=f"t{i}", overrides={"model": f"x/{i}"}) for i in range(48)]
+        results = list(pool.map(b.execute_sheet, sheets))
+    assert [r.model for r in results] == [f"x/{i}" for i in range(48)]
+    assert [r.stdout for r in results] == [fake_reply(f"t{i}", f"x/{i}") for i in range(48)]
+
+
+def test_failures_are_results_not_exceptions(fake: FakeOpenRouter, key: str) -> None:
+    fake.script(Reply(400))
+    with OpenRouterBackend(base_url=fake.base_url, api_key=key, retry_policy=RetryPolicy(max_attempts=1)) as b:
+        results = run_sheets(b, ["bad", Sheet("x", overrides={"temperature": 7})], max_workers=1)
+    assert results[0].error_type == "bad_request"
+    assert results[1].error_type == "invalid_sheet" and "temperature" in results[1].error_message
+    assert results.summary.by_error_type == {"bad_request": 1, "invalid_sheet": 1}
+
+
+def test_bad_inputs_fail_before_anything_is_sent(fake: FakeOpenRouter, key: str) -> None:
+    with _backend(fake, key) as b:
+        with pytest.raises(TypeError, match="a sheet must be"):
+            run_sheets(b, ["ok", 42])  # type: ignore[list-item]
+        with pytest.raises(ValueError, match="used twice"):
+            run_sheets(b, [Sheet("a", id="same"), Sheet("b", id="same")])
+        with pytest.raises(ValueError, match="max_workers"):
+            run_sheets(b, ["a"], max_workers=0)
+        with pytest.raises(ValueError, match="unknown override"):
+            Sheet("a", overrides={"modle": "x"})
+    assert fake.request_count == 0
+
+
+def test_same_prompt_twice_runs_twice(fake: FakeOpenRouter, key: str, tmp_path: Path) -> None:
+    with _backend(fake, key) as b:
+        results = run_sheets(b, ["dup", "dup"], checkpoint=tmp_path / "c.jsonl")
+    assert results[0].sheet_id != results[1].sheet_id
+    assert fake.answers_per_prompt["dup"] == 2
+
+
+def test_checkpoint_resume_skips_finished_and_redoes_failed(fake: FakeOpenRouter, key: str, tmp_path: Path) -> None:
+    path = tmp_path / "run.jsonl"
+    sheets = [Sheet(f"c{i}", id=f"id{i}") for i in range(10)]
+    fake.script(Reply(400))  # one sheet fails the first time (400 is not retried)
+    with _backend(fake, key) as b:
+        first = run_sheets(b, sheets, max_workers=1, checkpoint=path)
+        assert first.summary.failed == 1
+        lines = path.read_text().splitlines()
+        assert len(lines) == 10 and all(json.loads(line)["id"] for line in lines)
+        fake.reset_counts()
+        second = run_sheets(b, sheets, max_workers=4, checkpoint=path)
+    assert fake.request_count == 1  # only the failed one
+    assert all(r.success for r in second)
+    assert second.summary.from_checkpoint == 9
+    assert [r.stdout for r in second] == [fake_reply(f"c{i}", MODEL) for i in range(10)]
+
+
+def test_torn_last_line_is_ignored_and_redone(fake: FakeOpenRouter, key: str, tmp_path: Path) -> None:
+    path = tmp_path / "run.jsonl"
+    with _backend(fake, key) as b:
+        run_sheets(b, [Sheet("a", id="a"), Sheet("b", id="b")], checkpoint=path, max_workers=1)
+        text = path.read_text()
+        path.write_text(text[: len(text) - 40])  # the last record is torn, as after a crash
+        assert set(load_checkpoint(path)) == {"a"}
+        fake.reset_counts()
+        results = run_sheets(b, [Sheet("a", id="a"), Sheet("b", id="b")], checkpoint=path)
+    assert fake.request_count == 1 and all(r.success for r in results)
+    assert set(load_checkpoint(path)) == {"a", "b"}
+    for line in path.read_text().splitlines()[-1:]:
+        json.loads(line)
+
+
+def test_iter_sheets_is_lazy_and_bounded(fake: FakeOpenRouter, key: str) -> None:
+    pulled = 0
+    in_flight_max = 0
+    lock = threading.Lock()
+    active = 0
+
+    def gen():  # an endless-looking input: must be read lazily
+        nonlocal pulled
+        for i in range(200):
+            pulled += 1
+            yield f"lazy {i}"
+
+    def handler(request: RecordedRequest) -> Optional[Reply]:
+        nonlocal active, in_flight_max
+        with lock:
+            active += 1
+            in_flight_max = max(in_flight_max, active)
+        time.sleep(0.002)
+        with lock:
+            active -= 1
+        return None
+
+    fake.handler = handler
+    seen = set()
+    with _backend(fake, key) as b:
+        for yielded, (index, _sheet, result) in enumerate(iter_sheets(b, gen(), max_workers=4), 1):
+            assert pulled <= yielded + 2 * 4 + 1  # never far ahead of what finished
+            assert result.success
+            seen.add(index)
+    assert seen == set(range(200)) and in_flight_max <= 4
+
+
+def test_progress_callback_text_and_on_result(fake: FakeOpenRouter, key: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    infos: list[ProgressInfo] = []
+    got: list[int] = []
+    with _backend(fake, key) as b:
+        run_sheets(b, ["a", "b", "c"], progress=infos.append, on_result=lambda i, r: got.append(i))
+        assert [i.done for i in infos] == [1, 2, 3] and infos[-1].succeeded == 3 and infos[-1].cost > 0
+        assert sorted(got) == [0, 1, 2]
+        # Without tqdm: a one-line text meter on stderr.
+        monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+        err = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", err)
+        run_sheets(b, ["d", "e"], progress=True)
+    assert "[2/2] ok 2 failed 0" in err.getvalue()
+
+
+def test_tqdm_progress_when_installed(fake: FakeOpenRouter, key: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("tqdm")
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    with _backend(fake, key) as b:
+        run_sheets(b, ["a", "b"], progress=True)
+    assert "2/2" in err.getvalue()
+
+
+def test_bring_your_own_executor(fake: FakeOpenRouter, key: str) -> None:
+    with _backend(fake, key) as b, ThreadPoolExecutor(3) as pool:
+        results = run_sheets(b, ["x", "y", "z"], executor=pool)
+        assert [r.stdout for r in results] == [fake_reply(p, MODEL) for p in "xyz"]
+        assert pool.submit(lambda: 1).result() == 1  # still usable: not shut down by run_sheets
+
+
+def test_summary_and_html(fake: FakeOpenRouter, key: str) -> None:
+    with _backend(fake, key) as b:
+        results = run_sheets(b, ["a", "b"])
+    s = results.summary
+    assert s.to_dict()["succeeded"] == 2 and s.tokens > 0 and len(s.slowest) == 2
+    assert "2 sheets: 2 ok, 0 failed" in str(s)
+    html = results._repr_html_()
+    assert "<table>" in html and "Fake answer" in html
+    assert "<table>" in results[0]._repr_html_()
+
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    from openrouter_sync import OpenRouterBackend, RunInterrupted, run_sheets, Sheet
+    base_url, checkpoint, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    b = OpenRouterBackend(base_url=base_url, api_key="child-key", timeout_seconds=30)
+    sheets = [Sheet(f"child {i}", id=f"c{i}") for i in range(n)]
+    try:
+        results = run_sheets(b, sheets, max_workers=4, checkpoint=checkpoint)
+    except RunInterrupted as exc:
+        done = sum(r is not None for r in exc.results)
+        print(f"interrupted with {done} done", flush=True)
+        sys.exit(130)
+    print("finished", flush=True)
+""")
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _wait_for_lines(path: Path, n: int, limit: float = 20) -> None:
+    deadline = time.monotonic() + limit
+    while _lines(path) < n:
+        assert time.monotonic() < deadline, "the child made no progress"
+        time.sleep(0.02)
+
+
+@pytest.mark.subprocess
+def test_resume_after_a_killed_process(key: str, tmp_path: Path) -> None:
+    path = tmp_path / "run.jsonl"
+    with FakeOpenRouter(latency=0.05) as server:
+        child = subprocess.Popen([sys.executable, "-c", CHILD, server.base_url, str(path), "60"])
+        try:
+            _wait_for_lines(path, 12)
+        finally:
+            child.kill()
+            child.wait()
+        done_before = load_checkpoint(path)
+        assert 12 <= len(done_before) < 60
+        server.reset_counts()
+        with OpenRouterBackend(base_url=server.base_url, api_key="child-key") as b:
+            results = run_sheets(b, [Sheet(f"child {i}", id=f"c{i}") for i in range(60)], max_workers=8,
+                                 checkpoint=path)
+        assert server.request_count == 60 - len(done_before)  # only the rest
+        assert all(server.answers_per_prompt[f"child {i}"] == 0 for i in range(60) if f"c{i}" in done_before)
+    assert all(r.success for r in results)
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    ok_ids = [r["id"] for r in records if r["result"]["success"]]
+    assert sorted(ok_ids) == sorted(f"c{i}" for i in range(60))  # each sheet recorded once
+
+
+@pytest.mark.subprocess
+def test_sigint_returns_quickly_with_checkpoint_intact(tmp_path: Path) -> None:
+    path = tmp_path / "run.jsonl"
+    with FakeOpenRouter(latency=1.0) as server:
+        child = subprocess.Popen([sys.executable, "-c", CHILD, server.base_url, str(path), "200"],
+                                 stdout=subprocess.PIPE, text=True)
+        _wait_for_lines(path, 4)
+        time.sleep(0.3)  # in the middle of the next in-flight requests
+        start = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        out, _ = child.communicate(timeout=10)
+        elapsed = time.monotonic() - start
+    assert elapsed < 2.0, elapsed
+    assert child.returncode == 130 and "interrupted with" in out
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(records) >= 4 and all(r["result"]["success"] for r in records)
+    assert os.path.getsize(path) > 0
