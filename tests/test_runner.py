@@ -18,7 +18,14 @@ from typing import Optional
 
 import pytest
 
-from openrouter_sync import ExecutionResult, OpenRouterBackend, RetryPolicy, RunInterrupted, Sheet, iter_sheets, run_sheets
+from openrouter_sync import (
+    ExecutionResult,
+    OpenRouterBackend,
+    RetryPolicy,
+    Sheet,
+    iter_sheets,
+    run_sheets,
+)
 from openrouter_sync.checkpoint import load_checkpoint
 from openrouter_sync.progress import ProgressInfo
 from openrouter_sync.testing import FakeOpenRouter, RecordedRequest, Reply, fake_reply

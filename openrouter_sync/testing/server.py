@@ -343,6 +343,7 @@ def _make_handler(server: FakeOpenRouter) -> type[BaseHTTPRequestHandler]:
 
         def setup(self) -> None:
             super().setup()
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no 40 ms Nagle stalls
             with server._lock:
                 server.connection_count += 1
                 server._sockets.add(self.connection)
