@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -13,6 +14,7 @@ from typing import Any, Optional, Sequence, Union
 from . import errors as E
 from ._log import logger, redact, register_secret
 from .classify import Outcome, classify_response, network_outcome
+from .endpoints import GenerationInfo, KeyInfo, ModelInfo
 from .request import (
     OVERRIDE_KEYS,
     REQUEST_OPTIONS,
@@ -27,6 +29,7 @@ from .request import (
 from .result import ExecutionResult, utc_now
 from .retry import CallState, Interrupted, RetryPolicy, compile_policy
 from .sheet import Sheet
+from .streaming import Stream
 from .throttle import Throttle, shared_throttle
 from .transport import Transport, TransportError
 
@@ -259,6 +262,68 @@ class OpenRouterBackend:
         result.sheet_id = sheet.key
         return result
 
+    def stream(self, prompt: str = "", *, timeout_seconds: Optional[float] = None, system: Optional[str] = None,
+               messages: Optional[Sequence[Mapping[str, Any]]] = None, **options: Any) -> Stream:
+        """Like :meth:`execute`, but yields the answer's text as it arrives.
+
+        Returns a ``Stream``: iterate it for text deltas; use it as a context manager so an early
+        exit closes the request; read ``stream.result`` once it has ended. Retries happen only
+        before the first token. With an output log path set, text is appended to
+        ``<base>.stdout.log`` as it arrives."""
+        spec = self._spec_from_state(prompt, timeout_seconds, system, messages, options)
+        return Stream(self, spec)
+
+    def stream_sheet(self, sheet: Union[Sheet, str], *, cancel: Optional[threading.Event] = None) -> ExecutionResult:
+        """Run one sheet streaming (its text reaches its ``output_log_path`` as it arrives); return the result."""
+        if isinstance(sheet, str):
+            sheet = Sheet(prompt=sheet)
+        with Stream(self, self.spec_for_sheet(sheet), cancel) as stream:
+            return stream.until_done()
+
+    # ----- other endpoints -----------------------------------------------------------------
+
+    def _get(self, path: str, params: Optional[Mapping[str, str]] = None, auth: bool = True) -> Any:
+        key = self._key()
+        if auth and not key:
+            message = f"API key not found in environment variable: {self.api_key_env}"
+            raise E.ConfigurationError(ExecutionResult(False, "", message, 0.0, exit_code=1,
+                                                       error_type=E.CONFIGURATION, error_message=message))
+        started_at, start = utc_now(), time.monotonic()
+        try:
+            raw = self._transport.request("GET", path, params=params, timeout=min(30.0, self.timeout_seconds))
+        except TransportError as exc:
+            outcome = network_outcome(exc.error_type, f"Connection error: {exc}" if exc.error_type == E.CONNECTION
+                                      else str(exc))
+        else:
+            if raw.status == 200:
+                try:
+                    return json.loads(raw.content).get("data")
+                except (ValueError, AttributeError):
+                    outcome = Outcome(E.INVALID_RESPONSE, 502, f"GET {path}: the answer is not the expected JSON", 200)
+            else:
+                outcome = classify_response(raw.status, raw.headers, raw.content)
+        result = outcome.to_result(requested_model=self.model, duration=time.monotonic() - start,
+                                   started_at=started_at)
+        raise E.error_for(result)
+
+    def list_models(self, *, free: bool = False) -> list[ModelInfo]:
+        """The models ``GET /models`` lists (``free=True``: only those that cost nothing).
+        Raises an ``OpenRouterError`` when the call fails."""
+        models = [ModelInfo.from_api(item) for item in self._get("/models", auth=False) or []
+                  if isinstance(item, dict)]
+        return [m for m in models if m.is_free] if free else models
+
+    def key_info(self) -> KeyInfo:
+        """Limits and usage of the key (``GET /key``). Raises an ``OpenRouterError`` when the call fails."""
+        return KeyInfo.from_api(self._get("/key") or {})
+
+    def generation(self, generation_id: str) -> GenerationInfo:
+        """Stats of one generation (``GET /generation?id=``): cost, tokens, latency. May 404 for a
+        short while after the request. Raises an ``OpenRouterError`` when the call fails."""
+        if not isinstance(generation_id, str) or not generation_id:
+            raise ValueError("generation_id must be a non-empty string")
+        return GenerationInfo.from_api(self._get("/generation", params={"id": generation_id}) or {})
+
     def _base_settings(self) -> tuple[str, float, int]:
         saved = self._saved
         if saved is not None:
@@ -339,17 +404,22 @@ class OpenRouterBackend:
                 return network_outcome(E.CONNECTION, f"Connection error: {exc}")
             return network_outcome(exc.error_type, str(exc))
         outcome = classify_response(raw.status, raw.headers, raw.content)
-        if outcome.status == 429:
-            throttle.on_rate_limited(ticket, outcome.retry_after)
-        else:
-            throttle.on_answer(ticket)
-            if outcome.retry_after and self.retry_policy.is_retryable(outcome):
-                throttle.block(outcome.retry_after)
+        self._observe(outcome, ticket)
         return outcome
 
-    def _report(self, result: ExecutionResult, spec: CallSpec) -> None:
+    def _observe(self, outcome: Outcome, ticket: Optional[float]) -> None:
+        """Tell the shared throttle what an answer said."""
+        if outcome.status == 429:
+            self.throttle.on_rate_limited(ticket, outcome.retry_after)
+        else:
+            self.throttle.on_answer(ticket)
+            if outcome.retry_after and self.retry_policy.is_retryable(outcome):
+                self.throttle.block(outcome.retry_after)
+
+    def _report(self, result: ExecutionResult, spec: CallSpec, stdout_logged: bool = False) -> None:
         if result.success:
-            _write_log(spec.stdout_log, result.stdout)
+            if not stdout_logged:
+                _write_log(spec.stdout_log, result.stdout)
             if logger.isEnabledFor(logging.INFO):
                 logger.info("ok %s in %.2fs: %s tokens, $%s, %d attempt(s)", result.model, result.duration_seconds,
                             result.tokens_used, "?" if result.cost is None else f"{result.cost:.6f}", result.attempts)

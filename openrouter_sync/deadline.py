@@ -12,12 +12,13 @@ so a deadline can never close a connection another thread has since taken.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import socket
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -41,16 +42,34 @@ class Deadline:
         return self.when - time.monotonic()
 
     def __enter__(self) -> Deadline:
+        self.start()
         self._prev = getattr(_current, "deadline", None)
         _current.deadline = self
-        _watchdog.add(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.finish()
+        _current.deadline = self._prev
+
+    def start(self) -> None:
+        """Arm the deadline (the context manager does this)."""
+        _watchdog.add(self)
+
+    def finish(self) -> None:
+        """Disarm: the attempt is over and its connection is no longer ours to cut."""
         with _watchdog.lock:
             self._done = True
             self._conn = None
-        _current.deadline = self._prev
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[Deadline]:
+        """Make this the running thread's deadline for a while (e.g. each read of a stream)."""
+        prev = getattr(_current, "deadline", None)
+        _current.deadline = self
+        try:
+            yield self
+        finally:
+            _current.deadline = prev
 
     # Called by the pool subclasses, in the attempt's own thread.
     def _attach(self, conn: Any) -> None:

@@ -32,14 +32,15 @@ class TransportError(Exception):
 class RawResponse:
     """Status, headers and the whole body of one answer (or the open body, when streaming)."""
 
-    __slots__ = ("status", "headers", "content", "response")
+    __slots__ = ("status", "headers", "content", "response", "deadline")
 
     def __init__(self, status: int, headers: Mapping[str, str], content: bytes,
-                 response: Optional[requests.Response] = None) -> None:
+                 response: Optional[requests.Response] = None, deadline: Optional[Deadline] = None) -> None:
         self.status = status
         self.headers = headers
         self.content = content
         self.response = response
+        self.deadline = deadline  # streaming: still armed; the reader finishes it
 
 
 class DeadlineAdapter(HTTPAdapter):
@@ -100,7 +101,8 @@ class Transport:
                 extra_headers: Optional[Mapping[str, str]] = None, tag: object = None) -> RawResponse:
         """Send one request; the whole answer must arrive within ``timeout`` seconds.
 
-        With ``stream=True`` only the headers must; the caller reads ``response`` itself.
+        With ``stream=True`` a 200's body is left open: the caller reads ``response`` (under
+        ``deadline.attached()``) and calls ``deadline.finish()`` before closing it.
         Raises ``TransportError`` when no complete answer arrives. ``tag`` groups attempts that
         ``deadline.abort_tagged`` may cut short together.
         """
@@ -124,17 +126,23 @@ class Transport:
         started = time.monotonic()
         deadline = Deadline(started + timeout, tag)
         adapter = self._adapter
+        deadline.start()
         try:
-            with deadline:
+            with deadline.attached():
                 response = adapter.send(
                     prepared, stream=True, timeout=(min(self.connect_timeout, timeout), timeout),
                     verify=self._verify, proxies=self._proxies,
                 )
-                if stream:
-                    return RawResponse(response.status_code, response.headers, b"", response)
+                if stream and response.status_code == 200:
+                    return RawResponse(response.status_code, response.headers, b"", response, deadline)
                 content = response.content
         except requests.exceptions.RequestException as exc:
+            deadline.finish()
             raise _transport_error(exc, deadline) from None
+        except BaseException:
+            deadline.finish()
+            raise
+        deadline.finish()
         if deadline.fired:
             raise TransportError(E.TIMEOUT, "the deadline passed before the answer was complete")
         return RawResponse(response.status_code, response.headers, content)
