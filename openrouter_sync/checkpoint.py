@@ -12,11 +12,12 @@ from ._log import logger
 from .result import ExecutionResult
 
 
-def load_checkpoint(path: Union[str, Path]) -> dict[str, ExecutionResult]:
+def load_checkpoint(path: Union[str, Path], tag: Optional[str] = None) -> dict[str, ExecutionResult]:
     """The successful results recorded in a checkpoint file, by sheet id.
 
     Lines that do not parse (a torn last line after a crash) are skipped, so their sheets run
-    again. A later record for the same id wins.
+    again. A later record for the same id wins. Records written under another ``tag`` (say,
+    by an offline run) are not reused.
     """
     done: dict[str, ExecutionResult] = {}
     path = Path(path)
@@ -30,6 +31,8 @@ def load_checkpoint(path: Union[str, Path]) -> dict[str, ExecutionResult]:
             try:
                 record = json.loads(line)
                 key = str(record["id"])
+                if record.get("tag") != tag:
+                    continue
                 result = ExecutionResult.from_dict(record["result"])
             except (ValueError, KeyError, TypeError) as exc:
                 logger.warning("checkpoint %s: line %d ignored (%s); that sheet will run again", path, number,
@@ -46,8 +49,9 @@ def load_checkpoint(path: Union[str, Path]) -> dict[str, ExecutionResult]:
 class CheckpointWriter:
     """Appends records from many threads; each line is written whole and flushed at once."""
 
-    def __init__(self, path: Union[str, Path], fsync: bool = False) -> None:
+    def __init__(self, path: Union[str, Path], fsync: bool = False, tag: Optional[str] = None) -> None:
         self.path = Path(path)
+        self._tag = tag
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fsync = fsync
         self._lock = threading.Lock()
@@ -65,6 +69,8 @@ class CheckpointWriter:
         data = result.to_dict()
         data.pop("from_checkpoint", None)
         record: dict[str, Any] = {"id": key, "index": index, "result": data}
+        if self._tag is not None:
+            record["tag"] = self._tag
         if extra:
             record.update(extra)
         line = json.dumps(record, ensure_ascii=False, default=str) + "\n"

@@ -74,7 +74,8 @@ def _run_one(backend: Any, sheet: Sheet, cancel: threading.Event, stream: bool) 
 def iter_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers: int = 8,
                 progress: ProgressArg = False, on_result: Optional[OnResult] = None,
                 checkpoint: Union[str, Path, None] = None, executor: Optional[cf.Executor] = None,
-                stream: bool = False, total: Optional[int] = None) -> Iterator[tuple[int, Sheet, ExecutionResult]]:
+                stream: bool = False, total: Optional[int] = None,
+                checkpoint_tag: Optional[str] = None) -> Iterator[tuple[int, Sheet, ExecutionResult]]:
     """Yield ``(index, sheet, result)`` as sheets finish (not in input order).
 
     Inputs are read lazily and at most ``2 * max_workers`` sheets are in flight, so memory does
@@ -83,8 +84,8 @@ def iter_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_worker
     """
     if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
         raise ValueError(f"max_workers must be an integer >= 1, got {max_workers!r}")
-    done = load_checkpoint(checkpoint) if checkpoint is not None else {}
-    writer = CheckpointWriter(checkpoint) if checkpoint is not None else None
+    done = load_checkpoint(checkpoint, checkpoint_tag) if checkpoint is not None else {}
+    writer = CheckpointWriter(checkpoint, tag=checkpoint_tag) if checkpoint is not None else None
     if hasattr(backend, "transport"):
         backend.transport.ensure_pool_size(max_workers)
     own_executor = executor is None
@@ -147,7 +148,7 @@ def iter_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_worker
 def run_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers: int = 8,
                progress: ProgressArg = False, on_result: Optional[OnResult] = None,
                checkpoint: Union[str, Path, None] = None, executor: Optional[cf.Executor] = None,
-               stream: bool = False) -> RunResults:
+               stream: bool = False, checkpoint_tag: Optional[str] = None) -> RunResults:
     """Run every sheet (``Sheet`` objects and plain prompt strings, mixed) on ``max_workers`` threads.
 
     Returns one ``ExecutionResult`` per input, in input order; a failing sheet gives a failed
@@ -157,7 +158,8 @@ def run_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers
     later run with the same file skips the sheets it holds as successful (matched by sheet id:
     ``Sheet.id``, else a digest of the sheet's content). ``executor`` runs the work on your own
     ``concurrent.futures.Executor``. ``stream=True`` streams each answer into its sheet's
-    ``output_log_path`` as it arrives. The result list has ``.summary`` (a ``RunSummary``).
+    ``output_log_path`` as it arrives. ``checkpoint_tag`` marks the records; records with another
+    tag are not reused (the CLI tags offline runs). The result list has ``.summary``.
     """
     items = [as_sheet(item) for item in sheets]
     keys = SheetKeys()
@@ -167,9 +169,11 @@ def run_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers
     started = time.monotonic()
     try:
         for index, _sheet, result in iter_sheets(backend, items, max_workers=max_workers, progress=progress,
-                                                 on_result=on_result, checkpoint=checkpoint, executor=executor,
-                                                 stream=stream, total=len(items)):
+                                                 checkpoint=checkpoint, executor=executor, stream=stream,
+                                                 total=len(items), checkpoint_tag=checkpoint_tag):
             results[index] = result
+            if on_result is not None:
+                on_result(index, result)
     except KeyboardInterrupt:
         summary = RunSummary.from_results(results, time.monotonic() - started)
         raise RunInterrupted(results, summary) from None

@@ -8,7 +8,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .request import OVERRIDE_KEYS, check_messages, check_options, check_timeout
+from .request import (
+    OVERRIDE_KEYS,
+    check_max_tokens,
+    check_messages,
+    check_model,
+    check_options,
+    check_temperature,
+    check_timeout,
+)
 
 
 @dataclass
@@ -39,6 +47,12 @@ class Sheet:
         if not isinstance(self.overrides, dict):
             raise TypeError(f"Sheet.overrides must be a dict, got {type(self.overrides).__name__}")
         check_options(self.overrides, OVERRIDE_KEYS, "override")
+        if "model" in self.overrides:
+            check_model(self.overrides["model"])
+        if "temperature" in self.overrides:
+            check_temperature(self.overrides["temperature"])
+        if "max_tokens" in self.overrides:
+            check_max_tokens(self.overrides["max_tokens"])
         if isinstance(self.extensions, str):
             raise TypeError("Sheet.extensions must be a list of strings, not a string")
         self.extensions = [e for e in self.extensions if e and e.strip()]

@@ -6,8 +6,13 @@ import pytest
 
 from openrouter_sync import OpenRouterBackend, OpenRouterError, RetryPolicy, Sheet
 from openrouter_sync.errors import (
-    AuthenticationError, BadRequestError, ConfigurationError, InsufficientCreditsError, ModerationError,
-    ProviderError, RateLimitError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    InsufficientCreditsError,
+    ModerationError,
+    ProviderError,
+    RateLimitError,
 )
 from openrouter_sync.testing import FakeOpenRouter, Reply
 
@@ -66,7 +71,7 @@ def test_system_prompt_and_messages(b: OpenRouterBackend, fake: FakeOpenRouter) 
     assert fake.requests[-1].json["messages"] == [{"role": "system", "content": "be brief"},
                                                   {"role": "user", "content": "question"}]
     history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
-    b.execute(messages=history + [{"role": "user", "content": "and now?"}])
+    b.execute(messages=[*history, {"role": "user", "content": "and now?"}])
     assert fake.requests[-1].json["messages"][-1] == {"role": "user", "content": "and now?"}
     b.execute("follow-up", messages=history)
     assert fake.requests[-1].json["messages"][-1] == {"role": "user", "content": "follow-up"}

@@ -108,7 +108,9 @@ def test_execute_sheet_from_many_threads(fake: FakeOpenRouter, key: str) -> None
 def test_failures_are_results_not_exceptions(fake: FakeOpenRouter, key: str) -> None:
     fake.script(Reply(400))
     with OpenRouterBackend(base_url=fake.base_url, api_key=key, retry_policy=RetryPolicy(max_attempts=1)) as b:
-        results = run_sheets(b, ["bad", Sheet("x", overrides={"temperature": 7})], max_workers=1)
+        broken = Sheet("x")
+        broken.overrides["temperature"] = 7  # changed after construction: caught when it runs
+        results = run_sheets(b, ["bad", broken], max_workers=1)
     assert results[0].error_type == "bad_request"
     assert results[1].error_type == "invalid_sheet" and "temperature" in results[1].error_message
     assert results.summary.by_error_type == {"bad_request": 1, "invalid_sheet": 1}

@@ -9,6 +9,8 @@ Script answers with ``server.script(Reply(429, headers={"Retry-After": "1"}), Re
 faults with ``RateLimit`` and ``Faults``; read what arrived in ``server.requests``.
 """
 
+from .demo import OFFLINE_NOTICE, demo_backend, offline_wanted
 from .server import FakeOpenRouter, Faults, RateLimit, RecordedRequest, Reply, fake_reply
 
-__all__ = ["FakeOpenRouter", "Faults", "RateLimit", "RecordedRequest", "Reply", "fake_reply"]
+__all__ = ["OFFLINE_NOTICE", "FakeOpenRouter", "Faults", "RateLimit", "RecordedRequest", "Reply", "demo_backend",
+           "fake_reply", "offline_wanted"]
