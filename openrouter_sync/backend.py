@@ -373,9 +373,14 @@ class OpenRouterBackend:
                                    error_message=message, model=spec.model, sheet_id=spec.sheet_id)
         state = CallState(cancel)
         body = spec.body()
-        outcome: Outcome = self._retrying(self._attempt, state, body, spec.timeout)
+        outcome = self._attempt(state, body, spec.timeout)
+        attempts = 1
+        if not outcome.ok and self.retry_policy.max_attempts > 1 and self.retry_policy.is_retryable(outcome):
+            # Only now bring in tenacity (most calls succeed first time): it is handed the first
+            # outcome as its attempt 1, then runs the rest under the policy.
+            outcome = self._retrying(_replay_first(outcome, self._attempt), state, body, spec.timeout)
+            attempts = self._retrying.statistics.get("attempt_number", 1)
         duration = time.monotonic() - start
-        attempts = self._retrying.statistics.get("attempt_number", 1)
         result = outcome.to_result(requested_model=spec.model, duration=duration, started_at=started_at,
                                    attempts=attempts, waited=state.waited)
         if state.give_up_wait is not None and result.rate_limited:
@@ -465,6 +470,17 @@ class OpenRouterBackend:
         key = "set" if self._api_key else "missing"
         return redact(f"OpenRouterBackend(model={self.model!r}, base_url={self.base_url!r}, "
                       f"api_key_env={self.api_key_env!r}, key={key})")
+
+
+def _replay_first(first: Outcome, attempt: Any) -> Any:
+    """An attempt function whose first call returns ``first`` (already obtained) and whose
+    later calls make real attempts."""
+    pending = [first]
+
+    def replay(state: CallState, body: bytes, timeout: float) -> Outcome:
+        return pending.pop() if pending else attempt(state, body, timeout)  # type: ignore[no-any-return]
+
+    return replay
 
 
 def _write_log(path: Optional[Path], text: str) -> None:

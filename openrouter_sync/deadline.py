@@ -20,6 +20,7 @@ import threading
 import time
 from typing import Any, Iterator, Optional
 
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 _current = threading.local()
@@ -185,12 +186,57 @@ class _DeadlineAware:
         super()._put_conn(conn)  # type: ignore[misc]
 
 
-class DeadlineHTTPConnectionPool(_DeadlineAware, HTTPConnectionPool):
+class _Coalescing:
+    """Mixin for urllib3 connections: send the request head and a bytes body in one ``send``.
+
+    urllib3 sends the head, then the body: two syscalls, and two small segments that can meet
+    Nagle's algorithm on the way. Here ``endheaders`` holds the head back and the first body
+    send carries it; a request without a body sends it when the response is awaited.
+    """
+
+    _held: Optional[bytes] = None
+
+    def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:
+        if message_body is not None:
+            super()._send_output(message_body, encode_chunked)  # type: ignore[misc]
+            return
+        buffer = self._buffer  # type: ignore[attr-defined]
+        buffer.extend((b"", b""))
+        self._held = b"\r\n".join(buffer)
+        del buffer[:]
+
+    def send(self, data: Any) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            if isinstance(data, (bytes, bytearray)):
+                data = held + data
+            else:
+                super().send(held)  # type: ignore[misc]
+        super().send(data)  # type: ignore[misc]
+
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        held = self._held
+        if held is not None:
+            self._held = None
+            super().send(held)  # type: ignore[misc]
+        return super().getresponse(*args, **kwargs)  # type: ignore[misc]
+
+
+class CoalescingHTTPConnection(_Coalescing, HTTPConnection):
     pass
+
+
+class CoalescingHTTPSConnection(_Coalescing, HTTPSConnection):
+    pass
+
+
+class DeadlineHTTPConnectionPool(_DeadlineAware, HTTPConnectionPool):
+    ConnectionCls = CoalescingHTTPConnection
 
 
 class DeadlineHTTPSConnectionPool(_DeadlineAware, HTTPSConnectionPool):
-    pass
+    ConnectionCls = CoalescingHTTPSConnection
 
 
 POOL_CLASSES = {"http": DeadlineHTTPConnectionPool, "https": DeadlineHTTPSConnectionPool}
