@@ -6,13 +6,36 @@
         print(result.stdout if result.success else result.error_message)
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .backend import OpenRouterBackend
 from .errors import OpenRouterError
 from .result import ExecutionResult
 from .retry import RetryPolicy
-from .runner import RunInterrupted, RunResults, iter_sheets, run_sheets
-from .sheet import Sheet
-from .summary import RunSummary
+
+if TYPE_CHECKING:
+    from .runner import RunInterrupted, RunResults, iter_sheets, run_sheets
+    from .sheet import Sheet
+    from .summary import RunSummary
+
+# Imported on first use, so that "import openrouter_sync" costs little more than requests + tenacity.
+_LAZY = {"Sheet": "sheet", "run_sheets": "runner", "iter_sheets": "runner", "RunInterrupted": "runner",
+         "RunResults": "runner", "RunSummary": "summary"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'openrouter_sync' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __version__ = "0.1.0"
 

@@ -9,12 +9,11 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from . import errors as E
 from ._log import logger, redact, register_secret
 from .classify import Outcome, classify_response, network_outcome
-from .endpoints import GenerationInfo, KeyInfo, ModelInfo
 from .request import (
     OVERRIDE_KEYS,
     REQUEST_OPTIONS,
@@ -28,10 +27,13 @@ from .request import (
 )
 from .result import ExecutionResult, utc_now
 from .retry import CallState, Interrupted, RetryPolicy, compile_policy
-from .sheet import Sheet
-from .streaming import Stream
 from .throttle import Throttle, shared_throttle
 from .transport import Transport, TransportError
+
+if TYPE_CHECKING:  # imported where used: most programs never stream nor list models
+    from .endpoints import GenerationInfo, KeyInfo, ModelInfo
+    from .sheet import Sheet
+    from .streaming import Stream
 
 DEFAULT_MODEL = "minimax/minimax-m1-80k"
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
@@ -254,6 +256,8 @@ class OpenRouterBackend:
     def execute_sheet(self, sheet: Union[Sheet, str], *, cancel: Optional[threading.Event] = None) -> ExecutionResult:
         """Run one sheet. Everything per-sheet comes from the sheet, nothing from the backend's
         mutable state, so many threads may call this at once with different sheets."""
+        from .sheet import Sheet
+
         if isinstance(sheet, str):
             sheet = Sheet(prompt=sheet)
         elif not isinstance(sheet, Sheet):
@@ -270,11 +274,16 @@ class OpenRouterBackend:
         exit closes the request; read ``stream.result`` once it has ended. Retries happen only
         before the first token. With an output log path set, text is appended to
         ``<base>.stdout.log`` as it arrives."""
+        from .streaming import Stream
+
         spec = self._spec_from_state(prompt, timeout_seconds, system, messages, options)
         return Stream(self, spec)
 
     def stream_sheet(self, sheet: Union[Sheet, str], *, cancel: Optional[threading.Event] = None) -> ExecutionResult:
         """Run one sheet streaming (its text reaches its ``output_log_path`` as it arrives); return the result."""
+        from .sheet import Sheet
+        from .streaming import Stream
+
         if isinstance(sheet, str):
             sheet = Sheet(prompt=sheet)
         with Stream(self, self.spec_for_sheet(sheet), cancel) as stream:
@@ -309,12 +318,16 @@ class OpenRouterBackend:
     def list_models(self, *, free: bool = False) -> list[ModelInfo]:
         """The models ``GET /models`` lists (``free=True``: only those that cost nothing).
         Raises an ``OpenRouterError`` when the call fails."""
+        from .endpoints import ModelInfo
+
         models = [ModelInfo.from_api(item) for item in self._get("/models", auth=False) or []
                   if isinstance(item, dict)]
         return [m for m in models if m.is_free] if free else models
 
     def key_info(self) -> KeyInfo:
         """Limits and usage of the key (``GET /key``). Raises an ``OpenRouterError`` when the call fails."""
+        from .endpoints import KeyInfo
+
         return KeyInfo.from_api(self._get("/key") or {})
 
     def generation(self, generation_id: str) -> GenerationInfo:
@@ -322,6 +335,8 @@ class OpenRouterBackend:
         short while after the request. Raises an ``OpenRouterError`` when the call fails."""
         if not isinstance(generation_id, str) or not generation_id:
             raise ValueError("generation_id must be a non-empty string")
+        from .endpoints import GenerationInfo
+
         return GenerationInfo.from_api(self._get("/generation", params={"id": generation_id}) or {})
 
     def _base_settings(self) -> tuple[str, float, int]:

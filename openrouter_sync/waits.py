@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import time
-from email.utils import parsedate_to_datetime
 from typing import Any, Mapping, Optional, Tuple
 
 MAX_SANE_WAIT = 2 * 86400.0  # anything longer is treated as this (a daily limit resets within a day)
@@ -41,6 +40,8 @@ def parse_retry_after(value: str, now: Optional[float] = None) -> Optional[float
         return _clamp(float(value))
     except ValueError:
         pass
+    from email.utils import parsedate_to_datetime  # only for the rare HTTP-date form
+
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
