@@ -27,7 +27,7 @@ from .request import (
 )
 from .result import ExecutionResult, utc_now
 from .retry import CallState, Interrupted, RetryPolicy, compile_policy
-from .throttle import Throttle, shared_throttle
+from .throttle import Throttle
 from .transport import Transport, TransportError
 
 if TYPE_CHECKING:  # imported where used: most programs never stream nor list models
@@ -51,9 +51,14 @@ class OpenRouterBackend:
 
     Keyword-only extras: ``retry_policy``, ``pool_size`` (connections kept per host; size it to
     your thread count), ``requests_per_minute`` (client-side pacing), ``adaptive_rate`` (learn
-    the server's rate from 429s), ``connect_timeout``, ``app_url`` / ``app_title``
-    (attribution headers), ``api_key`` (instead of the environment), ``default_options``
-    (request options sent with every call).
+    the server's rate from 429s), ``throttle`` (a ``Throttle`` to share with other backends on
+    the same account), ``connect_timeout``, ``app_url`` / ``app_title`` (attribution headers),
+    ``api_key`` (instead of the environment), ``default_options`` (request options sent with
+    every call).
+
+    Every thread using this backend shares its throttle: when one call is told to wait, the
+    others wait too. With ``RetryPolicy(max_attempts=1)`` calls do not wait for that shared
+    back-off (one call, one request, at once); fixed ``requests_per_minute`` pacing still applies.
     """
 
     def __init__(
@@ -74,6 +79,7 @@ class OpenRouterBackend:
         app_title: str = DEFAULT_APP_TITLE,
         api_key: Optional[str] = None,
         default_options: Optional[Mapping[str, Any]] = None,
+        throttle: Optional[Throttle] = None,
     ) -> None:
         check_model(model)
         if not isinstance(api_key_env, str) or not api_key_env.strip():
@@ -116,8 +122,9 @@ class OpenRouterBackend:
         self._transport = Transport(self.base_url, self._headers(self._api_key), pool_size=pool_size,
                                     connect_timeout=connect_timeout)
         self._transport_key = self._api_key
-        self.throttle: Throttle = shared_throttle(self.base_url, self._api_key)
-        self.throttle.adaptive = adaptive_rate
+        if throttle is not None and not isinstance(throttle, Throttle):
+            raise TypeError(f"throttle must be a Throttle, got {type(throttle).__name__}")
+        self.throttle: Throttle = throttle if throttle is not None else Throttle(adaptive=adaptive_rate)
         if requests_per_minute is not None:
             self.throttle.set_requests_per_minute(requests_per_minute)
         self._closed = False
@@ -189,7 +196,6 @@ class OpenRouterBackend:
                         self._transport = Transport(self.base_url, self._headers(key),
                                                     pool_size=self._transport.pool_size,
                                                     connect_timeout=self._transport.connect_timeout)
-                        self.throttle = shared_throttle(self.base_url, key)
         return key
 
     # ----- the reference's per-sheet state -------------------------------------------------
@@ -406,7 +412,8 @@ class OpenRouterBackend:
 
     def _attempt(self, state: CallState, body: bytes, timeout: float) -> Outcome:
         throttle = self.throttle
-        ticket, waited = throttle.acquire(state.sleep, self.retry_policy.max_wait_seconds)
+        policy = self.retry_policy
+        ticket, waited = throttle.acquire(state.sleep, policy.max_wait_seconds, gate=policy.max_attempts > 1)
         state.waited += waited
         if ticket is None:
             return Outcome(E.RATE_LIMIT, 429, f"HTTP 429 (rate_limit): not sent: every request to this endpoint "
@@ -428,7 +435,7 @@ class OpenRouterBackend:
         return outcome
 
     def _observe(self, outcome: Outcome, ticket: Optional[float]) -> None:
-        """Tell the shared throttle what an answer said."""
+        """Tell the throttle what an answer said."""
         if outcome.status == 429:
             self.throttle.on_rate_limited(ticket, outcome.retry_after)
         else:

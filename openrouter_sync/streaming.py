@@ -263,7 +263,8 @@ class Stream:
         """One try at opening the stream, up to its first token (the part that may be retried)."""
         backend = self._backend
         throttle = backend.throttle
-        ticket, waited = throttle.acquire(state.sleep, backend.retry_policy.max_wait_seconds)
+        policy = backend.retry_policy
+        ticket, waited = throttle.acquire(state.sleep, policy.max_wait_seconds, gate=policy.max_attempts > 1)
         state.waited += waited
         if ticket is None:
             return Outcome(E.RATE_LIMIT, 429, f"HTTP 429 (rate_limit): not sent: must wait {waited:.1f}s more",

@@ -1,6 +1,7 @@
 """One pace for every thread that talks to an endpoint.
 
-A ``Throttle`` is shared by all threads (and all backends) that use the same base URL and key:
+A ``Throttle`` is shared by all threads that use a backend (pass one ``Throttle`` to several
+backends to share it across them, e.g. all backends on one account):
 
 - a gate: when any call is told to wait (``Retry-After`` and friends), no thread sends until
   the wait is over;
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import threading
 import time
-import weakref
 from collections import deque
 from typing import Callable, Deque, Optional, Tuple
 
@@ -84,19 +84,21 @@ class Throttle:
         return max(0.0, self._blocked_until - self._clock())
 
     # ----- the send side -----
-    def acquire(self, sleep: Sleep, max_wait: float) -> Tuple[Optional[float], float]:
+    def acquire(self, sleep: Sleep, max_wait: float, gate: bool = True) -> Tuple[Optional[float], float]:
         """Wait for this thread's turn to send.
 
         Returns ``(ticket, waited)``; hand the ticket back with the answer. When the gate stays
         shut longer than ``max_wait`` seconds it does not wait: it returns ``(None, seconds)``.
+        ``gate=False`` ignores the gate (the caller does not retry) but keeps the pacing.
         """
         waited = 0.0
         while True:
             with self._lock:
                 now = self._clock()
-                if self._blocked_until - now > max_wait:
-                    return None, self._blocked_until - now
-                start = max(now, self._blocked_until)
+                blocked_until = self._blocked_until if gate else 0.0
+                if blocked_until - now > max_wait:
+                    return None, blocked_until - now
+                start = max(now, blocked_until)
                 interval = self._fixed_interval
                 if self._rate is not None:
                     interval = max(interval, 1.0 / self._rate)
@@ -111,7 +113,7 @@ class Throttle:
             sleep(delay)
             waited += delay
             # Go unless, while we slept, the gate shut again or the rate dropped (then queue anew).
-            if self._clock() >= self._blocked_until and generation == self._generation:
+            if (not gate or self._clock() >= self._blocked_until) and generation == self._generation:
                 return start, waited
 
     def block(self, seconds: float) -> None:
@@ -204,18 +206,3 @@ class Throttle:
             return max(_MIN_RATE, min(candidates))
         # Nothing to go on: what was sent in the last second, a guess that probing corrects.
         return max(1.0, float(sum(1 for t in self._sends if t > now - 1.0)))
-
-
-_registry: weakref.WeakValueDictionary[tuple[str, int], Throttle] = weakref.WeakValueDictionary()
-_registry_lock = threading.Lock()
-
-
-def shared_throttle(base_url: str, key: Optional[str]) -> Throttle:
-    """The throttle for an endpoint and key, shared by every backend that uses them."""
-    ident = (base_url.rstrip("/"), hash(key or ""))
-    with _registry_lock:
-        throttle = _registry.get(ident)
-        if throttle is None:
-            throttle = Throttle()
-            _registry[ident] = throttle
-        return throttle

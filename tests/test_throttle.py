@@ -10,7 +10,7 @@ import pytest
 
 from openrouter_sync import OpenRouterBackend, RetryPolicy, run_sheets
 from openrouter_sync.testing import FakeOpenRouter, RateLimit, Reply, fake_reply
-from openrouter_sync.throttle import Throttle, shared_throttle
+from openrouter_sync.throttle import Throttle
 
 
 class Clock:
@@ -98,10 +98,14 @@ def test_measured_rate_converges_on_the_server_rate() -> None:
     assert t.learned_rate == pytest.approx(20.0 * 0.98, rel=0.06)
 
 
-def test_shared_throttle_per_endpoint_and_key() -> None:
-    a = shared_throttle("http://x/api", "k1")
-    assert shared_throttle("http://x/api/", "k1") is a
-    assert shared_throttle("http://x/api", "k2") is not a
+def test_gate_can_be_ignored_but_pacing_cannot() -> None:
+    clock = Clock()
+    t = Throttle(requests_per_minute=60, clock=clock)
+    t.block(30)
+    first, waited = t.acquire(clock.sleep, 60, gate=False)
+    assert first == 100.0 and waited == 0
+    second, waited = t.acquire(clock.sleep, 60, gate=False)
+    assert second == 101.0 and waited == pytest.approx(1.0)
 
 
 @pytest.mark.socket
@@ -157,3 +161,33 @@ def test_short_storm_loses_nothing(key: str) -> None:
         assert [r.stdout for r in results] == [fake_reply(p, b.model) for p in prompts]
         assert all(server.answers_per_prompt[p] == 1 for p in prompts)
         assert server.status_counts[429] <= 20
+
+
+@pytest.mark.socket
+def test_no_retry_policy_never_waits_for_the_gate(fake: FakeOpenRouter, key: str) -> None:
+    """With retries off, a call right after a 429 that ordered a long wait still sends (one request) at once."""
+    fake.script(Reply(429, {"Retry-After": "30"}), Reply(429, {"Retry-After": "3600"}))
+    with OpenRouterBackend(base_url=fake.base_url, api_key=key, retry_policy=RetryPolicy(max_attempts=1)) as b:
+        start = time.monotonic()
+        assert b.execute("a").exit_code == 429
+        assert b.execute("b").exit_code == 429
+        assert b.execute("c").success
+        assert time.monotonic() - start < 1.0
+    assert fake.request_count == 3
+
+
+@pytest.mark.socket
+def test_backends_can_share_a_throttle(fake: FakeOpenRouter, key: str) -> None:
+    shared = Throttle()
+    fake.script(Reply(429, {"Retry-After": "0.5"}))
+    with OpenRouterBackend(base_url=fake.base_url, api_key=key, throttle=shared, model="a/a") as one, \
+            OpenRouterBackend(base_url=fake.base_url, api_key=key, throttle=shared, model="b/b") as two:
+        assert one.throttle is two.throttle
+        start = time.monotonic()
+        assert one.execute("x").success  # waited 0.5 s
+        assert shared.blocked_for() == 0
+        shared.block(0.4)
+        assert two.execute("y").success
+        assert time.monotonic() - start >= 0.85
+    with pytest.raises(TypeError, match="throttle"):
+        OpenRouterBackend(throttle="no")  # type: ignore[arg-type]
