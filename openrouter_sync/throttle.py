@@ -31,8 +31,8 @@ Sleep = Callable[[float], None]
 _MIN_RATE = 0.05  # requests per second: never slower than one per 20 s
 # Growth while no 429 arrives, as (seconds of quiet before it starts, growth per second):
 _PROBE = (0.2, 1.0)
-_CRUISE = (3.0, 0.05)
-_WINDOW = 10.0  # seconds of 429 events kept to measure the server's rate over
+_CRUISE = (1.5, 0.05)
+_GRACE = 0.1  # a 429 to a request sent this soon after an adjustment is not a new event
 _UNLIMITED = 500.0  # a learned rate above this many requests a second no longer paces anything
 _MARGIN = 0.98  # pace this much below the measured rate, so the server's bucket is never quite empty
 
@@ -53,14 +53,14 @@ class Throttle:
         self._blocked_until = 0.0
         self._next_slot = 0.0
         self._generation = 0  # bumped when the rate drops: slots reserved before are void
-        self._adjusted_at = -1.0  # when the rate last changed because of a 429
+        self._adjusted_at = -1e9  # when the rate last changed because of a 429
         self._last_growth = 0.0
         self._answered: Deque[float] = deque(maxlen=512)  # when recent accepted answers came
         self._accepted_sent: Deque[float] = deque(maxlen=8192)  # when accepted requests were sent
         self._latencies: Deque[float] = deque(maxlen=64)
         self._sends: Deque[float] = deque(maxlen=512)
-        self._events: Deque[float] = deque()  # send times of the 429s that were events, newest last
-        self._skip_first = True  # the first event of a regime followed a full bucket: no window starts there
+        self._regime_start = 0.0  # when the server first pushed back (since pacing last started)
+        self._first_guess_only = False  # the rate is still the first guess (later 429s of its burst may tighten it)
         self.rate_limited_count = 0
 
     # ----- configuration and introspection -----
@@ -140,9 +140,6 @@ class Throttle:
                 if since > 0.05:
                     rate *= 1.0 + per_second * since
                     self._last_growth = now
-                    # We were below the server's capacity: no measurement window spans this.
-                    self._events.clear()
-                    self._skip_first = False
                     if rate > _UNLIMITED:
                         self._rate, self._measured = None, False
                     else:
@@ -157,10 +154,10 @@ class Throttle:
             self.rate_limited_count += 1
             if not self.adaptive or ticket is None:
                 return
-            if ticket <= self._adjusted_at:
-                # Sent before the last adjustment: not news. But while the rate is still a first
-                # guess, a longer token-bucket wait tightens it.
-                if self._rate is not None and not self._measured and wait is not None and 0.0 < wait < 1.0:
+            if ticket <= self._adjusted_at + _GRACE:
+                # Sent before (or just after) the last adjustment: not news. But while the rate is
+                # a first guess, a longer token-bucket wait tightens it.
+                if self._rate is not None and self._first_guess_only and wait is not None and 0.0 < wait < 1.0:
                     self._rate = max(_MIN_RATE, min(self._rate, 1.0 / wait))
                 return
             self._rate = self._estimate(now, ticket, wait)
@@ -168,41 +165,40 @@ class Throttle:
             self._last_growth = now
             self._generation += 1
             self._next_slot = max(now, self._blocked_until)
-            events = self._events
-            events.append(ticket)
-            while len(events) > 3 and ticket - events[1] >= _WINDOW:
-                events.popleft()
 
     def _estimate(self, now: float, ticket: float, wait: Optional[float]) -> float:
         rate = self._rate
         if rate is None:
             return self._first_guess(now, wait)
-        first = 1 if self._skip_first else 0
-        if len(self._events) > first:
-            start = self._events[first]
-            lag = max(self._latencies, default=0.0)  # requests sent later may still be unanswered
-            end = ticket - lag
-            if end - start >= 0.1:
-                accepted = sum(1 for t in self._accepted_sent if start < t <= end)
-                if accepted >= 3:
-                    self._measured = True
-                    measured = accepted / (end - start)
-                    if end - start < 0.5:  # a short window is noisy: only let it slow us down
-                        measured = min(rate, measured)
-                    return max(_MIN_RATE, rate * 0.5, measured * _MARGIN)
+        self._measured = True  # the server pushed back at this rate: it is an upper bound
+        self._first_guess_only = False
+        # While we send faster than the server accepts, what it accepted of the requests sent in
+        # the last second (since its bucket first ran dry, and not so recently that their answers
+        # may still be on the way) is its sustained rate.
+        start = max(ticket - 1.0, self._regime_start)
+        end = ticket - max(self._latencies, default=0.0)
+        if end - start >= 0.1:
+            accepted = sum(1 for t in self._accepted_sent if start < t <= end)
+            if accepted >= 3:
+                measured = accepted / (end - start)
+                if end - start < 0.5:  # a short window is noisy: only let it slow us down, gently
+                    return max(_MIN_RATE, rate * 0.5, min(rate, measured) * _MARGIN)
+                return max(_MIN_RATE, measured * _MARGIN)
         return max(_MIN_RATE, rate * 0.9)
 
     def _first_guess(self, now: float, wait: Optional[float]) -> float:
-        self._events.clear()
-        self._skip_first = True
+        self._regime_start = max(now, self._blocked_until)  # measurements start when sending resumes
+        self._first_guess_only = True
         self._measured = False
         candidates = []
         if wait is not None and 0.0 < wait < 1.0:
             candidates.append(1.0 / wait)
+            self._measured = True  # a bound from the server itself
         recent = [t for t in self._answered if t > now - 1.0]
         if len(recent) >= 5:
             candidates.append(len(recent) / max(now - recent[0], 0.05))
         if candidates:
             return max(_MIN_RATE, min(candidates))
-        # Nothing to go on: what was sent in the last second, a guess that probing corrects.
-        return max(1.0, float(sum(1 for t in self._sends if t > now - 1.0)))
+        # Nothing to go on: the rate we were sending at, a guess that the next 429s correct.
+        sent = [t for t in self._sends if t > now - 1.0]
+        return max(1.0, len(sent) / max(0.1, now - sent[0])) if sent else 1.0

@@ -74,25 +74,37 @@ def test_adaptive_rate_slows_on_429_and_recovers() -> None:
     # A 429 to a request sent before that adjustment is not a new event.
     t.on_rate_limited(clock.now - 0.02, None)
     assert t.learned_rate == first
-    # Quiet: answers keep coming without 429s, and the guessed rate grows back (probing).
+    # Quiet: answers keep coming without 429s; a rate bounded by the server creeps back up.
     for _ in range(40):
         clock.now += 0.1
         t.on_answer(clock.now - 0.05)
-    assert t.learned_rate is None or t.learned_rate > first * 2
+    assert first < t.learned_rate < first * 1.5  # type: ignore[operator]
+
+
+def test_a_guessed_rate_is_probed_upwards_quickly() -> None:
+    clock = Clock()
+    t = Throttle(clock=clock)
+    for _ in range(4):
+        t.acquire(clock.sleep, 60)
+        clock.now += 0.25
+    t.on_rate_limited(clock.now - 0.01, None)  # no hint: a guess from what was being sent
+    guess = t.learned_rate
+    assert guess is not None
+    for _ in range(40):
+        clock.now += 0.1
+        t.on_answer(clock.now - 0.05)
+    assert t.learned_rate is None or t.learned_rate > guess * 2
 
 
 def test_measured_rate_converges_on_the_server_rate() -> None:
-    """Simulated: a server accepting 20/s; the client paced too fast; 429 events every so often."""
+    """Simulated: a server accepting 20/s; the client paced at 40/s; then a 429 event."""
     clock = Clock()
     t = Throttle(clock=clock)
-    t._rate = 40.0  # as if a first guess had been made
-    t._adjusted_at = clock.now
-    t._events.append(clock.now)
-    t._skip_first = False
-    # 2 seconds in which the server accepted 40 requests spread evenly, then a 429 event.
-    for i in range(40):
+    t._rate, t._measured = 40.0, True
+    t._regime_start = t._adjusted_at = clock.now
+    for i in range(41):  # 2 seconds in which the server accepted 20 requests a second
         t.on_answer(clock.now + i * 0.05)
-    clock.now += 2.05
+    clock.now += 2.0
     t._latencies.clear()
     t.on_rate_limited(clock.now, None)
     assert t.learned_rate == pytest.approx(20.0 * 0.98, rel=0.06)
