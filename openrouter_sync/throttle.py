@@ -164,7 +164,7 @@ class Throttle:
             self._adjusted_at = now
             self._last_growth = now
             self._generation += 1
-            self._next_slot = max(now, self._blocked_until)
+            self._next_slot = now  # void the old reservations; the gate, if shut, still comes first
 
     def _estimate(self, now: float, ticket: float, wait: Optional[float]) -> float:
         rate = self._rate
