@@ -268,9 +268,7 @@ class OpenRouterBackend:
             sheet = Sheet(prompt=sheet)
         elif not isinstance(sheet, Sheet):
             raise TypeError(f"execute_sheet takes a Sheet or a str, got {type(sheet).__name__}")
-        result = self.run_spec(self.spec_for_sheet(sheet), cancel=cancel)
-        result.sheet_id = sheet.key
-        return result
+        return self.run_spec(self.spec_for_sheet(sheet), cancel=cancel)
 
     def stream(self, prompt: str = "", *, timeout_seconds: Optional[float] = None, system: Optional[str] = None,
                messages: Optional[Sequence[Mapping[str, Any]]] = None, **options: Any) -> Stream:
@@ -364,7 +362,7 @@ class OpenRouterBackend:
         messages = build_messages(sheet.prompt, preamble=sheet.preamble, extensions=sheet.extensions,
                                   system=sheet.system, messages=sheet.messages)
         return CallSpec(model, temperature, max_tokens, sheet.timeout_seconds or self.timeout_seconds,
-                        messages, options, sheet.output_log_path, sheet.key)
+                        messages, options, sheet.output_log_path, sheet.id)
 
     def _spec_from_state(self, prompt: str, timeout_seconds: Optional[float], system: Optional[str],
                          messages: Optional[Sequence[Mapping[str, Any]]], options: Mapping[str, Any]) -> CallSpec:

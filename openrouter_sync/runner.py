@@ -92,14 +92,15 @@ def iter_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_worker
     pool: cf.Executor = executor or cf.ThreadPoolExecutor(max_workers, thread_name_prefix="openrouter-sync")
     cancel = threading.Event()
     meter = Progress(total if total is not None else (len(sheets) if isinstance(sheets, Sequence) else None), progress)
-    pending: dict[cf.Future[ExecutionResult], tuple[int, Sheet, str]] = {}
+    pending: dict[cf.Future[ExecutionResult], tuple[int, Sheet, Optional[str]]] = {}
     window = 2 * max_workers
-    keys = SheetKeys()
+    keys = SheetKeys() if checkpoint is not None else None  # ids matter (and cost memory) only for a checkpoint
     finished_normally = False
 
-    def finish(index: int, sheet: Sheet, key: str, result: ExecutionResult) -> tuple[int, Sheet, ExecutionResult]:
+    def finish(index: int, sheet: Sheet, key: Optional[str],
+               result: ExecutionResult) -> tuple[int, Sheet, ExecutionResult]:
         result.sheet_id = key
-        if writer is not None and result.error_type != E.CANCELLED:
+        if writer is not None and key is not None and result.error_type != E.CANCELLED:
             writer.write(key, index, result)
         meter.update(result)
         if on_result is not None:
@@ -117,8 +118,8 @@ def iter_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_worker
     try:
         for index, item in enumerate(sheets):
             sheet = as_sheet(item)
-            key = keys.assign(index, sheet)
-            stored = done.get(key)
+            key = keys.assign(index, sheet) if keys is not None else sheet.id
+            stored = done.get(key) if key is not None else None
             if stored is not None:
                 meter.update(stored)
                 stored.sheet_id = key
@@ -162,9 +163,10 @@ def run_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers
     tag are not reused (the CLI tags offline runs). The result list has ``.summary``.
     """
     items = [as_sheet(item) for item in sheets]
-    keys = SheetKeys()
-    for index, sheet in enumerate(items):  # fail fast on duplicate ids, before anything is sent
-        keys.assign(index, sheet)
+    if checkpoint is not None:
+        keys = SheetKeys()
+        for index, sheet in enumerate(items):  # fail fast on duplicate ids, before anything is sent
+            keys.assign(index, sheet)
     results: list[Optional[ExecutionResult]] = [None] * len(items)
     started = time.monotonic()
     try:

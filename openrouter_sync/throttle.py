@@ -56,7 +56,7 @@ class Throttle:
         self._adjusted_at = -1e9  # when the rate last changed because of a 429
         self._last_growth = 0.0
         self._answered: Deque[float] = deque(maxlen=512)  # when recent accepted answers came
-        self._accepted_sent: Deque[float] = deque(maxlen=8192)  # when accepted requests were sent
+        self._accepted_sent: Deque[float] = deque(maxlen=2048)  # when accepted requests were sent
         self._latencies: Deque[float] = deque(maxlen=64)
         self._sends: Deque[float] = deque(maxlen=512)
         self._regime_start = 0.0  # when the server first pushed back (since pacing last started)

@@ -116,12 +116,12 @@ def test_failures_are_results_not_exceptions(fake: FakeOpenRouter, key: str) -> 
     assert results.summary.by_error_type == {"bad_request": 1, "invalid_sheet": 1}
 
 
-def test_bad_inputs_fail_before_anything_is_sent(fake: FakeOpenRouter, key: str) -> None:
+def test_bad_inputs_fail_before_anything_is_sent(fake: FakeOpenRouter, key: str, tmp_path: Path) -> None:
     with _backend(fake, key) as b:
         with pytest.raises(TypeError, match="a sheet must be"):
             run_sheets(b, ["ok", 42])  # type: ignore[list-item]
-        with pytest.raises(ValueError, match="used twice"):
-            run_sheets(b, [Sheet("a", id="same"), Sheet("b", id="same")])
+        with pytest.raises(ValueError, match="used twice"):  # ids must be unique to checkpoint
+            run_sheets(b, [Sheet("a", id="same"), Sheet("b", id="same")], checkpoint=tmp_path / "c.jsonl")
         with pytest.raises(ValueError, match="max_workers"):
             run_sheets(b, ["a"], max_workers=0)
         with pytest.raises(ValueError, match="unknown override"):
