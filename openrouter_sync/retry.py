@@ -38,8 +38,8 @@ class RetryPolicy:
     """
 
     max_attempts: int = 8
-    backoff_base: float = 0.25
-    backoff_max: float = 20.0
+    backoff_base: float = 0.2
+    backoff_max: float = 10.0
     jitter: float = 0.5
     max_wait_seconds: float = 120.0
     max_elapsed_seconds: Optional[float] = 900.0
