@@ -139,8 +139,8 @@ def imports(runs: int = 25) -> list[tuple[str, dict[str, Any]]]:
         for name, statement in statements.items():
             times[name].append(_import_ms(statement))
     base = statistics.median(times["import requests, tenacity"])
-    return [(name, {"ms": round(statistics.median(t), 1), "vs_requests_tenacity": round(statistics.median(t) / base, 3)})
-            for name, t in times.items()]
+    return [(name, {"ms": round(statistics.median(t), 1),
+                    "vs_requests_tenacity": round(statistics.median(t) / base, 3)}) for name, t in times.items()]
 
 
 MEMORY_CHILD = """

@@ -28,7 +28,7 @@ from .request import (
 from .result import ExecutionResult, utc_now
 from .retry import CallState, Interrupted, RetryPolicy, compile_policy
 from .throttle import Throttle
-from .transport import Transport, TransportError
+from .transport import RawResponse, Transport, TransportError
 
 if TYPE_CHECKING:  # imported where used: most programs never stream nor list models
     from .endpoints import GenerationInfo, KeyInfo, ModelInfo
@@ -409,6 +409,18 @@ class OpenRouterBackend:
         return result
 
     def _attempt(self, state: CallState, body: bytes, timeout: float) -> Outcome:
+        sent = self._send(state, body, timeout)
+        if isinstance(sent, Outcome):
+            return sent
+        raw, ticket = sent
+        outcome = classify_response(raw.status, raw.headers, raw.content)
+        self._observe(outcome, ticket)
+        return outcome
+
+    def _send(self, state: CallState, body: bytes, timeout: float, *, stream: bool = False,
+              extra_headers: Optional[Mapping[str, str]] = None) -> Union[Outcome, tuple[RawResponse, float]]:
+        """Wait for the throttle, then POST a completion: the answer with its throttle ticket, or the
+        ``Outcome`` of an attempt that got no answer (not sent, timed out, connection failed)."""
         throttle = self.throttle
         policy = self.retry_policy
         ticket, waited = throttle.acquire(state.sleep, policy.max_wait_seconds, gate=policy.max_attempts > 1)
@@ -418,19 +430,15 @@ class OpenRouterBackend:
                                               f"must wait {waited:.1f}s more", retry_after=waited,
                            retry_source="shared back-off")
         try:
-            raw = self._transport.request("POST", "/chat/completions", body=body, timeout=timeout, tag=state.cancel)
+            raw = self._transport.request("POST", "/chat/completions", body=body, timeout=timeout, stream=stream,
+                                          tag=state.cancel, extra_headers=extra_headers)
         except TransportError as exc:
             throttle.on_answer(ticket)
             if state.cancel is not None and state.cancel.is_set():
                 raise Interrupted() from None
-            if exc.error_type == E.TIMEOUT:
-                return network_outcome(E.TIMEOUT, f"Timeout after {timeout:g}s: {exc}")
-            if exc.error_type == E.CONNECTION:
-                return network_outcome(E.CONNECTION, f"Connection error: {exc}")
-            return network_outcome(exc.error_type, str(exc))
-        outcome = classify_response(raw.status, raw.headers, raw.content)
-        self._observe(outcome, ticket)
-        return outcome
+            prefix = {E.TIMEOUT: f"Timeout after {timeout:g}s: ", E.CONNECTION: "Connection error: "}
+            return network_outcome(exc.error_type, prefix.get(exc.error_type, "") + str(exc))
+        return raw, ticket
 
     def _observe(self, outcome: Outcome, ticket: Optional[float]) -> None:
         """Tell the throttle what an answer said."""

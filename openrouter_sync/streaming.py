@@ -23,7 +23,7 @@ from .classify import Outcome, classify_response, completion_result, network_out
 from .request import CallSpec
 from .result import ExecutionResult, utc_now
 from .retry import CallState, Interrupted
-from .transport import RawResponse, TransportError
+from .transport import RawResponse
 
 if TYPE_CHECKING:
     import threading
@@ -262,28 +262,15 @@ class Stream:
     def _attempt(self, state: CallState, body: bytes, timeout: float) -> Outcome:
         """One try at opening the stream, up to its first token (the part that may be retried)."""
         backend = self._backend
-        throttle = backend.throttle
-        policy = backend.retry_policy
-        ticket, waited = throttle.acquire(state.sleep, policy.max_wait_seconds, gate=policy.max_attempts > 1)
-        state.waited += waited
-        if ticket is None:
-            return Outcome(E.RATE_LIMIT, 429, f"HTTP 429 (rate_limit): not sent: must wait {waited:.1f}s more",
-                           retry_after=waited, retry_source="shared back-off")
-        try:
-            raw = backend.transport.request("POST", "/chat/completions", body=body, timeout=timeout,
-                                            stream=True, tag=state.cancel,
-                                            extra_headers={"Accept": "text/event-stream"})
-        except TransportError as exc:
-            throttle.on_answer(ticket)
-            if state.cancel is not None and state.cancel.is_set():
-                raise Interrupted() from None
-            prefix = {E.TIMEOUT: f"Timeout after {timeout:g}s: ", E.CONNECTION: "Connection error: "}
-            return network_outcome(exc.error_type, prefix.get(exc.error_type, "") + str(exc))
+        sent = backend._send(state, body, timeout, stream=True, extra_headers={"Accept": "text/event-stream"})
+        if isinstance(sent, Outcome):
+            return sent
+        raw, ticket = sent
         if raw.response is None:  # an error status: an ordinary JSON error body
             outcome = classify_response(raw.status, raw.headers, raw.content)
             backend._observe(outcome, ticket)
             return outcome
-        throttle.on_answer(ticket)
+        backend.throttle.on_answer(ticket)
         content_type = raw.headers.get("Content-Type", "")
         if "text/event-stream" not in content_type:  # a server that ignored "stream": read it whole
             with raw.deadline.attached():  # type: ignore[union-attr]
