@@ -127,7 +127,6 @@ class OpenRouterBackend:
         self.throttle: Throttle = throttle if throttle is not None else Throttle(adaptive=adaptive_rate)
         if requests_per_minute is not None:
             self.throttle.set_requests_per_minute(requests_per_minute)
-        self._closed = False
 
     # ----- configuration -------------------------------------------------------------------
 
@@ -206,9 +205,12 @@ class OpenRouterBackend:
         if not overrides:
             return
         check_options(overrides, OVERRIDE_KEYS, "override")
-        model = check_model(overrides["model"]) if "model" in overrides else None
-        temperature = check_temperature(overrides["temperature"]) if "temperature" in overrides else None
-        max_tokens = check_max_tokens(overrides["max_tokens"]) if "max_tokens" in overrides else None
+        # Coerced as the reference does (str / float / int), then checked.
+        model = check_model(str(overrides["model"])) if "model" in overrides else None
+        temperature = check_temperature(_coerce(overrides["temperature"], float, "temperature")) \
+            if "temperature" in overrides else None
+        max_tokens = check_max_tokens(_coerce(overrides["max_tokens"], int, "max_tokens")) \
+            if "max_tokens" in overrides else None
         with self._override_lock:
             if self._saved is None:
                 self._saved = {"model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens}
@@ -480,13 +482,11 @@ class OpenRouterBackend:
 
     def availability_check(self) -> bool:
         """True when an API key is configured; sends nothing."""
-        return bool(self._key()) and not self._closed
+        return bool(self._key())
 
     def close(self) -> None:
-        """Close the connection pool. Safe to call more than once."""
-        if not self._closed:
-            self._closed = True
-            self._transport.close()
+        """Close the connection pool. Safe to call more than once; a later call opens a fresh pool."""
+        self._transport.close()
 
     def __enter__(self) -> OpenRouterBackend:
         return self
@@ -498,6 +498,16 @@ class OpenRouterBackend:
         key = "set" if self._api_key else "missing"
         return redact(f"OpenRouterBackend(model={self.model!r}, base_url={self.base_url!r}, "
                       f"api_key_env={self.api_key_env!r}, key={key})")
+
+
+def _coerce(value: Any, kind: type, name: str) -> Any:
+    """``float("0.5")`` / ``int("100")`` as the reference's apply_overrides does; a clear error otherwise."""
+    if isinstance(value, str):
+        try:
+            return kind(value)
+        except ValueError:
+            raise ValueError(f"{name} must be a number, got {value!r}") from None
+    return value
 
 
 def _replay_first(first: Outcome, attempt: Any) -> Any:

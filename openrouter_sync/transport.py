@@ -106,8 +106,8 @@ class Transport:
         Raises ``TransportError`` when no complete answer arrives. ``tag`` groups attempts that
         ``deadline.abort_tagged`` may cut short together.
         """
-        if self._closed:
-            raise TransportError(E.CONNECTION, "the backend is closed")
+        if self._closed:  # used again after close(): open a fresh pool, as the reference's lazy client did
+            self._reopen()
         prepared = requests.PreparedRequest()
         prepared.method = method
         url = self.base_url + path
@@ -125,13 +125,14 @@ class Transport:
         prepared.hooks = {"response": []}
         started = time.monotonic()
         deadline = Deadline(started + timeout, tag)
-        adapter = self._adapter
         deadline.start()
         try:
             with deadline.attached():
-                response = adapter.send(
+                # Session.send, not the adapter directly: test doubles that hook the session
+                # (responses, requests-mock, a patched Session.send) see every request.
+                response = self._session.send(
                     prepared, stream=True, timeout=(min(self.connect_timeout, timeout), timeout),
-                    verify=self._verify, proxies=self._proxies,
+                    verify=self._verify, proxies=self._proxies, allow_redirects=False,
                 )
                 if stream and response.status_code == 200:
                     return RawResponse(response.status_code, response.headers, b"", response, deadline)
@@ -147,9 +148,19 @@ class Transport:
             raise TransportError(E.TIMEOUT, "the deadline passed before the answer was complete")
         return RawResponse(response.status_code, response.headers, content)
 
+    def _reopen(self) -> None:
+        with self._lock:
+            if self._closed:
+                self._session = requests.Session()
+                self._session.headers.clear()
+                self._adapter = self._mount(self._pool_size)
+                self._closed = False
+
     def close(self) -> None:
-        self._closed = True
-        self._session.close()
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._session.close()
 
 
 def _transport_error(exc: requests.exceptions.RequestException, deadline: Deadline) -> TransportError:

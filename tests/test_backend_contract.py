@@ -98,6 +98,11 @@ def test_override_lifecycle() -> None:
     with pytest.raises(ValueError, match="temperature must be between 0 and 2"):
         b.apply_overrides({"temperature": 9})
     assert b.model == "m/base"
+    b.apply_overrides({"temperature": "0.25", "max_tokens": "12"})  # coerced, as the reference does
+    assert (b.temperature, b.max_tokens) == (0.25, 12)
+    b.clear_overrides()
+    with pytest.raises(ValueError, match="max_tokens must be a number"):
+        b.apply_overrides({"max_tokens": "lots"})
 
 
 def test_override_lock_is_one_rlock() -> None:
@@ -211,3 +216,23 @@ def test_result_json_helper() -> None:
 
 def test_fake_reply_is_deterministic(backend: OpenRouterBackend) -> None:
     assert backend.execute("same").stdout == fake_reply("same", "openai/gpt-4o-mini")
+
+
+def test_patched_session_send_sees_the_request(env_key: str) -> None:
+    """Test doubles that hook requests.Session.send see our requests; a non-network error is re-raised."""
+    from unittest import mock
+
+    import requests
+
+    with mock.patch.object(requests.Session, "send", side_effect=ValueError("not a network error")) as send:
+        with pytest.raises(ValueError, match="not a network error"):
+            OpenRouterBackend(retry_policy=RetryPolicy(max_attempts=1)).execute("x")
+    assert send.call_count == 1
+
+
+def test_usable_again_after_close(fake: FakeOpenRouter, env_key: str) -> None:
+    b = OpenRouterBackend(base_url=fake.base_url)
+    assert b.execute("one").success
+    b.close()
+    assert b.execute("two").success  # a fresh pool, as the reference's lazy client would
+    b.close()
