@@ -16,7 +16,8 @@ REDACTED = "[REDACTED]"
 _PATTERNS = re.compile(
     r"sk-or-v1-[A-Za-z0-9_\-]+"  # OpenRouter keys
     r"|sk-(?:proj-|ant-)?[A-Za-z0-9_\-]{16,}"  # other OpenAI-style keys
-    r"|(?i:bearer)\s+[A-Za-z0-9_\-\.=:/+]{8,}"  # an Authorization header value
+    r"|(?i:authorization)[\"']?\s*[:=]\s*[\"']?(?i:bearer)\s+[^\s\"',}]+"  # an Authorization header, whatever the token
+    r"|(?i:bearer)\s+(?=[A-Za-z0-9_\-.=:/+]*\d)[A-Za-z0-9_\-.=:/+]{12,}"  # a bearer token in prose (it has digits)
 )
 
 _secrets_lock = threading.Lock()

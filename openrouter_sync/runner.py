@@ -86,14 +86,17 @@ def iter_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_worker
         raise ValueError(f"max_workers must be an integer >= 1, got {max_workers!r}")
     done = load_checkpoint(checkpoint, checkpoint_tag) if checkpoint is not None else {}
     writer = CheckpointWriter(checkpoint, tag=checkpoint_tag) if checkpoint is not None else None
+    workers = max_workers
+    if executor is not None:  # size the pool and the window to the threads that will really run
+        workers = max(workers, int(getattr(executor, "_max_workers", workers)))
     if hasattr(backend, "transport"):
-        backend.transport.ensure_pool_size(max_workers)
+        backend.transport.ensure_pool_size(workers)
     own_executor = executor is None
     pool: cf.Executor = executor or cf.ThreadPoolExecutor(max_workers, thread_name_prefix="openrouter-sync")
     cancel = threading.Event()
     meter = Progress(total if total is not None else (len(sheets) if isinstance(sheets, Sequence) else None), progress)
     pending: dict[cf.Future[ExecutionResult], tuple[int, Sheet, Optional[str]]] = {}
-    window = 2 * max_workers
+    window = 2 * workers
     keys = SheetKeys() if checkpoint is not None else None  # ids matter (and cost memory) only for a checkpoint
     finished_normally = False
 

@@ -17,6 +17,8 @@ def test_key_shapes_are_redacted() -> None:
     assert "abcdefghij" not in redact("Authorization: Bearer abcdefghijklmnop")
     register_secret("plain-custom-secret-value")
     assert "plain-custom-secret-value" not in redact("x plain-custom-secret-value y")
+    prose = "Bearer authentication sends the token in a header."  # ordinary text stays as it is
+    assert redact(prose) == prose
 
 
 def test_key_never_leaks(fake: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
