@@ -26,7 +26,7 @@ from .request import (
     check_timeout,
 )
 from .result import ExecutionResult, utc_now
-from .retry import CallState, Interrupted, RetryPolicy, compile_policy
+from .retry import Activity, CallState, Interrupted, RetryPolicy, compile_policy
 from .throttle import Throttle
 from .transport import RawResponse, Transport, TransportError
 
@@ -119,6 +119,7 @@ class OpenRouterBackend:
         self._output_log_path: Optional[Path] = None
 
         self._retrying = compile_policy(self.retry_policy)
+        self.activity = Activity()  # calls waiting to retry right now
         self._transport = Transport(self.base_url, self._headers(self._api_key), pool_size=pool_size,
                                     connect_timeout=connect_timeout)
         self._transport_key = self._api_key
@@ -392,7 +393,7 @@ class OpenRouterBackend:
             return ExecutionResult(success=False, stdout="", stderr=message, duration_seconds=time.monotonic() - start,
                                    exit_code=1, started_at=started_at, error_type=E.CONFIGURATION,
                                    error_message=message, model=spec.model, sheet_id=spec.sheet_id)
-        state = CallState(cancel)
+        state = CallState(cancel, self.activity)
         body = spec.body()
         outcome = self._attempt(state, body, spec.timeout)
         attempts = 1

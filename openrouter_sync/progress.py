@@ -19,15 +19,16 @@ class ProgressInfo:
     total: Optional[int]
     succeeded: int
     failed: int
-    retried: int
+    retried: int  # finished sheets that needed more than one attempt
     tokens: int
     cost: float
     elapsed: float
+    retrying: int = 0  # sheets waiting to retry at this moment
 
     def line(self) -> str:
         total = "?" if self.total is None else str(self.total)
-        return (f"[{self.done}/{total}] ok {self.succeeded} failed {self.failed} retried {self.retried} "
-                f"tokens {self.tokens} ${self.cost:.4f} {self.elapsed:.1f}s")
+        return (f"[{self.done}/{total}] ok {self.succeeded} failed {self.failed} retrying {self.retrying} "
+                f"retried {self.retried} tokens {self.tokens} ${self.cost:.4f} {self.elapsed:.1f}s")
 
 
 ProgressArg = Union[bool, Callable[[ProgressInfo], Any], None]
@@ -37,7 +38,8 @@ class Progress:
     """Counts results and shows them the way the caller asked."""
 
     def __init__(self, total: Optional[int], mode: ProgressArg, file: Optional[TextIO] = None,
-                 min_interval: float = 0.2) -> None:
+                 min_interval: float = 0.2, activity: Any = None) -> None:
+        self._activity = activity
         self.info = ProgressInfo(0, total, 0, 0, 0, 0, 0.0, 0.0)
         self._start = time.monotonic()
         self._callback = mode if callable(mode) else None
@@ -65,11 +67,12 @@ class Progress:
         info.tokens += result.tokens_used or 0
         info.cost += result.cost or 0.0
         info.elapsed = time.monotonic() - self._start
+        info.retrying = getattr(self._activity, "retrying", 0)
         if self._callback is not None:
             self._callback(dataclasses.replace(info))  # a snapshot the callback may keep
         if self._bar is not None:
-            self._bar.set_postfix_str(f"failed={info.failed} retried={info.retried} tokens={info.tokens} "
-                                      f"${info.cost:.4f}", refresh=False)
+            self._bar.set_postfix_str(f"failed={info.failed} retrying={info.retrying} retried={info.retried} "
+                                      f"tokens={info.tokens} ${info.cost:.4f}", refresh=False)
             self._bar.update(1)
         elif self._text:
             now = time.monotonic()

@@ -99,10 +99,11 @@ class RetryPolicy:
 class CallState:
     """Book-keeping for one call across its attempts."""
 
-    __slots__ = ("started", "cancel", "sleep", "waited", "planned_wait", "wait_source", "give_up_wait")
+    __slots__ = ("started", "cancel", "sleep", "waited", "planned_wait", "wait_source", "give_up_wait", "activity")
 
-    def __init__(self, cancel: Optional[threading.Event] = None) -> None:
+    def __init__(self, cancel: Optional[threading.Event] = None, activity: Optional[Activity] = None) -> None:
         self.started = time.monotonic()
+        self.activity = activity
         self.cancel = cancel
         self.sleep = interruptible_sleep(cancel)
         self.waited = 0.0
@@ -114,9 +115,28 @@ class CallState:
 _local = threading.local()
 
 
+class Activity:
+    """How many calls of a backend are waiting to retry right now (shown by progress bars)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.retrying = 0
+
+    def add(self, delta: int) -> None:
+        with self._lock:
+            self.retrying += delta
+
+
 def _sleep(seconds: float) -> None:
-    """tenacity's sleep: the running call's own (interruptible) sleep."""
-    getattr(_local, "sleep", time.sleep)(seconds)
+    """tenacity's sleep: the running call's own (interruptible) sleep, counted as "retrying"."""
+    activity = getattr(_local, "activity", None)
+    if activity is not None:
+        activity.add(1)
+    try:
+        getattr(_local, "sleep", time.sleep)(seconds)
+    finally:
+        if activity is not None:
+            activity.add(-1)
 
 
 class Interrupted(Exception):
@@ -177,7 +197,7 @@ def compile_policy(policy: RetryPolicy, rng: Optional[random.Random] = None) -> 
         state = state_of(retry_state)
         outcome: Outcome = retry_state.outcome.result()  # type: ignore[union-attr]
         state.waited += state.planned_wait
-        _local.sleep = state.sleep
+        _local.sleep, _local.activity = state.sleep, state.activity
         logger.warning("retry %d/%d after %s: waiting %.2fs (%s)", retry_state.attempt_number + 1,
                        policy.max_attempts, _label(outcome), state.planned_wait, state.wait_source)
 

@@ -94,7 +94,8 @@ def iter_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_worker
     own_executor = executor is None
     pool: cf.Executor = executor or cf.ThreadPoolExecutor(max_workers, thread_name_prefix="openrouter-sync")
     cancel = threading.Event()
-    meter = Progress(total if total is not None else (len(sheets) if isinstance(sheets, Sequence) else None), progress)
+    meter = Progress(total if total is not None else (len(sheets) if isinstance(sheets, Sequence) else None), progress,
+                     activity=getattr(backend, "activity", None))
     pending: dict[cf.Future[ExecutionResult], tuple[int, Sheet, Optional[str]]] = {}
     window = 2 * workers
     keys = SheetKeys() if checkpoint is not None else None  # ids matter (and cost memory) only for a checkpoint

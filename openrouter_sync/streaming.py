@@ -241,7 +241,7 @@ class Stream:
         if not key:
             self.result = backend.run_spec(spec)  # the configuration failure, logged and reported as usual
             return
-        self._state = state = CallState(self._cancel)
+        self._state = state = CallState(self._cancel, backend.activity)
         try:
             outcome: Outcome = backend._retrying(self._attempt, state, spec.body(stream=True), spec.timeout)
         except Interrupted:

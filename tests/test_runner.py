@@ -310,3 +310,15 @@ def test_sigint_returns_quickly_with_checkpoint_intact(tmp_path: Path) -> None:
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(records) >= 4 and all(r["result"]["success"] for r in records)
     assert os.path.getsize(path) > 0
+
+
+def test_progress_counts_sheets_waiting_to_retry(fake: FakeOpenRouter, key: str) -> None:
+    fake.script(Reply(503))  # the first request fails; its sheet waits 0.3 s before its retry
+    infos: list[ProgressInfo] = []
+    policy = RetryPolicy(backoff_base=0.3, backoff_max=0.3, jitter=0)
+    with OpenRouterBackend(base_url=fake.base_url, api_key=key, retry_policy=policy) as b:
+        results = run_sheets(b, ["first", "a", "b", "c"], max_workers=2, progress=infos.append)
+    assert all(r.success for r in results)
+    assert any(i.retrying == 1 for i in infos)
+    assert infos[-1].retried == 1 and infos[-1].retrying == 0 and "retrying" in infos[-1].line()
+    assert b.activity.retrying == 0
