@@ -176,8 +176,8 @@ class Throttle:
         # the last second (since its bucket first ran dry, and not so recently that their answers
         # may still be on the way) is its sustained rate.
         start = max(ticket - 1.0, self._regime_start)
-        end = ticket - max(self._latencies, default=0.0)
-        if end - start >= 0.1:
+        end = ticket - self._typical_latency() * 1.5
+        if end - start >= 0.05:
             accepted = sum(1 for t in self._accepted_sent if start < t <= end)
             if accepted >= 3:
                 measured = accepted / (end - start)
@@ -185,6 +185,11 @@ class Throttle:
                     return max(_MIN_RATE, rate * 0.5, min(rate, measured) * _MARGIN)
                 return max(_MIN_RATE, measured * _MARGIN)
         return max(_MIN_RATE, rate * 0.9)
+
+    def _typical_latency(self) -> float:
+        """The median time an accepted answer took lately (robust to a slow first connection)."""
+        latencies = sorted(self._latencies)
+        return latencies[len(latencies) // 2] if latencies else 0.0
 
     def _first_guess(self, now: float, wait: Optional[float]) -> float:
         self._regime_start = max(now, self._blocked_until)  # measurements start when sending resumes
