@@ -8,6 +8,7 @@
 
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .backend import OpenRouterBackend
 from .errors import OpenRouterError
 from .result import ExecutionResult
@@ -37,7 +38,6 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
-__version__ = "0.1.0"
 
 __all__ = [
     "ExecutionResult",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from . import errors as E
 from ._log import logger, redact, register_secret
+from ._version import __version__
 from .classify import Outcome, classify_response, network_outcome
 from .request import (
     OVERRIDE_KEYS,
@@ -95,6 +96,8 @@ class OpenRouterBackend:
             raise ValueError(f"pool_size must be an integer >= 1, got {pool_size!r}")
         check_timeout(connect_timeout, "connect_timeout")
         check_options(default_options or {}, REQUEST_OPTIONS | {"extra_body"})
+        if throttle is not None and not isinstance(throttle, Throttle):
+            raise TypeError(f"throttle must be a Throttle, got {type(throttle).__name__}")
 
         self.model = model
         self.api_key_env = api_key_env
@@ -102,7 +105,7 @@ class OpenRouterBackend:
         self.temperature = float(temperature)
         self.timeout_seconds = float(timeout_seconds)
         self.base_url = base_url.rstrip("/")
-        self.retry_policy = retry_policy if retry_policy is not None else RetryPolicy()
+        self.retry_policy = retry_policy if retry_policy is not None else RetryPolicy()  # compiles it
         self.default_options: dict[str, Any] = dict(default_options or {})
         self._app_url, self._app_title = app_url, app_title
         self._working_directory: Optional[Path] = None
@@ -118,13 +121,9 @@ class OpenRouterBackend:
         self._prompt_extensions: list[str] = []
         self._output_log_path: Optional[Path] = None
 
-        self._retrying = compile_policy(self.retry_policy)
         self.activity = Activity()  # calls waiting to retry right now
         self._transport = Transport(self.base_url, self._headers(self._api_key), pool_size=pool_size,
                                     connect_timeout=connect_timeout)
-        self._transport_key = self._api_key
-        if throttle is not None and not isinstance(throttle, Throttle):
-            raise TypeError(f"throttle must be a Throttle, got {type(throttle).__name__}")
         self.throttle: Throttle = throttle if throttle is not None else Throttle(adaptive=adaptive_rate)
         if requests_per_minute is not None:
             self.throttle.set_requests_per_minute(requests_per_minute)
@@ -167,6 +166,18 @@ class OpenRouterBackend:
         return self._override_lock  # type: ignore[return-value]
 
     @property
+    def retry_policy(self) -> RetryPolicy:
+        """The policy every call follows; assign a new one at any time."""
+        return self._retry_policy
+
+    @retry_policy.setter
+    def retry_policy(self, policy: RetryPolicy) -> None:
+        if not isinstance(policy, RetryPolicy):
+            raise TypeError(f"retry_policy must be a RetryPolicy, got {type(policy).__name__}")
+        self._retrying = compile_policy(policy)
+        self._retry_policy = policy
+
+    @property
     def transport(self) -> Transport:
         return self._transport
 
@@ -177,7 +188,7 @@ class OpenRouterBackend:
             "HTTP-Referer": self._app_url,
             "X-Title": self._app_title,
             "X-OpenRouter-Title": self._app_title,
-            "User-Agent": "openrouter-sync",
+            "User-Agent": f"openrouter-sync/{__version__}",
         }
         if key:
             headers["Authorization"] = f"Bearer {key}"

@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Any, Iterator, Optional, Sequence, TextIO
 
-from . import __version__
+from ._version import __version__
 from .backend import DEFAULT_BASE_URL, DEFAULT_MODEL, OpenRouterBackend
 from .errors import OpenRouterError
 from .request import OVERRIDE_KEYS

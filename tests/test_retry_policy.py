@@ -154,3 +154,12 @@ def test_ctrl_c_during_a_wait_returns_at_once(fake: FakeOpenRouter, key: str) ->
             b.execute("x")
         assert time.monotonic() - start < 1.5
         timer.cancel()
+
+
+def test_a_new_policy_takes_effect(fake: FakeOpenRouter, key: str) -> None:
+    with OpenRouterBackend(base_url=fake.base_url, api_key=key) as b:
+        b.retry_policy = RetryPolicy(max_attempts=1)
+        fake.script(Reply(503), Reply())
+        assert b.execute("x").exit_code == 503 and fake.request_count == 1
+        with pytest.raises(TypeError, match="RetryPolicy"):
+            b.retry_policy = 3  # type: ignore[assignment]
