@@ -23,7 +23,7 @@ def main() -> None:
         results = run_sheets(backend, SHEETS, max_workers=8, progress=True)
     for result in results:
         status = "ok " if result.success else f"ERR {result.error_type}"
-        print(f"{status} {result.sheet_id:<24} {result.model:<40} {result.stdout[:60]!r}")
+        print(f"{status} {result.sheet_id or '(no id)':<24} {result.model:<40} {result.stdout[:60]!r}")
     print(results.summary)
 
 
