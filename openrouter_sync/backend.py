@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 from . import errors as E
 from ._log import logger, redact, register_secret
 from ._version import __version__
-from .classify import Outcome, classify_response, network_outcome
+from .classify import Outcome, classify_response, transport_outcome
 from .request import (
     OVERRIDE_KEYS,
     REQUEST_OPTIONS,
@@ -316,11 +316,11 @@ class OpenRouterBackend:
             raise E.ConfigurationError(ExecutionResult(False, "", message, 0.0, exit_code=1,
                                                        error_type=E.CONFIGURATION, error_message=message))
         started_at, start = utc_now(), time.monotonic()
+        timeout = min(30.0, self.timeout_seconds)
         try:
-            raw = self._transport.request("GET", path, params=params, timeout=min(30.0, self.timeout_seconds))
+            raw = self._transport.request("GET", path, params=params, timeout=timeout)
         except TransportError as exc:
-            outcome = network_outcome(exc.error_type, f"Connection error: {exc}" if exc.error_type == E.CONNECTION
-                                      else str(exc))
+            outcome = transport_outcome(exc.error_type, str(exc), timeout)
         else:
             if raw.status == 200:
                 try:
@@ -450,8 +450,7 @@ class OpenRouterBackend:
             throttle.on_answer(ticket)
             if state.cancel is not None and state.cancel.is_set():
                 raise Interrupted() from None
-            prefix = {E.TIMEOUT: f"Timeout after {timeout:g}s: ", E.CONNECTION: "Connection error: "}
-            return network_outcome(exc.error_type, prefix.get(exc.error_type, "") + str(exc))
+            return transport_outcome(exc.error_type, str(exc), timeout)
         return raw, ticket
 
     def _observe(self, outcome: Outcome, ticket: Optional[float]) -> None:

@@ -252,14 +252,20 @@ def _classify_ok(headers: Mapping[str, str], content: bytes, generation_id: Opti
     return Outcome(None, 0, status=200, data=data, generation_id=generation_id)
 
 
+def error_code(error: Any) -> tuple[Any, int]:
+    """An error object's ``code`` (an int, a numeric string made int, or a name) and the exit code
+    it gives a failed result: the code when it is an HTTP error status, else 502."""
+    code = error.get("code") if isinstance(error, dict) else None
+    if isinstance(code, str) and code.isdigit():
+        code = int(code)
+    return code, code if isinstance(code, int) and 400 <= code <= 599 else 502
+
+
 def _provider_error(
     error: Any, data: dict[str, Any], partial: str, generation_id: Optional[str], headers: Mapping[str, str]
 ) -> Outcome:
     detail, _ = _error_detail({"error": error})
-    code = error.get("code") if isinstance(error, dict) else None
-    if isinstance(code, str) and code.isdigit():
-        code = int(code)
-    exit_code = code if isinstance(code, int) and 400 <= code <= 599 else 502
+    code, exit_code = error_code(error)
     wait = wait_from_headers(headers) or wait_from_body({"error": error})
     return Outcome(
         error_type=E.PROVIDER_ERROR,
@@ -272,6 +278,12 @@ def _provider_error(
         generation_id=generation_id,
         partial_text=partial,
     )
+
+
+def transport_outcome(error_type: str, reason: str, timeout: float) -> Outcome:
+    """The outcome of a ``TransportError``, its message in the contract's words."""
+    prefix = {E.TIMEOUT: f"Timeout after {timeout:g}s: ", E.CONNECTION: "Connection error: "}
+    return network_outcome(error_type, prefix.get(error_type, "") + reason)
 
 
 def network_outcome(error_type: str, message: str) -> Outcome:

@@ -25,7 +25,7 @@ from .request import OVERRIDE_KEYS
 from .retry import RetryPolicy
 from .runner import RunInterrupted, run_sheets
 from .sheet import Sheet
-from .testing.demo import OFFLINE_NOTICE, offline_wanted
+from .testing.demo import demo_backend, offline_wanted
 
 SHEET_FIELDS = {"prompt", "messages", "id", "system", "preamble", "extensions", "timeout_seconds", "metadata",
                 "overrides", "output_log_path"}
@@ -89,17 +89,8 @@ def _backend(args: argparse.Namespace) -> Iterator[tuple[OpenRouterBackend, bool
         options["requests_per_minute"] = args.rpm
     if getattr(args, "workers", None):
         options["pool_size"] = args.workers
-    if not offline:
-        with OpenRouterBackend(**options) as backend:
-            yield backend, False
-        return
-    from .testing import FakeOpenRouter
-
-    print(OFFLINE_NOTICE, file=sys.stderr, flush=True)
-    with FakeOpenRouter() as server:
-        options.update(base_url=server.base_url, api_key="offline-fake-key")
-        with OpenRouterBackend(**options) as backend:
-            yield backend, True
+    with demo_backend(offline="1" if offline else "0", **options) as backend:
+        yield backend, offline
 
 
 def cmd_run(args: argparse.Namespace) -> int:

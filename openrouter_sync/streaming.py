@@ -19,7 +19,7 @@ import requests
 
 from . import errors as E
 from ._log import logger, redact
-from .classify import Outcome, classify_response, completion_result, network_outcome
+from .classify import Outcome, classify_response, completion_result, error_code, network_outcome
 from .request import CallSpec
 from .result import ExecutionResult, utc_now
 from .retry import CallState, Interrupted
@@ -161,10 +161,7 @@ class SSEReader:
     def outcome(self) -> Outcome:
         """The verdict once the stream has ended."""
         if self.error is not None:
-            code = self.error.get("code")
-            if isinstance(code, str) and code.isdigit():
-                code = int(code)
-            exit_code = code if isinstance(code, int) and 400 <= code <= 599 else 502
+            code, exit_code = error_code(self.error)
             message = str(self.error.get("message") or "no details")
             return Outcome(E.PROVIDER_ERROR, exit_code, f"stream failed mid-way (code {code}): {message}", 200,
                            data=self.as_completion(), generation_id=self.generation_id,
