@@ -23,6 +23,8 @@ _PATTERNS = re.compile(
 _secrets_lock = threading.Lock()
 _secrets: frozenset[str] = frozenset()
 _secret_re: re.Pattern[str] | None = None
+_fragment_re: re.Pattern[str] | None = None
+FRAGMENT = 8  # an error text that echoes this many characters of a known secret is redacted there
 
 
 def register_secret(value: str | None) -> None:
@@ -30,20 +32,39 @@ def register_secret(value: str | None) -> None:
     global _secrets, _secret_re
     if not value or len(value) < 4 or value in _secrets:
         return
+    global _fragment_re
     with _secrets_lock:
         _secrets = _secrets | {value}
         ordered = sorted(_secrets, key=len, reverse=True)
         _secret_re = re.compile("|".join(re.escape(s) for s in ordered))
+        grams = {s[i:i + FRAGMENT] for s in _secrets if len(s) >= 2 * FRAGMENT for i in range(len(s) - FRAGMENT + 1)}
+        _fragment_re = re.compile("|".join(re.escape(g) for g in sorted(grams))) if grams else None
 
 
-def redact(text: str) -> str:
-    """Return ``text`` with every known secret and every key-shaped token replaced."""
+def redact(text: str, fragments: bool = False) -> str:
+    """Return ``text`` with every known secret and every key-shaped token replaced.
+
+    ``fragments=True`` (for text a server sent back, which may echo part of a key) also replaces
+    every run of ``FRAGMENT`` or more characters of a known secret."""
     if not text:
         return text
     secret_re = _secret_re
     if secret_re is not None:
         text = secret_re.sub(REDACTED, text)
-    return _PATTERNS.sub(REDACTED, text)
+    text = _PATTERNS.sub(REDACTED, text)
+    fragment_re = _fragment_re
+    if fragments and fragment_re is not None:
+        text = fragment_re.sub(REDACTED, text)
+    return text
+
+
+def secret_spans(text: str) -> list[tuple[int, int]]:
+    """Where ``redact`` would replace something in ``text``, as (start, end) pairs."""
+    spans = [m.span() for m in _PATTERNS.finditer(text)]
+    secret_re = _secret_re
+    if secret_re is not None:
+        spans.extend(m.span() for m in secret_re.finditer(text))
+    return spans
 
 
 class RedactingFilter(logging.Filter):

@@ -1,25 +1,51 @@
-"""Turn an HTTP answer (or a network failure) into an ``Outcome``: the one place that decides what happened."""
+"""Turn an HTTP answer (or a network failure) into an ``Outcome``: the one place that decides what happened.
+
+Every function here is total: whatever bytes, headers or JSON shapes a server sends, the
+result is an ``Outcome`` with an ``ErrorType``, never an exception.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping, Optional
 
-from . import errors as E
 from ._log import redact
+from .error_types import ErrorType, error_type_for_status
 from .result import ExecutionResult
-from .waits import wait_from_body, wait_from_headers
+from .waits import wait_from_body, wait_from_headers, wait_from_text
 
-_MAX_DETAIL = 300
+MAX_MESSAGE = 2000  # characters of a server's error text kept in a result
+_SNIPPET = 300
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+#: Network failures after which the server may have done (and billed) the work.
+UNANSWERED = frozenset({ErrorType.TIMEOUT, ErrorType.CONNECTION, ErrorType.TRUNCATED_RESPONSE})
+
+
+def clean_text(text: str) -> str:
+    """``text`` with lone surrogates (legal in JSON, unencodable in UTF-8) replaced by U+FFFD."""
+    return _LONE_SURROGATE.sub("\ufffd", text) if _LONE_SURROGATE.search(text) else text
+
+
+def bounded(text: str, limit: int = MAX_MESSAGE) -> str:
+    """A server's text for a result: redacted (echoed fragments of a key too) before it is cut, so
+    no part of a key survives at the cut; at most ``limit`` characters."""
+    text = redact(clean_text(text[:2 * limit]), fragments=True)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """One attempt's verdict. ``error_type`` is None for a usable answer."""
+    """One attempt's verdict. ``error_type`` is None for a usable answer.
 
-    error_type: Optional[str]
+    ``sent`` says whether the whole request reached the server; ``scope`` names what a 429
+    limits (None: the whole key, ``"model"``: the requested model, ``"free"``: the free-model
+    quota); ``reader`` is the open event stream of a streamed answer that has begun.
+    """
+
+    error_type: Optional[ErrorType]
     exit_code: int
     message: str = ""
     status: Optional[int] = None
@@ -28,6 +54,9 @@ class Outcome:
     retry_source: Optional[str] = None
     generation_id: Optional[str] = None
     partial_text: str = ""
+    sent: bool = True
+    scope: Optional[str] = None
+    reader: Any = field(default=None, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -35,44 +64,39 @@ class Outcome:
 
     @property
     def rate_limited(self) -> bool:
-        return self.error_type == E.RATE_LIMIT
+        return self.error_type == ErrorType.RATE_LIMIT
 
-    def to_result(
-        self,
-        *,
-        requested_model: str,
-        duration: float,
-        started_at: datetime,
-        attempts: int = 1,
-        waited: float = 0.0,
-    ) -> ExecutionResult:
-        """Build the ``ExecutionResult`` for this outcome."""
+    @property
+    def unanswered(self) -> bool:
+        """The request was sent but no complete answer came: the server may have billed it."""
+        return self.sent and self.error_type in UNANSWERED
+
+    def to_result(self, *, requested_model: str, duration: float, started_at: datetime, attempts: int = 1,
+                  waited: float = 0.0, unanswered: int = 0) -> ExecutionResult:
+        """The ``ExecutionResult`` for this outcome."""
         if self.error_type is None and self.data is not None:
-            return completion_result(
-                self.data, requested_model, duration, started_at, attempts, waited, self.generation_id
-            )
-        message = redact(self.message)
+            completion = parse_completion(self.data)
+            if completion is not None:
+                result = completion.to_result(requested_model, duration, started_at, self.generation_id)
+                result.attempts, result.retry_wait_seconds = attempts, waited
+                result.unanswered_attempts = unanswered
+                return result
+        message = self.message
         result = ExecutionResult(
-            success=False,
-            stdout=self.partial_text,
-            stderr=message,
-            duration_seconds=duration,
-            exit_code=self.exit_code,
-            exit_reason="timeout" if self.error_type == E.TIMEOUT else "completed",
-            started_at=started_at,
-            rate_limited=self.rate_limited,
+            success=False, stdout=self.partial_text, stderr=message, duration_seconds=duration,
+            exit_code=self.exit_code, exit_reason="timeout" if self.error_type == ErrorType.TIMEOUT else "completed",
+            started_at=started_at, rate_limited=self.rate_limited,
             rate_limit_wait_seconds=self.retry_after if self.rate_limited else None,
-            error_type=self.error_type,
-            error_message=message,
-            model=requested_model,
-            attempts=attempts,
-            retry_wait_seconds=waited,
-            status_code=self.status,
-            generation_id=self.generation_id,
+            error_type=self.error_type or ErrorType.INVALID_RESPONSE, error_message=message, model=requested_model,
+            attempts=attempts, retry_wait_seconds=waited, status_code=self.status,
+            generation_id=self.generation_id, unanswered_attempts=unanswered,
         )
-        if self.data is not None:  # a 200 that failed: keep what usage it reported
-            _apply_usage(result, self.data)
-            result.model = self.data.get("model") or requested_model
+        if self.data is not None:  # a 200 that failed: keep what it says of usage and model
+            apply_usage(result, self.data)
+            model = self.data.get("model")
+            result.model = model if isinstance(model, str) and model else requested_model
+            finish = _first_choice(self.data).get("finish_reason")
+            result.finish_reason = finish if isinstance(finish, str) else None
         return result
 
 
@@ -80,7 +104,12 @@ def _as_int(value: Any) -> Optional[int]:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _apply_usage(result: ExecutionResult, data: Mapping[str, Any]) -> None:
+def _as_str(value: Any) -> Optional[str]:
+    return clean_text(value) if isinstance(value, str) else None
+
+
+def apply_usage(result: ExecutionResult, data: Mapping[str, Any]) -> None:
+    """Copy tokens and cost from a body's ``usage`` (whatever types it holds) onto a result."""
     usage = data.get("usage")
     if not isinstance(usage, dict):
         return
@@ -88,12 +117,10 @@ def _apply_usage(result: ExecutionResult, data: Mapping[str, Any]) -> None:
     completion = _as_int(usage.get("completion_tokens"))
     result.input_tokens = prompt
     result.output_tokens = completion
-    if prompt is not None and completion is not None:
-        result.tokens_used = prompt + completion
-    else:
-        result.tokens_used = _as_int(usage.get("total_tokens"))
+    result.tokens_used = prompt + completion if prompt is not None and completion is not None \
+        else _as_int(usage.get("total_tokens"))
     cost = usage.get("cost")
-    if isinstance(cost, (int, float)) and not isinstance(cost, bool):
+    if isinstance(cost, (int, float)) and not isinstance(cost, bool) and cost == cost:
         result.cost = float(cost)
     details = usage.get("prompt_tokens_details")
     if isinstance(details, dict):
@@ -103,101 +130,129 @@ def _apply_usage(result: ExecutionResult, data: Mapping[str, Any]) -> None:
         result.reasoning_tokens = _as_int(details.get("reasoning_tokens"))
 
 
-def message_text(content: Any) -> str:
-    """The text of a message's ``content``: a string, None, or a list of parts."""
+def message_text(content: Any) -> Optional[str]:
+    """The text of a message's ``content`` (a string, None, or a list of parts); None if malformed."""
     if content is None:
         return ""
     if isinstance(content, str):
-        return content
+        return clean_text(content)
     if isinstance(content, list):
-        return "".join(
-            str(part.get("text", "")) if isinstance(part, dict) else str(part) for part in content
+        parts = []
+        for part in content:
+            text = part.get("text") if isinstance(part, dict) else part
+            if not isinstance(text, str):
+                return None
+            parts.append(text)
+        return clean_text("".join(parts))
+    return None
+
+
+def _first_choice(data: Mapping[str, Any]) -> dict[str, Any]:
+    choices = data.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        return choices[0]
+    return {}
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The parts of a well-formed completion body that a result needs."""
+
+    data: Mapping[str, Any]
+    text: str
+    reasoning: Optional[str]
+    finish_reason: Optional[str]
+
+    def to_result(self, requested_model: str, duration: float, started_at: datetime,
+                  generation_id: Optional[str] = None) -> ExecutionResult:
+        data = self.data
+        result = ExecutionResult(
+            success=True, stdout=self.text, stderr="", duration_seconds=duration, exit_code=0,
+            started_at=started_at, model=_as_str(data.get("model")) or requested_model,
+            finish_reason=self.finish_reason, generation_id=_as_str(data.get("id")) or generation_id,
+            provider=_as_str(data.get("provider")), reasoning=self.reasoning, status_code=200,
+            system_fingerprint=_as_str(data.get("system_fingerprint")),
         )
-    return str(content)
+        apply_usage(result, data)
+        return result
 
 
-def completion_result(
-    data: Mapping[str, Any],
-    requested_model: str,
-    duration: float,
-    started_at: datetime,
-    attempts: int = 1,
-    waited: float = 0.0,
-    generation_id: Optional[str] = None,
-) -> ExecutionResult:
-    """The successful result of a completion body already known to be usable."""
-    choice = data["choices"][0]
-    message = choice.get("message") or {}
-    reasoning = message.get("reasoning")
-    result = ExecutionResult(
-        success=True,
-        stdout=message_text(message.get("content")),
-        stderr="",
-        duration_seconds=duration,
-        exit_code=0,
-        started_at=started_at,
-        model=data.get("model") or requested_model,
-        attempts=attempts,
-        retry_wait_seconds=waited,
-        finish_reason=choice.get("finish_reason"),
-        generation_id=data.get("id") or generation_id,
-        provider=data.get("provider"),
-        reasoning=reasoning if isinstance(reasoning, str) else None,
-        status_code=200,
-    )
-    _apply_usage(result, data)
-    return result
+def parse_completion(data: Mapping[str, Any]) -> Optional[Completion]:
+    """A ``Completion`` when ``choices[0].message`` has the expected shape, else None."""
+    choice = _first_choice(data)
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        return None
+    text = message_text(message.get("content"))
+    if text is None:
+        return None
+    return Completion(data, text, _as_str(message.get("reasoning")), _as_str(choice.get("finish_reason")))
 
 
-def _error_detail(data: Any) -> tuple[str, Any]:
-    """The server's own message from an error body, and its ``error`` object."""
+def error_detail(data: Any) -> str:
+    """The server's own message from an error body, with the metadata that explains it."""
     if not isinstance(data, dict):
-        return "", None
+        return ""
     error = data.get("error")
-    if isinstance(error, dict):
-        message = str(error.get("message") or "")
-        metadata: dict[str, Any] = error["metadata"] if isinstance(error.get("metadata"), dict) else {}
-        extras = []
-        reasons = metadata.get("reasons")
-        if reasons:
-            extras.append("reasons: " + ", ".join(map(str, reasons)) if isinstance(reasons, list) else str(reasons))
-        flagged = metadata.get("flagged_input")
-        if flagged:
-            extras.append(f"flagged input: {str(flagged)[:_MAX_DETAIL]!r}")
-        provider = metadata.get("provider_name")
-        raw = metadata.get("raw")
-        if raw:
-            label = f"provider {provider}" if provider else "provider"
-            extras.append(f"{label}: {str(raw)[:_MAX_DETAIL]}")
-        elif provider:
-            extras.append(f"provider {provider}")
-        if extras:
-            message = f"{message} ({'; '.join(extras)})" if message else "; ".join(extras)
-        return message, error
     if isinstance(error, str):
-        return error, error
-    text = data.get("message")
-    return (text, None) if isinstance(text, str) else ("", None)
+        return error
+    if not isinstance(error, dict):
+        text = data.get("message")
+        return text if isinstance(text, str) else ""
+    message = str(error.get("message") or "")
+    metadata: dict[str, Any] = error["metadata"] if isinstance(error.get("metadata"), dict) else {}
+    extras = []
+    reasons = metadata.get("reasons")
+    if reasons:
+        extras.append("reasons: " + ", ".join(map(str, reasons)) if isinstance(reasons, list) else str(reasons))
+    flagged = metadata.get("flagged_input")
+    if flagged:
+        extras.append(f"flagged input: {str(flagged)[:_SNIPPET]!r}")
+    provider, raw = metadata.get("provider_name"), metadata.get("raw")
+    if raw:
+        extras.append(f"{f'provider {provider}' if provider else 'provider'}: {str(raw)[:_SNIPPET]}")
+    elif provider:
+        extras.append(f"provider {provider}")
+    if extras:
+        message = f"{message} ({'; '.join(extras)})" if message else "; ".join(extras)
+    return message
 
 
-def _decode(content: bytes) -> tuple[Any, Optional[str]]:
+def limit_scope(data: Any) -> Optional[str]:
+    """What a 429 limits: ``"free"`` (the free-model quota), ``"model"`` (an upstream provider's
+    limit on the requested model) or None (the whole key)."""
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return None
+    message = str(error.get("message") or "").lower()
+    if "free-models-per" in message or "free model" in message:
+        return "free"
+    metadata = error.get("metadata")
+    if isinstance(metadata, dict) and (metadata.get("provider_name") or metadata.get("raw")):
+        return "model"
+    return "model" if "provider returned error" in message or "upstream" in message else None
+
+
+def decode_json(content: bytes) -> tuple[Any, Optional[ErrorType]]:
     """Parse JSON; on failure say whether it looks truncated or simply is not JSON."""
     try:
         return json.loads(content), None
+    except RecursionError:
+        return None, ErrorType.INVALID_RESPONSE
     except (UnicodeDecodeError, ValueError) as exc:
         text = content.decode("utf-8", "replace").strip()
         if not text:
-            return None, E.INVALID_RESPONSE
-        looks_json = text[:1] in "{["
+            return None, ErrorType.INVALID_RESPONSE
         at_end = isinstance(exc, json.JSONDecodeError) and (
-            exc.pos >= len(text) - 1 or exc.msg.startswith("Unterminated string")
-        )
-        return None, E.TRUNCATED_RESPONSE if looks_json and at_end else E.INVALID_RESPONSE
+            exc.pos >= len(text) - 1 or exc.msg.startswith("Unterminated string"))
+        truncated = text[:1] in "{[" and at_end
+        return None, ErrorType.TRUNCATED_RESPONSE if truncated else ErrorType.INVALID_RESPONSE
 
 
-def _snippet(content: bytes) -> str:
-    text = content.decode("utf-8", "replace").strip().replace("\n", " ")
-    return text[:120] + ("..." if len(text) > 120 else "")
+def snippet(content: bytes) -> str:
+    """The start of a body, on one line, redacted, for an error message."""
+    text = content[:4 * _SNIPPET].decode("utf-8", "replace").strip().replace("\n", " ")
+    return bounded(text, _SNIPPET)
 
 
 def classify_response(status: int, headers: Mapping[str, str], content: bytes) -> Outcome:
@@ -205,91 +260,69 @@ def classify_response(status: int, headers: Mapping[str, str], content: bytes) -
     generation_id = headers.get("X-Generation-Id")
     if status == 200:
         return _classify_ok(headers, content, generation_id)
-    data, _ = _decode(content)
-    detail, _error = _error_detail(data)
-    error_type = E.error_type_for_status(status)
+    data, _ = decode_json(content)
+    error_type = error_type_for_status(status)
+    detail = error_detail(data)
     wait = wait_from_headers(headers) or wait_from_body(data)
-    if not detail:
-        detail = _snippet(content) or "no details"
-    return Outcome(
-        error_type=error_type,
-        exit_code=status,
-        message=f"HTTP {status} ({error_type}): {detail}",
-        status=status,
-        retry_after=wait[0] if wait else None,
-        retry_source=wait[1] if wait else None,
-        generation_id=generation_id,
-    )
+    if data is None and wait is None and status == 429:
+        seconds = wait_from_text(content[:4096].decode("utf-8", "replace"))  # a plain-text 429 body
+        wait = (seconds, "body-text") if seconds is not None else None
+    if error_type == ErrorType.REDIRECT:
+        detail = f"redirect to {headers.get('Location') or 'nowhere'} not followed; {detail or snippet(content)}"
+    message = bounded(f"HTTP {status} ({error_type}): {detail or snippet(content) or 'no details'}")
+    return Outcome(error_type, status, message, status, retry_after=wait[0] if wait else None,
+                   retry_source=wait[1] if wait else None, generation_id=generation_id,
+                   scope=limit_scope(data) if status == 429 else None)
 
 
 def _classify_ok(headers: Mapping[str, str], content: bytes, generation_id: Optional[str]) -> Outcome:
-    data, problem = _decode(content)
+    data, problem = decode_json(content)
     if problem is not None:
-        what = "was cut off" if problem == E.TRUNCATED_RESPONSE else "is not JSON"
-        return Outcome(
-            error_type=problem,
-            exit_code=502,
-            message=f"HTTP 200 but the body {what} ({len(content)} bytes): {_snippet(content)}",
-            status=200,
-            generation_id=generation_id,
-        )
+        what = "was cut off" if problem == ErrorType.TRUNCATED_RESPONSE else "is not JSON"
+        message = f"HTTP 200 but the body {what} ({len(content)} bytes): {snippet(content)}"
+        return Outcome(problem, 502, message, 200, generation_id=generation_id)
     if not isinstance(data, dict):
-        return Outcome(E.INVALID_RESPONSE, 502, f"HTTP 200 but the body is not an object: {_snippet(content)}", 200)
-    choices = data.get("choices")
+        return Outcome(ErrorType.INVALID_RESPONSE, 502, f"HTTP 200 but the body is not an object: {snippet(content)}",
+                       200, generation_id=generation_id)
+    choice = _first_choice(data)
     error = data.get("error")
-    if error and not choices:
-        return _provider_error(error, data, "", generation_id, headers)
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return Outcome(
-            E.INVALID_RESPONSE, 502, f"HTTP 200 but no choices in the answer: {_snippet(content)}", 200,
-            generation_id=generation_id,
-        )
-    choice = choices[0]
+    if error and not choice:
+        return provider_error(error, data, "", generation_id, headers)
     if choice.get("finish_reason") == "error" or choice.get("error"):
-        message = choice.get("message") or {}
+        message = choice.get("message")
         partial = message_text(message.get("content")) if isinstance(message, dict) else ""
-        return _provider_error(choice.get("error") or error or {}, data, partial, generation_id, headers)
+        return provider_error(choice.get("error") or error or {}, data, partial or "", generation_id, headers)
+    if parse_completion(data) is None:
+        return Outcome(ErrorType.INVALID_RESPONSE, 502, f"HTTP 200 but not a completion: {snippet(content)}", 200,
+                       generation_id=generation_id)
     return Outcome(None, 0, status=200, data=data, generation_id=generation_id)
 
 
 def error_code(error: Any) -> tuple[Any, int]:
     """An error object's ``code`` (an int, a numeric string made int, or a name) and the exit code
     it gives a failed result: the code when it is an HTTP error status, else 502."""
-    code = error.get("code") if isinstance(error, dict) else None
-    if isinstance(code, str) and code.isdigit():
+    code: Any = error.get("code") if isinstance(error, dict) else None
+    if isinstance(code, str) and code.isdigit() and len(code) < 6:
         code = int(code)
+    if isinstance(code, bool) or not isinstance(code, (int, str)):
+        code = None
     return code, code if isinstance(code, int) and 400 <= code <= 599 else 502
 
 
-def _provider_error(
-    error: Any, data: dict[str, Any], partial: str, generation_id: Optional[str], headers: Mapping[str, str]
-) -> Outcome:
-    detail, _ = _error_detail({"error": error})
+def provider_error(error: Any, data: Optional[dict[str, Any]], partial: str, generation_id: Optional[str],
+                   headers: Mapping[str, str], where: str = "HTTP 200 carrying an error") -> Outcome:
+    """The outcome of an error object inside a 200 (top level, in a choice, or mid-stream)."""
+    detail = error_detail({"error": error})
     code, exit_code = error_code(error)
     wait = wait_from_headers(headers) or wait_from_body({"error": error})
-    return Outcome(
-        error_type=E.PROVIDER_ERROR,
-        exit_code=exit_code,
-        message=f"HTTP 200 carrying an error (code {code if code is not None else 'none'}): {detail or 'no details'}",
-        status=200,
-        data=data,
-        retry_after=wait[0] if wait else None,
-        retry_source=wait[1] if wait else None,
-        generation_id=generation_id,
-        partial_text=partial,
-    )
+    message = bounded(f"{where} (code {code if code is not None else 'none'}): {detail or 'no details'}")
+    return Outcome(ErrorType.PROVIDER_ERROR, exit_code, message, 200, data=data,
+                   retry_after=wait[0] if wait else None, retry_source=wait[1] if wait else None,
+                   generation_id=generation_id, partial_text=partial)
 
 
-def transport_outcome(error_type: str, reason: str, timeout: float) -> Outcome:
-    """The outcome of a ``TransportError``, its message in the contract's words."""
-    prefix = {E.TIMEOUT: f"Timeout after {timeout:g}s: ", E.CONNECTION: "Connection error: "}
-    return network_outcome(error_type, prefix.get(error_type, "") + reason)
-
-
-def network_outcome(error_type: str, message: str) -> Outcome:
+def network_outcome(error_type: ErrorType, message: str, *, sent: bool = False, partial: str = "") -> Outcome:
     """The outcome of an attempt that got no complete HTTP answer."""
-    if error_type == E.TIMEOUT:
-        return Outcome(E.TIMEOUT, 408, message)
-    if error_type == E.TRUNCATED_RESPONSE:
-        return Outcome(E.TRUNCATED_RESPONSE, 502, message)
-    return Outcome(E.CONNECTION, 503, message)
+    exit_code = {ErrorType.TIMEOUT: 408, ErrorType.TRUNCATED_RESPONSE: 502, ErrorType.RESPONSE_TOO_LARGE: 502,
+                 ErrorType.INVALID_RESPONSE: 502}.get(error_type, 503)
+    return Outcome(error_type, exit_code, bounded(message), sent=sent, partial_text=partial)

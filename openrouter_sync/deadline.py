@@ -2,12 +2,15 @@
 
 A socket timeout bounds each ``recv``, not the whole answer: a server that trickles one byte a
 second never trips it. Here one watchdog thread (for the whole process) keeps a heap of
-deadlines; when one passes, it shuts down the socket of the connection that attempt is using,
-so the blocked read returns at once and the attempt fails as a timeout.
+deadlines; when one passes, it shuts down the socket the attempt is using, so the blocked read
+returns at once and the attempt fails as a timeout.
 
-The connection is learned from urllib3 through the pool subclasses below: ``_make_request``
-records the connection an attempt uses, ``_put_conn`` forgets it as it goes back to the pool,
-so a deadline can never close a connection another thread has since taken.
+The socket is learned through urllib3's public connection methods (``connect`` and
+``request``, overridden by the connection classes below) and kept by the deadline itself: when
+an answer says ``Connection: close``, http.client hands the socket to the response and forgets
+it on the connection, but the deadline still holds it and can still cut it. A deadline that
+passed while the client was resolving or connecting is noticed as soon as ``connect`` returns,
+and nothing is sent.
 """
 
 from __future__ import annotations
@@ -18,86 +21,90 @@ import itertools
 import socket
 import threading
 import time
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+Clock = Callable[[], float]
 _current = threading.local()
 
 
+class DeadlinePassed(TimeoutError):
+    """Raised inside a connection when its deadline passed before the request could be sent."""
+
+
 class Deadline:
-    """One attempt's deadline; use as a context manager around the request and the body read."""
+    """One attempt's deadline: ``activate()`` it around each piece of network I/O it bounds."""
 
-    __slots__ = ("when", "tag", "fired", "_conn", "_done", "_prev")
+    __slots__ = ("when", "tag", "fired", "sent", "_sock", "_done", "_clock")
 
-    def __init__(self, when: float, tag: object = None) -> None:
+    def __init__(self, when: float, tag: object = None, clock: Clock = time.monotonic) -> None:
         self.when = when
         self.tag = tag
-        self.fired = False
-        self._conn: Any = None
+        self.fired = False  # the watchdog cut (or was about to cut) this attempt
+        self.sent = False  # the whole request reached the socket: the server may act on it
+        self._sock: Optional[socket.socket] = None
         self._done = False
-        self._prev: Optional[Deadline] = None
+        self._clock = clock
+
+    @classmethod
+    def after(cls, seconds: float, tag: object = None, clock: Clock = time.monotonic) -> Deadline:
+        """A deadline ``seconds`` from now, armed."""
+        deadline = cls(clock() + seconds, tag, clock)
+        _watchdog.add(deadline)
+        return deadline
 
     def remaining(self) -> float:
-        return self.when - time.monotonic()
+        return self.when - self._clock()
 
-    def __enter__(self) -> Deadline:
-        self.start()
-        self._prev = getattr(_current, "deadline", None)
-        _current.deadline = self
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.finish()
-        _current.deadline = self._prev
-
-    def start(self) -> None:
-        """Arm the deadline (the context manager does this)."""
-        _watchdog.add(self)
-
-    def finish(self) -> None:
-        """Disarm: the attempt is over and its connection is no longer ours to cut."""
-        with _watchdog.lock:
-            self._done = True
-            self._conn = None
+    @property
+    def passed(self) -> bool:
+        """True once the deadline has fired or its time is up."""
+        return self.fired or self.remaining() <= 0
 
     @contextlib.contextmanager
-    def attached(self) -> Iterator[Deadline]:
-        """Make this the running thread's deadline for a while (e.g. each read of a stream)."""
-        prev = getattr(_current, "deadline", None)
+    def activate(self) -> Iterator[Deadline]:
+        """Make this the running thread's deadline (the connection classes report to it)."""
+        previous = getattr(_current, "deadline", None)
         _current.deadline = self
         try:
             yield self
         finally:
-            _current.deadline = prev
+            _current.deadline = previous
 
-    # Called by the pool subclasses, in the attempt's own thread.
-    def _attach(self, conn: Any) -> None:
+    def finish(self) -> None:
+        """Disarm: the attempt is over and its socket is no longer ours to cut."""
         with _watchdog.lock:
-            if not self._done:
-                self._conn = conn
-        if self.fired:  # passed while no connection was attached
-            _shutdown(conn)
+            self._done = True
+            self._sock = None
 
-    def _detach(self, conn: Any) -> None:
-        if self._conn is conn:
-            with _watchdog.lock:
-                if self._conn is conn:
-                    self._conn = None
+    def attach(self, sock: Optional[socket.socket]) -> None:
+        """Record the socket this attempt uses; cut it at once if the deadline already fired."""
+        if sock is None:
+            return
+        with _watchdog.lock:
+            if self._done:
+                return
+            self._sock = sock
+            fired = self.fired
+        if fired:
+            _shutdown(sock)
 
-    def _fire(self) -> None:  # watchdog thread, lock held
+    def fire(self) -> None:
+        """Cut the attempt now (the watchdog calls this when time is up; a cancelled run calls it early)."""
+        with _watchdog.lock:
+            self._fire_locked()
+
+    def _fire_locked(self) -> None:
         if self._done:
             return
         self.fired = True
-        if self._conn is not None:
-            _shutdown(self._conn)
+        if self._sock is not None:
+            _shutdown(self._sock)
 
 
-def _shutdown(conn: Any) -> None:
-    sock = getattr(conn, "sock", None)
-    if sock is None:
-        return
+def _shutdown(sock: socket.socket) -> None:
     try:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
@@ -134,7 +141,7 @@ class _Watchdog:
         with self.lock:
             for _, _, deadline in self._heap:
                 if deadline.tag is tag and not deadline._done and not deadline.fired:
-                    deadline._fire()
+                    deadline._fire_locked()
                     count += 1
         return count
 
@@ -150,93 +157,69 @@ class _Watchdog:
                         self._thread = None
                         return
                     continue
-                delay = heap[0][0] - time.monotonic()
+                delay = heap[0][0] - time.monotonic()  # sockets live in real time
                 if delay > 0:
                     self._wake.wait(delay)
                     continue
                 _, _, deadline = heapq.heappop(heap)
-                deadline._fire()
+                deadline._fire_locked()
 
 
 _watchdog = _Watchdog()
 
 
 def current() -> Optional[Deadline]:
+    """The deadline active in this thread, if any."""
     return getattr(_current, "deadline", None)
 
 
 def abort_tagged(tag: object) -> int:
-    """Cut the connections of every attempt running under ``tag`` (e.g. a run being interrupted)."""
+    """Cut the attempts running under ``tag`` (e.g. a run being interrupted); returns how many."""
     return _watchdog.fire_tagged(tag)
 
 
 class _DeadlineAware:
-    """Mixin for urllib3 pools: tell the running attempt's deadline which connection it uses."""
+    """Mixin for urllib3 connections: report the socket to the running attempt's deadline.
 
-    def _make_request(self, conn: Any, *args: Any, **kwargs: Any) -> Any:
-        deadline = getattr(_current, "deadline", None)
-        if deadline is not None:
-            deadline._attach(conn)
-        return super()._make_request(conn, *args, **kwargs)  # type: ignore[misc]
-
-    def _put_conn(self, conn: Any) -> None:
-        deadline = getattr(_current, "deadline", None)
-        if deadline is not None and conn is not None:
-            deadline._detach(conn)
-        super()._put_conn(conn)  # type: ignore[misc]
-
-
-class _Coalescing:
-    """Mixin for urllib3 connections: send the request head and a bytes body in one ``send``.
-
-    urllib3 sends the head, then the body: two syscalls, and two small segments that can meet
-    Nagle's algorithm on the way. Here ``endheaders`` holds the head back and the first body
-    send carries it; a request without a body sends it when the response is awaited.
+    Uses only urllib3's public connection API: ``connect()`` (after which the socket exists) and
+    ``request()`` (which sends the whole request, connecting first if needed).
     """
 
-    _held: Optional[bytes] = None
+    sock: Optional[socket.socket]
 
-    def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:
-        if message_body is not None:
-            super()._send_output(message_body, encode_chunked)  # type: ignore[misc]
-            return
-        buffer = self._buffer  # type: ignore[attr-defined]
-        buffer.extend((b"", b""))
-        self._held = b"\r\n".join(buffer)
-        del buffer[:]
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        deadline = current()
+        if deadline is not None:
+            deadline.attach(self.sock)
+            if deadline.passed:  # the time went on DNS or the connect itself: send nothing
+                raise DeadlinePassed("the deadline passed while connecting")
 
-    def send(self, data: Any) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            if isinstance(data, (bytes, bytearray)):
-                data = held + data
-            else:
-                super().send(held)  # type: ignore[misc]
-        super().send(data)  # type: ignore[misc]
-
-    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
-        held = self._held
-        if held is not None:
-            self._held = None
-            super().send(held)  # type: ignore[misc]
-        return super().getresponse(*args, **kwargs)  # type: ignore[misc]
+    def request(self, method: str, url: str, body: Any = None, headers: Any = None, **kwargs: Any) -> None:
+        deadline = current()
+        if deadline is not None:
+            if deadline.passed:
+                raise DeadlinePassed("the deadline passed before the request was sent")
+            deadline.attach(self.sock)  # a reused connection; a new one attaches in connect()
+        super().request(method, url, body=body, headers=headers, **kwargs)  # type: ignore[misc]
+        if deadline is not None:
+            deadline.sent = True
 
 
-class CoalescingHTTPConnection(_Coalescing, HTTPConnection):
+class DeadlineHTTPConnection(_DeadlineAware, HTTPConnection):
     pass
 
 
-class CoalescingHTTPSConnection(_Coalescing, HTTPSConnection):
+class DeadlineHTTPSConnection(_DeadlineAware, HTTPSConnection):
     pass
 
 
-class DeadlineHTTPConnectionPool(_DeadlineAware, HTTPConnectionPool):
-    ConnectionCls = CoalescingHTTPConnection
+class DeadlineHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = DeadlineHTTPConnection
 
 
-class DeadlineHTTPSConnectionPool(_DeadlineAware, HTTPSConnectionPool):
-    ConnectionCls = CoalescingHTTPSConnection
+class DeadlineHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = DeadlineHTTPSConnection
 
 
 POOL_CLASSES = {"http": DeadlineHTTPConnectionPool, "https": DeadlineHTTPSConnectionPool}

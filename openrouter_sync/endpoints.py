@@ -1,9 +1,22 @@
-"""Small typed records for ``/models``, ``/key`` and ``/generation``."""
+"""The other endpoints: ``/models``, ``/key`` and ``/generation`` as functions over a transport,
+with small typed records for their answers."""
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
+
+from ._log import logger
+from .classify import Outcome, classify_response, network_outcome
+from .deadline import Deadline
+from .error_types import ErrorType
+from .errors import ConfigurationError, OpenRouterError, error_for
+from .result import ExecutionResult, utc_now
+from .transport import Transport, TransportError
+
+GET_TIMEOUT = 30.0
 
 
 def _number(value: Any) -> Optional[float]:
@@ -18,7 +31,11 @@ def _number(value: Any) -> Optional[float]:
 
 def _int(value: Any) -> Optional[int]:
     number = _number(value)
-    return None if number is None else int(number)
+    return None if number is None or number != number or abs(number) == float("inf") else int(number)
+
+
+def _text(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) else None
 
 
 @dataclass(frozen=True)
@@ -40,7 +57,8 @@ class ModelInfo:
     @classmethod
     def from_api(cls, item: Mapping[str, Any]) -> ModelInfo:
         pricing: Mapping[str, Any] = item["pricing"] if isinstance(item.get("pricing"), dict) else {}
-        params = item.get("supported_parameters") or ()
+        params = item.get("supported_parameters")
+        params = params if isinstance(params, list) else ()
         return cls(id=str(item.get("id", "")), name=str(item.get("name") or ""),
                    context_length=_int(item.get("context_length")), prompt_price=_number(pricing.get("prompt")),
                    completion_price=_number(pricing.get("completion")),
@@ -87,10 +105,80 @@ class GenerationInfo:
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> GenerationInfo:
-        return cls(id=str(data.get("id", "")), model=data.get("model"), provider=data.get("provider_name"),
+        return cls(id=str(data.get("id", "")), model=_text(data.get("model")),
+                   provider=_text(data.get("provider_name")),
                    total_cost=_number(data.get("total_cost")), tokens_prompt=_int(data.get("tokens_prompt")),
                    tokens_completion=_int(data.get("tokens_completion")),
                    native_tokens_prompt=_int(data.get("native_tokens_prompt")),
                    native_tokens_completion=_int(data.get("native_tokens_completion")),
                    latency_ms=_number(data.get("latency")), generation_time_ms=_number(data.get("generation_time")),
-                   finish_reason=data.get("finish_reason"), raw=data)
+                   finish_reason=_text(data.get("finish_reason")), raw=data)
+
+
+def get_data(transport: Transport, path: str, *, key: Optional[str], timeout: float,
+             params: Optional[Mapping[str, str]] = None) -> Any:
+    """``GET path`` and return the answer's ``data``; raises an ``OpenRouterError`` when the call fails."""
+    started_at, start = utc_now(), time.monotonic()
+    timeout = min(GET_TIMEOUT, timeout)
+    try:
+        response, content = transport.request("GET", path, Deadline.after(timeout), key=key, params=params)
+    except TransportError as exc:
+        prefix = {ErrorType.TIMEOUT: f"Timeout after {timeout:g}s: ", ErrorType.CONNECTION: "Connection error: "}
+        outcome = network_outcome(exc.error_type, prefix.get(exc.error_type, "") + str(exc), sent=exc.sent)
+    else:
+        if response.status == 200:
+            try:
+                body = json.loads(content)
+            except (ValueError, RecursionError):
+                body = None
+            if isinstance(body, dict):
+                return body.get("data")
+            outcome = Outcome(ErrorType.INVALID_RESPONSE, 502, f"GET {path}: the answer is not the expected JSON", 200)
+        else:
+            outcome = classify_response(response.status, response.headers, content)
+    result = outcome.to_result(requested_model="", duration=time.monotonic() - start, started_at=started_at)
+    result.model = None
+    raise error_for(result)
+
+
+def _require(key: Optional[str], why: str) -> str:
+    if key is None:
+        raise ConfigurationError(ExecutionResult(False, "", why, 0.0, exit_code=1, error_type=ErrorType.CONFIGURATION,
+                                                 error_message=why))
+    return key
+
+
+def list_models(transport: Transport, key: Optional[str], *, timeout: float, free: bool = False) -> list[ModelInfo]:
+    """The models ``GET /models`` lists (``free=True``: only those that cost nothing)."""
+    data = get_data(transport, "/models", key=key, timeout=timeout)
+    models = [ModelInfo.from_api(item) for item in data or [] if isinstance(item, dict)] \
+        if isinstance(data, list) else []
+    return [m for m in models if m.is_free] if free else models
+
+
+def key_info(transport: Transport, key: Optional[str], why: str, *, timeout: float) -> KeyInfo:
+    """Limits and usage of the key (``GET /key``)."""
+    data = get_data(transport, "/key", key=_require(key, why), timeout=timeout)
+    return KeyInfo.from_api(data if isinstance(data, dict) else {})
+
+
+def generation(transport: Transport, key: Optional[str], why: str, generation_id: str, *,
+               timeout: float) -> GenerationInfo:
+    """Stats of one generation (``GET /generation?id=``); may 404 for a short while after the request."""
+    if not isinstance(generation_id, str) or not generation_id:
+        raise ValueError("generation_id must be a non-empty string")
+    data = get_data(transport, "/generation", key=_require(key, why), timeout=timeout, params={"id": generation_id})
+    return GenerationInfo.from_api(data if isinstance(data, dict) else {})
+
+
+def health_check(transport: Transport, key: Optional[str], *, timeout: float) -> bool:
+    """True when ``GET /models`` with the key answers 200; False without a key or on any failure."""
+    if key is None:
+        logger.warning("health check failed: no usable API key")
+        return False
+    try:
+        get_data(transport, "/models", key=key, timeout=min(10.0, timeout))
+    except OpenRouterError as exc:
+        logger.warning("health check failed: %s", exc)
+        return False
+    return True

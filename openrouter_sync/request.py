@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -12,10 +13,20 @@ REQUEST_OPTIONS = frozenset({
     "models", "provider", "response_format", "reasoning", "stop", "top_p", "top_k", "seed",
     "frequency_penalty", "presence_penalty", "repetition_penalty", "min_p", "top_a", "logit_bias",
     "logprobs", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls", "plugins",
-    "transforms", "user", "route", "verbosity", "usage", "prediction",
+    "transforms", "user", "route", "verbosity", "usage", "prediction", "stream_options",
 })
+MAX_TIMEOUT = 1_000_000.0  # seconds (11.5 days): anything longer is a mistake, and overflows socket timeouts
 #: Keys an override dict may hold: the three of the reference, the request options, and the escape hatch.
 OVERRIDE_KEYS = frozenset({"model", "temperature", "max_tokens"}) | REQUEST_OPTIONS | {"extra_body"}
+
+
+def request_headers(app_url: str, app_title: str) -> dict[str, str]:
+    """The headers every request carries (the key's ``Authorization`` is added per request)."""
+    from ._version import __version__
+
+    return {"Content-Type": "application/json", "Accept": "application/json", "Accept-Encoding": "gzip, deflate",
+            "HTTP-Referer": app_url, "X-Title": app_title, "X-OpenRouter-Title": app_title,
+            "User-Agent": f"openrouter-sync/{__version__}"}
 
 
 def check_model(model: Any) -> str:
@@ -35,6 +46,21 @@ def check_max_tokens(value: Any) -> int:
     return int(value)
 
 
+def check_rate(value: Any, name: str) -> Optional[float]:
+    """None, or a finite number > 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
 def check_temperature(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"temperature must be a number between 0 and 2, got {value!r}")
@@ -48,7 +74,27 @@ def check_timeout(value: Any, name: str = "timeout_seconds") -> float:
         raise ValueError(f"{name} must be a number > 0, got {value!r}")
     if not value > 0:
         raise ValueError(f"{name} must be > 0, got {value}")
+    if not math.isfinite(value) or value > MAX_TIMEOUT:
+        raise ValueError(f"{name} must be finite and at most {MAX_TIMEOUT:g} seconds, got {value}")
     return float(value)
+
+
+def check_base_url(url: Any) -> str:
+    """An http(s) URL with a host, no credentials, query, fragment or control characters; no trailing slash."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ValueError(f"base_url must be an http:// or https:// URL, got {url!r:.80}")
+    if any(ord(c) < 33 or ord(c) == 127 for c in url):
+        raise ValueError("base_url must not contain spaces or control characters")
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        raise ValueError("base_url must not contain credentials (user:password@); pass the key with api_key_env")
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise ValueError("base_url must not contain a query string or a fragment")
+    if not parts.hostname:
+        raise ValueError(f"base_url has no host: {url!r:.80}")
+    return url.rstrip("/")
 
 
 def check_options(options: Mapping[str, Any], allowed: frozenset[str] = REQUEST_OPTIONS, what: str = "option") -> None:
@@ -115,12 +161,23 @@ class CallSpec:
                 body[key] = value
         if stream:
             body["stream"] = True
+            body.setdefault("stream_options", {"include_usage": True})  # else OpenAI-style servers send no usage
         if extra:
             body.update(extra)
         return body
 
     def body(self, stream: bool = False) -> bytes:
-        return json.dumps(self.payload(stream), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        """The JSON request body. Raises ``ValueError`` for values JSON cannot carry (NaN, infinity)."""
+        try:
+            text = json.dumps(self.payload(stream), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except ValueError:
+            bad = sorted(k for k, v in self.options.items() if not _json_safe(v))
+            names = ", ".join(bad) or "a value"
+            raise ValueError(f"request options must be valid JSON (no NaN or infinity): {names}") from None
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate in a prompt: send it escaped, as valid JSON
+            return json.dumps(self.payload(stream), separators=(",", ":")).encode("ascii")
 
 
 def build_messages(
@@ -142,3 +199,49 @@ def build_messages(
     elif messages is None:
         raise ValueError("prompt must be a non-empty string (or pass messages=[...])")
     return tuple(out)
+
+
+def _json_safe(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The settings a call starts from (a backend's, before per-sheet or per-call changes)."""
+
+    model: str
+    temperature: float
+    max_tokens: int
+    timeout: float
+    options: Mapping[str, Any]
+
+
+def resolve(defaults: Defaults, overrides: Mapping[str, Any], messages: tuple[dict[str, Any], ...], *,
+            timeout: Optional[float] = None, output_log_path: Optional[Path] = None,
+            sheet_id: Optional[str] = None, what: str = "override") -> CallSpec:
+    """The call: ``defaults``, then ``overrides`` (``model``, ``temperature``, ``max_tokens``, request
+    options, ``extra_body``), each checked (``what`` names them in errors)."""
+    check_options(overrides, OVERRIDE_KEYS, what)
+    model = check_model(overrides.get("model", defaults.model))
+    temperature = check_temperature(overrides.get("temperature", defaults.temperature))
+    max_tokens = check_max_tokens(overrides.get("max_tokens", defaults.max_tokens))
+    options = dict(defaults.options)
+    options.update({k: v for k, v in overrides.items() if k not in ("model", "temperature", "max_tokens")})
+    bad = sorted(k for k, v in options.items() if not _json_safe(v))
+    if bad:
+        raise ValueError(f"request options must be valid JSON (no NaN, infinity or objects JSON cannot hold): "
+                         f"{', '.join(bad)}")
+    timeout = defaults.timeout if timeout is None else check_timeout(timeout)
+    return CallSpec(model, temperature, max_tokens, timeout, messages, options, output_log_path, sheet_id)
+
+
+def spec_for_sheet(defaults: Defaults, sheet: Any) -> CallSpec:
+    """The call for a ``Sheet``: everything per-sheet comes from the sheet."""
+    messages = build_messages(sheet.prompt, preamble=sheet.preamble, extensions=sheet.extensions,
+                              system=sheet.system, messages=sheet.messages)
+    return resolve(defaults, sheet.overrides or {}, messages, timeout=sheet.timeout_seconds,
+                   output_log_path=sheet.output_log_path, sheet_id=sheet.id)

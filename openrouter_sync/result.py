@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Any, Optional
 
 from ._log import redact
+from .errors import error_for
 
 
 def utc_now() -> datetime:
@@ -53,6 +54,9 @@ class ExecutionResult:
     status_code: Optional[int] = None
     sheet_id: Optional[str] = None
     from_checkpoint: bool = False
+    unanswered_attempts: int = 0  # attempts sent but never answered (a read timeout, a dropped connection):
+    #                               the server may have finished, and billed, each of them
+    system_fingerprint: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.success and self.exit_code not in (None, 0):
@@ -91,8 +95,6 @@ class ExecutionResult:
     def raise_for_error(self) -> ExecutionResult:
         """Raise the matching ``OpenRouterError`` subclass if the call failed; else return self."""
         if not self.success:
-            from .errors import error_for
-
             raise error_for(self)
         return self
 
@@ -104,10 +106,28 @@ class ExecutionResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExecutionResult:
-        """Rebuild a result from :meth:`to_dict` output; unknown keys are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in names}
-        started = kwargs.get("started_at")
+        """Rebuild a result from :meth:`to_dict` output; unknown keys are ignored.
+
+        Raises ``ValueError`` naming the field when a value has the wrong type (a hand-edited or
+        foreign record), so such a record is never mistaken for a real answer."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a result must be a JSON object, got {type(data).__name__}")
+        kwargs: dict[str, Any] = {}
+        for name, kinds in _FIELD_TYPES.items():
+            if name not in data:
+                continue
+            value = data[name]
+            if value is None and type(None) in kinds:
+                kwargs[name] = None
+            elif isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds):
+                kwargs[name] = float(value) if float in kinds and not isinstance(value, bool) and \
+                    isinstance(value, int) and int not in kinds else value
+            else:
+                raise ValueError(f"result field {name!r} has the wrong type ({type(value).__name__})")
+        for required in ("success", "stdout", "stderr", "duration_seconds"):
+            if required not in kwargs:
+                raise ValueError(f"result field {required!r} is missing")
+        started = data.get("started_at")
         if isinstance(started, str):
             kwargs["started_at"] = datetime.fromisoformat(started)
         return cls(**kwargs)
@@ -126,3 +146,18 @@ class ExecutionResult:
         from .display import result_html
 
         return result_html(self)
+
+
+_NONE = type(None)
+#: What from_dict accepts for each field (started_at is parsed separately).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "success": (bool,), "stdout": (str,), "stderr": (str,), "duration_seconds": (float, int),
+    "exit_code": (int, _NONE), "exit_signal": (int, _NONE), "exit_reason": (str,), "rate_limited": (bool,),
+    "rate_limit_wait_seconds": (float, int, _NONE), "error_type": (str, _NONE), "error_message": (str, _NONE),
+    "model": (str, _NONE), "tokens_used": (int, _NONE), "input_tokens": (int, _NONE), "output_tokens": (int, _NONE),
+    "attempts": (int,), "retry_wait_seconds": (float, int), "cost": (float, int, _NONE),
+    "finish_reason": (str, _NONE), "generation_id": (str, _NONE), "provider": (str, _NONE),
+    "reasoning": (str, _NONE), "cached_tokens": (int, _NONE), "reasoning_tokens": (int, _NONE),
+    "status_code": (int, _NONE), "sheet_id": (str, _NONE), "from_checkpoint": (bool,),
+    "unanswered_attempts": (int,), "system_fingerprint": (str, _NONE),
+}

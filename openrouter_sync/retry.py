@@ -1,8 +1,16 @@
-"""``RetryPolicy``: an immutable value that says what is retried and how long to wait, compiled to tenacity."""
+"""``RetryPolicy``: an immutable value that says what is retried and how long to wait, compiled to tenacity.
+
+The compiled ``tenacity.Retrying`` speaks tenacity's own terms: ``retry_if_result`` with the
+policy's predicate, a wait strategy that returns the server's wait or the back-off, and
+``stop_after_attempt | stop_on_long_wait | stop_before_budget``. The budget is measured on the
+call's own clock (the one the tests inject), which is why it is a small strategy here rather
+than tenacity's ``stop_before_delay``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import threading
 import time
@@ -10,19 +18,27 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, FrozenSet, Optional
 
 import tenacity
+from tenacity.stop import stop_base
+from tenacity.wait import wait_base
 
-from . import errors as E
 from ._log import logger
 from .classify import Outcome
+from .error_types import ErrorType
 
 #: Error types retried by default: everything that can heal by itself.
-TRANSIENT: FrozenSet[str] = frozenset({
-    E.RATE_LIMIT, E.SERVER_TIMEOUT, E.API_ERROR, E.BAD_GATEWAY, E.SERVICE_UNAVAILABLE,
-    E.GATEWAY_TIMEOUT, E.OVERLOADED, E.CONNECTION, E.TIMEOUT, E.TRUNCATED_RESPONSE,
-    E.INVALID_RESPONSE, E.PROVIDER_ERROR,
+TRANSIENT: FrozenSet[ErrorType] = frozenset({
+    ErrorType.RATE_LIMIT, ErrorType.SERVER_TIMEOUT, ErrorType.API_ERROR, ErrorType.BAD_GATEWAY,
+    ErrorType.SERVICE_UNAVAILABLE, ErrorType.GATEWAY_TIMEOUT, ErrorType.OVERLOADED, ErrorType.CONNECTION,
+    ErrorType.TIMEOUT, ErrorType.TRUNCATED_RESPONSE, ErrorType.INVALID_RESPONSE, ErrorType.PROVIDER_ERROR,
 })
 #: Codes inside a 200-with-error that mean "try again".
 TRANSIENT_CODES: FrozenSet[int] = frozenset({408, 429, 500, 502, 503, 504, 524, 529})
+
+
+def _check_number(name: str, value: Any, *, positive: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 \
+            or (positive and value == 0):
+        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -30,11 +46,14 @@ class RetryPolicy:
     """What to retry and how long to wait; immutable (derive variants with :meth:`replace`).
 
     Waits come from the server when it names one (``Retry-After``, ``retry-after-ms``,
-    ``X-RateLimit-Reset``, the error body), else from exponential back-off with jitter:
-    ``backoff_base * 2**(n-1)``, capped at ``backoff_max``, times a random factor in
+    ``X-RateLimit-Reset``, the error body): that wait is a floor. Else exponential back-off with
+    jitter: ``backoff_base * 2**(n-1)``, capped at ``backoff_max``, times a random factor in
     ``[1 - jitter, 1]``. A wait longer than ``max_wait_seconds`` is not slept: the call returns
     the failure at once (its ``rate_limit_wait_seconds`` says how long). ``max_elapsed_seconds``
-    bounds the whole call, waits included. ``RetryPolicy(max_attempts=1)`` never retries.
+    bounds the whole call: waits at the shared gate and between attempts count against it, and
+    each attempt's timeout is cut to what is left. ``retry_unanswered=False`` never resends a
+    request that was sent but not answered (a read timeout, a dropped connection), since the
+    server may have finished and billed it. ``RetryPolicy(max_attempts=1)`` never retries.
     """
 
     max_attempts: int = 8
@@ -45,19 +64,19 @@ class RetryPolicy:
     max_elapsed_seconds: Optional[float] = 900.0
     retry_on: FrozenSet[str] = field(default=TRANSIENT)
     retry_402_with_retry_after: bool = True
+    retry_unanswered: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise ValueError(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
         for name in ("backoff_base", "backoff_max", "max_wait_seconds"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value!r}")
-        if not 0.0 <= self.jitter <= 1.0:
+            _check_number(name, getattr(self, name))
+        _check_number("jitter", self.jitter)
+        if self.jitter > 1.0:
             raise ValueError(f"jitter must be between 0 and 1, got {self.jitter!r}")
-        if self.max_elapsed_seconds is not None and self.max_elapsed_seconds <= 0:
-            raise ValueError(f"max_elapsed_seconds must be > 0 or None, got {self.max_elapsed_seconds!r}")
-        object.__setattr__(self, "retry_on", frozenset(self.retry_on))
+        if self.max_elapsed_seconds is not None:
+            _check_number("max_elapsed_seconds", self.max_elapsed_seconds, positive=True)
+        object.__setattr__(self, "retry_on", frozenset(ErrorType(kind) for kind in self.retry_on))
 
     @classmethod
     def never(cls) -> RetryPolicy:
@@ -73,21 +92,20 @@ class RetryPolicy:
         kind = outcome.error_type
         if kind is None:
             return False
-        if kind == E.INSUFFICIENT_CREDITS:
+        if kind == ErrorType.INSUFFICIENT_CREDITS:
             return self.retry_402_with_retry_after and outcome.retry_after is not None
-        if kind not in self.retry_on:
+        if kind not in self.retry_on or (outcome.unanswered and not self.retry_unanswered):
             return False
-        if kind == E.PROVIDER_ERROR:
+        if kind == ErrorType.PROVIDER_ERROR:
             return outcome.exit_code in TRANSIENT_CODES
         return True
 
     def backoff(self, attempt: int, rng: Optional[random.Random] = None) -> float:
         """The back-off before attempt ``attempt + 1`` when the server named no wait."""
-        base = float(min(self.backoff_max, self.backoff_base * (2 ** max(0, attempt - 1))))
+        base = float(min(self.backoff_max, self.backoff_base * (2 ** min(64, max(0, attempt - 1)))))
         if not self.jitter:
             return base
-        draw = (rng or random).random()
-        return base * (1.0 - self.jitter * draw)
+        return base * (1.0 - self.jitter * (rng or random).random())
 
     def wait_for(self, outcome: Outcome, attempt: int, rng: Optional[random.Random] = None) -> tuple[float, str]:
         """The wait after ``outcome`` (the ``attempt``-th), and where it came from."""
@@ -96,23 +114,20 @@ class RetryPolicy:
         return self.backoff(attempt, rng), "backoff"
 
 
-class CallState:
-    """Book-keeping for one call across its attempts."""
-
-    __slots__ = ("started", "cancel", "sleep", "waited", "planned_wait", "wait_source", "give_up_wait", "activity")
-
-    def __init__(self, cancel: Optional[threading.Event] = None, activity: Optional[Activity] = None) -> None:
-        self.started = time.monotonic()
-        self.activity = activity
-        self.cancel = cancel
-        self.sleep = interruptible_sleep(cancel)
-        self.waited = 0.0
-        self.planned_wait = 0.0
-        self.wait_source = ""
-        self.give_up_wait: Optional[float] = None
+class Interrupted(Exception):
+    """A wait was cancelled (a run is being stopped)."""
 
 
-_local = threading.local()
+def interruptible_sleep(cancel: Optional[threading.Event],
+                        sleep: Callable[[float], None] = time.sleep) -> Callable[[float], None]:
+    """A sleep that returns early, raising ``Interrupted``, when ``cancel`` is set."""
+    if cancel is None:
+        return sleep
+
+    def wait(seconds: float) -> None:
+        if cancel.wait(seconds):
+            raise Interrupted()
+    return wait
 
 
 class Activity:
@@ -127,87 +142,88 @@ class Activity:
             self.retrying += delta
 
 
-def _sleep(seconds: float) -> None:
-    """tenacity's sleep: the running call's own (interruptible) sleep, counted as "retrying"."""
-    activity = getattr(_local, "activity", None)
-    if activity is not None:
-        activity.add(1)
-    try:
-        getattr(_local, "sleep", time.sleep)(seconds)
-    finally:
-        if activity is not None:
-            activity.add(-1)
+class CallClock:
+    """What the compiled policy needs to know of the running call: when it started, on which clock.
+
+    The attempt function receives it as its first argument, so tenacity's strategies find it in
+    ``retry_state.args[0]``."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.started = clock()
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
 
 
-class Interrupted(Exception):
-    """A retry wait was cancelled (a run is being stopped)."""
+class wait_server_or_backoff(wait_base):
+    """The server's wait when it named one, else the policy's exponential back-off."""
+
+    def __init__(self, policy: RetryPolicy, rng: Optional[random.Random] = None) -> None:
+        self.policy, self.rng = policy, rng
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        outcome: Outcome = retry_state.outcome.result()  # type: ignore[union-attr]
+        return self.policy.wait_for(outcome, retry_state.attempt_number, self.rng)[0]
 
 
-def interruptible_sleep(cancel: Optional[threading.Event]) -> Callable[[float], None]:
-    """A sleep that returns early, raising ``Interrupted``, when ``cancel`` is set."""
-    if cancel is None:
-        return time.sleep
-    def sleep(seconds: float) -> None:
-        if cancel.wait(seconds):
-            raise Interrupted()
-    return sleep
+class stop_on_long_wait(stop_base):
+    """Stop when the next wait would be longer than ``max_wait`` seconds."""
+
+    def __init__(self, max_wait: float) -> None:
+        self.max_wait = max_wait
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        return retry_state.upcoming_sleep > self.max_wait
 
 
-def _state_of(retry_state: tenacity.RetryCallState) -> CallState:
-    return retry_state.args[0]  # type: ignore[no-any-return]
+class stop_before_budget(stop_base):
+    """Stop when sleeping the next wait would pass the call's budget (on the call's own clock)."""
+
+    def __init__(self, budget: float) -> None:
+        self.budget = budget
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        call: CallClock = retry_state.args[0]
+        return call.elapsed() + retry_state.upcoming_sleep >= self.budget
+
+
+class log_retry:
+    """tenacity's ``before_sleep``: one warning per retry, with the wait and where it came from."""
+
+    def __init__(self, max_attempts: int) -> None:
+        self.max_attempts = max_attempts
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> None:
+        outcome: Outcome = retry_state.outcome.result()  # type: ignore[union-attr]
+        logger.warning("retry %d/%d after %s: waiting %.2fs (%s)", retry_state.attempt_number + 1,
+                       self.max_attempts, _label(outcome), retry_state.upcoming_sleep,
+                       outcome.retry_source or "backoff")
+
+
+def _give_up(retry_state: tenacity.RetryCallState) -> Outcome:
+    outcome: Outcome = retry_state.outcome.result()  # type: ignore[union-attr]
+    logger.warning("giving up after %d attempt(s): %s; the next wait would have been %.1fs",
+                   retry_state.attempt_number, _label(outcome), retry_state.upcoming_sleep)
+    return outcome
 
 
 def compile_policy(policy: RetryPolicy, rng: Optional[random.Random] = None) -> tenacity.Retrying:
-    """Build the tenacity ``Retrying`` that runs attempts under ``policy``.
+    """The tenacity ``Retrying`` that runs attempts under ``policy``.
 
-    Call it as ``retrying(attempt, state)`` with a fresh ``CallState``: ``attempt(state)``
-    returns an ``Outcome``. Exceptions (not network errors, which are outcomes) are never
-    retried and propagate. When retrying stops, the last outcome is returned. One compiled
-    object serves every thread (tenacity keeps its per-call state thread-local).
+    Call ``retrying.copy(sleep=...)(attempt, call, ...)``: ``attempt(call, ...)`` returns an
+    ``Outcome`` and ``call`` is a ``CallClock``. Exceptions (network errors are outcomes, not
+    exceptions) are never retried and propagate. When retrying stops, the last outcome is returned.
     """
-    state_of = _state_of
-
-    def should_retry(retry_state: tenacity.RetryCallState) -> bool:
-        if retry_state.outcome is None or retry_state.outcome.failed:
-            return False
-        outcome: Outcome = retry_state.outcome.result()
-        if not policy.is_retryable(outcome):
-            return False
-        if retry_state.attempt_number >= policy.max_attempts:
-            return False
-        state = state_of(retry_state)
-        wait, source = policy.wait_for(outcome, retry_state.attempt_number, rng)
-        if wait > policy.max_wait_seconds:
-            state.give_up_wait = wait
-            logger.warning("giving up: %s asks to wait %.1fs, more than max_wait_seconds=%g",
-                           _label(outcome), wait, policy.max_wait_seconds)
-            return False
-        budget = policy.max_elapsed_seconds
-        if budget is not None and time.monotonic() - state.started + wait > budget:
-            logger.warning("giving up: %s; waiting %.1fs more would pass max_elapsed_seconds=%g",
-                           _label(outcome), wait, budget)
-            return False
-        state.planned_wait, state.wait_source = wait, source
-        return True
-
-    def wait(retry_state: tenacity.RetryCallState) -> float:
-        return state_of(retry_state).planned_wait
-
-    def before_sleep(retry_state: tenacity.RetryCallState) -> None:
-        state = state_of(retry_state)
-        outcome: Outcome = retry_state.outcome.result()  # type: ignore[union-attr]
-        state.waited += state.planned_wait
-        _local.sleep, _local.activity = state.sleep, state.activity
-        logger.warning("retry %d/%d after %s: waiting %.2fs (%s)", retry_state.attempt_number + 1,
-                       policy.max_attempts, _label(outcome), state.planned_wait, state.wait_source)
-
+    stop = tenacity.stop_after_attempt(policy.max_attempts) | stop_on_long_wait(policy.max_wait_seconds)
+    if policy.max_elapsed_seconds is not None:
+        stop = stop | stop_before_budget(policy.max_elapsed_seconds)
     return tenacity.Retrying(
-        stop=tenacity.stop_after_attempt(policy.max_attempts),
-        wait=wait,
-        retry=should_retry,
-        before_sleep=before_sleep,
-        sleep=_sleep,
-        retry_error_callback=lambda retry_state: retry_state.outcome.result(),  # type: ignore[union-attr]
+        retry=tenacity.retry_if_result(policy.is_retryable),
+        wait=wait_server_or_backoff(policy, rng),
+        stop=stop,
+        before_sleep=log_retry(policy.max_attempts),
+        retry_error_callback=_give_up,
         reraise=True,
     )
 

@@ -1,50 +1,139 @@
-"""The transport: one pooled ``requests.Session`` per backend, with hard per-attempt deadlines.
+"""The transport: one pooled ``requests.Session``, hard deadlines, bounded bodies, one error mapping.
 
-The hot path skips what ``Session.request`` redoes on every call (environment and proxy
-merging, cookie jars, hooks, redirects): the proxies are resolved once, a ``PreparedRequest``
-is filled in directly and handed to the adapter.
+Requests is used through its documented API: a ``PreparedRequest`` made by ``Request.prepare()``
+once per endpoint and ``copy()``-ed per call, sent with ``Session.send`` (so test doubles that hook
+the session or its adapter, like ``responses`` and ``requests-mock``, see every request). Proxies
+and CA bundles come from the environment (``HTTPS_PROXY``, ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``)
+through ``Session.merge_environment_settings``, read once per transport. Redirects are never
+followed (the key must not travel to another host): the session's ``get_redirect_target`` says
+there is none, so a 3xx is an answer like any other, and cookies are never stored.
+
+Bodies are read raw and decoded here (gzip and deflate, which is all we ask for), with a cap on
+the decoded size, so a huge, endless or compressed-bomb body fails fast instead of filling memory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import http.cookiejar
+import socket
 import threading
-import time
-from typing import Any, Mapping, Optional
+import zlib
+from typing import Any, Iterator, Mapping, Optional
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
-from requests.utils import get_environ_proxies
 
-from . import errors as E
 from .deadline import POOL_CLASSES, Deadline
+from .error_types import ErrorType
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+READ_SIZE = 65536
 
 
 class TransportError(Exception):
-    """An attempt that got no complete HTTP answer; ``error_type`` is timeout, connection or truncated."""
+    """An attempt that got no complete, usable answer. ``sent``: the whole request had been sent."""
 
-    def __init__(self, error_type: str, message: str) -> None:
+    def __init__(self, error_type: ErrorType, message: str, sent: bool = False) -> None:
         super().__init__(message)
         self.error_type = error_type
+        self.sent = sent
 
 
-class RawResponse:
-    """Status, headers and the whole body of one answer (or the open body, when streaming)."""
+def _reason(exc: BaseException) -> str:
+    """A short reason for a network failure, without the nested repr chains urllib3 produces."""
+    inner: BaseException = exc
+    for _ in range(6):
+        nxt = inner.args[0] if inner.args and isinstance(inner.args[0], BaseException) else None
+        if nxt is None:
+            reason = getattr(inner, "reason", None)
+            nxt = reason if isinstance(reason, BaseException) else None
+        if nxt is None:
+            break
+        inner = nxt
+    text = str(inner) or type(inner).__name__
+    return text if inner is exc else f"{type(inner).__name__}: {text}"
 
-    __slots__ = ("status", "headers", "content", "response", "deadline")
 
-    def __init__(self, status: int, headers: Mapping[str, str], content: bytes,
-                 response: Optional[requests.Response] = None, deadline: Optional[Deadline] = None) -> None:
-        self.status = status
-        self.headers = headers
-        self.content = content
-        self.response = response
-        self.deadline = deadline  # streaming: still armed; the reader finishes it
+@contextlib.contextmanager
+def map_network_errors(deadline: Deadline, reading: bool = False) -> Iterator[None]:
+    """Run network I/O under ``deadline``; turn every low-level failure into a ``TransportError``.
+
+    The single place where requests', urllib3's, http.client's and the socket layer's exceptions
+    are translated (as httpx's ``map_httpcore_exceptions``): the request and every streamed read
+    go through it. ``reading``: the answer's head has arrived, so a break now is a cut-off body.
+    """
+    try:
+        with deadline.activate():
+            yield
+    except TransportError:
+        raise
+    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
+            OSError, zlib.error) as exc:
+        sent = deadline.sent
+        if deadline.passed:
+            raise TransportError(ErrorType.TIMEOUT, f"the deadline passed ({_reason(exc)})", sent) from None
+        if isinstance(exc, (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, socket.timeout)):
+            raise TransportError(ErrorType.TIMEOUT, f"no answer in time ({_reason(exc)})", sent) from None
+        if isinstance(exc, zlib.error):
+            raise TransportError(ErrorType.INVALID_RESPONSE, f"the body does not decode: {exc}", True) from None
+        if reading:
+            raise TransportError(ErrorType.TRUNCATED_RESPONSE, f"the answer was cut off: {_reason(exc)}",
+                                 True) from None
+        raise TransportError(ErrorType.CONNECTION, _reason(exc), sent) from None
+
+
+class BodyDecoder:
+    """Decodes a body's ``Content-Encoding`` with a cap on the decoded size."""
+
+    def __init__(self, encoding: str, limit: int) -> None:
+        encoding = encoding.strip().lower()
+        self.limit = limit
+        self.size = 0
+        self._inflate: Optional[Any] = None
+        if encoding in ("gzip", "x-gzip"):
+            self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._inflate = zlib.decompressobj(32 + zlib.MAX_WBITS)  # zlib or gzip header, detected
+        elif encoding not in ("", "identity"):
+            raise TransportError(ErrorType.INVALID_RESPONSE,
+                                 f"the answer is encoded with {encoding!r}, which was not asked for", True)
+
+    def decode(self, data: bytes) -> bytes:
+        if self._inflate is not None:
+            room = self.limit - self.size + 1
+            data = self._inflate.decompress(data, room)
+            if self._inflate.unconsumed_tail:
+                self._too_large()
+        self.size += len(data)
+        if self.size > self.limit:
+            self._too_large()
+        return data
+
+    def flush(self) -> bytes:
+        return self.decode(b"") if self._inflate is None else self.decode_tail(self._inflate.flush())
+
+    def decode_tail(self, data: bytes) -> bytes:
+        self.size += len(data)
+        if self.size > self.limit:
+            self._too_large()
+        return data
+
+    def check_declared(self, content_length: str) -> None:
+        """Fail before reading when an identity body declares more than the cap."""
+        if self._inflate is None and content_length.isdigit() and int(content_length) > self.limit:
+            self._too_large()
+
+    def _too_large(self) -> None:
+        raise TransportError(ErrorType.RESPONSE_TOO_LARGE,
+                             f"the answer is larger than max_response_bytes={self.limit}", True)
 
 
 class DeadlineAdapter(HTTPAdapter):
-    """An ``HTTPAdapter`` whose pools report their connections to the running ``Deadline``."""
+    """An ``HTTPAdapter`` whose connections report their sockets to the running ``Deadline``."""
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
@@ -56,29 +145,82 @@ class DeadlineAdapter(HTTPAdapter):
         return manager
 
 
+class NoRedirectSession(requests.Session):
+    """A session that follows no redirect and keeps no cookie."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+
+    def get_redirect_target(self, resp: requests.Response) -> None:
+        return None
+
+
+class Response:
+    """An answer whose head has arrived; its body is read (bounded) with :meth:`read` or :meth:`chunks`."""
+
+    def __init__(self, raw: requests.Response, deadline: Deadline, limit: int) -> None:
+        self.status = raw.status_code
+        self.headers: Mapping[str, str] = raw.headers
+        self.deadline = deadline
+        self._raw = raw
+        try:
+            self._decoder = BodyDecoder(raw.headers.get("Content-Encoding", ""), limit)
+            self._decoder.check_declared(raw.headers.get("Content-Length", ""))
+        except TransportError:
+            self.close()
+            raise
+
+    def chunks(self) -> Iterator[bytes]:
+        """Decoded pieces of the body as they arrive (each read bounded by the deadline)."""
+        raw = self._raw.raw
+        read = getattr(raw, "read1", None) or raw.read  # read1: return what has arrived, don't wait for more
+        while True:
+            with map_network_errors(self.deadline, reading=True):
+                data = read(READ_SIZE, decode_content=False)
+                piece = self._decoder.decode(data) if data else self._decoder.flush()
+            if piece:
+                yield piece
+            if not data:
+                if self.deadline.fired:  # the watchdog shut the socket: this end of file is ours, not the server's
+                    raise TransportError(ErrorType.TIMEOUT, "the deadline passed before the answer was complete", True)
+                return
+            if self.deadline.passed:  # decoding is CPU work the watchdog cannot cut
+                raise TransportError(ErrorType.TIMEOUT, "the deadline passed while decoding the answer", True)
+
+    def read(self) -> bytes:
+        """The whole decoded body."""
+        return b"".join(self.chunks())
+
+    def close(self) -> None:
+        """Release the connection (closing it if the body was not read to the end)."""
+        self.deadline.finish()  # first: the socket stops being ours to cut
+        self._raw.close()
+
+
 class Transport:
     """Owns the session and its connection pool; sends requests with a deadline each."""
 
     def __init__(self, base_url: str, headers: Mapping[str, str], *, pool_size: int = 32,
-                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT, verify: Any = True) -> None:
+                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         self.base_url = base_url.rstrip("/")
         self.connect_timeout = connect_timeout
+        self.max_response_bytes = max_response_bytes
         self._headers = dict(headers)
-        self._session = requests.Session()
-        self._session.headers.clear()
-        self._verify = verify
-        self._proxies = get_environ_proxies(self.base_url) or {}
         self._lock = threading.Lock()
-        self._pool_size = 0
-        self._adapter: DeadlineAdapter = self._mount(max(1, pool_size))
+        self._templates: dict[tuple[str, str, Optional[str]], requests.PreparedRequest] = {}
+        self._pool_size = max(1, pool_size)
+        self._session, self._adapter = self._open_session()
+        self._env = self._session.merge_environment_settings(self.base_url + "/", {}, None, None, None)
         self._closed = False
 
-    def _mount(self, size: int) -> DeadlineAdapter:
-        adapter = DeadlineAdapter(pool_connections=4, pool_maxsize=size, max_retries=0, pool_block=False)
+    def _open_session(self) -> tuple[requests.Session, DeadlineAdapter]:
+        session = NoRedirectSession()
+        adapter = DeadlineAdapter(pool_connections=4, pool_maxsize=self._pool_size, max_retries=0)
         for prefix in ("http://", "https://"):
-            self._session.mount(prefix, adapter)
-        self._pool_size = size
-        return adapter
+            session.mount(prefix, adapter)
+        return session, adapter
 
     @property
     def pool_size(self) -> int:
@@ -88,72 +230,64 @@ class Transport:
         """Grow the pool to at least ``size`` connections (for that many threads)."""
         with self._lock:
             if size > self._pool_size:
+                self._pool_size = size
                 old = self._adapter
-                self._adapter = self._mount(size)
+                self._adapter = DeadlineAdapter(pool_connections=4, pool_maxsize=size, max_retries=0)
+                for prefix in ("http://", "https://"):
+                    self._session.mount(prefix, self._adapter)
                 old.close()
 
-    @property
-    def session(self) -> requests.Session:
-        return self._session
+    def _template(self, method: str, path: str, key: Optional[str]) -> requests.PreparedRequest:
+        found = self._templates.get((method, path, key))
+        if found is None:
+            headers = dict(self._headers)
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
+            found = requests.Request(method, self.base_url + path, headers=headers).prepare()
+            with self._lock:
+                if len(self._templates) > 64:
+                    self._templates.clear()
+                self._templates[(method, path, key)] = found
+        return found
 
-    def request(self, method: str, path: str, *, body: Optional[bytes] = None, timeout: float,
-                stream: bool = False, params: Optional[Mapping[str, str]] = None,
-                extra_headers: Optional[Mapping[str, str]] = None, tag: object = None) -> RawResponse:
-        """Send one request; the whole answer must arrive within ``timeout`` seconds.
-
-        With ``stream=True`` a 200's body is left open: the caller reads ``response`` (under
-        ``deadline.attached()``) and calls ``deadline.finish()`` before closing it.
-        Raises ``TransportError`` when no complete answer arrives. ``tag`` groups attempts that
-        ``deadline.abort_tagged`` may cut short together.
-        """
+    def open(self, method: str, path: str, deadline: Deadline, *, key: Optional[str] = None,
+             body: Optional[bytes] = None, params: Optional[Mapping[str, str]] = None,
+             headers: Optional[Mapping[str, str]] = None) -> Response:
+        """Send one request and wait for the answer's head. Raises ``TransportError``."""
         if self._closed:  # used again after close(): open a fresh pool, as the reference's lazy client did
             self._reopen()
-        prepared = requests.PreparedRequest()
-        prepared.method = method
-        url = self.base_url + path
         if params:
-            prepared.prepare_url(url, params)
+            prepared = requests.Request(method, self.base_url + path, headers=self._template(method, path, key).headers,
+                                        params=params).prepare()
         else:
-            prepared.url = url
-        headers = dict(self._headers)  # a plain dict: the adapter reads it, urllib3 sends it
-        if extra_headers:
-            headers.update(extra_headers)
+            prepared = self._template(method, path, key).copy()
+        if headers:
+            prepared.headers.update(headers)
         if body is not None:
-            headers["Content-Length"] = str(len(body))  # else the adapter would send it chunked
-        prepared.headers = headers  # type: ignore[assignment]
-        prepared.body = body
-        prepared.hooks = {"response": []}
-        started = time.monotonic()
-        deadline = Deadline(started + timeout, tag)
-        deadline.start()
+            prepared.prepare_body(body, None)
+        timeout = max(0.001, min(self.connect_timeout, deadline.remaining())), max(0.001, deadline.remaining())
+        env = self._env
+        verify = True if env["verify"] is None else env["verify"]
+        with map_network_errors(deadline):
+            raw = self._session.send(prepared, stream=True, timeout=timeout, verify=verify, cert=env["cert"],
+                                     proxies=env["proxies"], allow_redirects=False)
+        return Response(raw, deadline, self.max_response_bytes)
+
+    def request(self, method: str, path: str, deadline: Deadline, **kwargs: Any) -> tuple[Response, bytes]:
+        """Send one request and read the whole answer; the deadline is finished either way."""
         try:
-            with deadline.attached():
-                # Session.send, not the adapter directly: test doubles that hook the session
-                # (responses, requests-mock, a patched Session.send) see every request.
-                response = self._session.send(
-                    prepared, stream=True, timeout=(min(self.connect_timeout, timeout), timeout),
-                    verify=self._verify, proxies=self._proxies, allow_redirects=False,
-                )
-                if stream and response.status_code == 200:
-                    return RawResponse(response.status_code, response.headers, b"", response, deadline)
-                content = response.content
-        except requests.exceptions.RequestException as exc:
+            response = self.open(method, path, deadline, **kwargs)
+            try:
+                return response, response.read()
+            finally:
+                response.close()
+        finally:
             deadline.finish()
-            raise _transport_error(exc, deadline) from None
-        except BaseException:
-            deadline.finish()
-            raise
-        deadline.finish()
-        if deadline.fired:
-            raise TransportError(E.TIMEOUT, "the deadline passed before the answer was complete")
-        return RawResponse(response.status_code, response.headers, content)
 
     def _reopen(self) -> None:
         with self._lock:
             if self._closed:
-                self._session = requests.Session()
-                self._session.headers.clear()
-                self._adapter = self._mount(self._pool_size)
+                self._session, self._adapter = self._open_session()
                 self._closed = False
 
     def close(self) -> None:
@@ -161,30 +295,3 @@ class Transport:
             if not self._closed:
                 self._closed = True
                 self._session.close()
-
-
-def _transport_error(exc: requests.exceptions.RequestException, deadline: Deadline) -> TransportError:
-    if deadline.fired:
-        return TransportError(E.TIMEOUT, "the deadline passed before the answer was complete")
-    reason = _describe(exc)
-    if isinstance(exc, requests.exceptions.Timeout) or "timed out" in reason:
-        return TransportError(E.TIMEOUT, f"no answer in time ({reason})")
-    if isinstance(exc, requests.exceptions.ChunkedEncodingError) or "IncompleteRead" in reason:
-        return TransportError(E.TRUNCATED_RESPONSE, f"the answer was cut off: {reason}")
-    return TransportError(E.CONNECTION, reason)
-
-
-def _describe(exc: BaseException) -> str:
-    """A short reason for a network failure, without the nested repr chains urllib3 produces."""
-    inner: Optional[BaseException] = exc
-    seen = 0
-    while inner is not None and seen < 6:
-        nxt = inner.args[0] if inner.args and isinstance(inner.args[0], BaseException) else None
-        if nxt is None:
-            nxt = getattr(inner, "reason", None) if isinstance(getattr(inner, "reason", None), BaseException) else None
-        if nxt is None:
-            break
-        inner, seen = nxt, seen + 1
-    text = str(inner) if inner is not None else str(exc)
-    return f"{type(inner).__name__}: {text}" if inner is not exc else text
-

@@ -1,0 +1,46 @@
+"""The API key: read from the environment (lazily, until found), cleaned, checked, never shown."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Optional
+
+from ._log import register_secret
+
+
+class ApiKey:
+    """Where the key comes from. ``get()`` returns the key, or None and the reason there is none."""
+
+    def __init__(self, env: str, explicit: Optional[str] = None) -> None:
+        self.env = env
+        self._explicit = explicit
+        self._key: Optional[str] = None
+        self._lock = threading.Lock()
+        if explicit is not None and not isinstance(explicit, str):
+            raise TypeError(f"api_key must be a string, got {type(explicit).__name__}")
+        self.get()
+
+    def get(self) -> tuple[Optional[str], str]:
+        """``(key, "")`` or ``(None, why)``; reads the environment again while no key was found."""
+        key = self._key
+        if key is not None:
+            return key, ""
+        raw = self._explicit if self._explicit is not None else os.environ.get(self.env)
+        register_secret(raw)
+        value = (raw or "").strip()
+        source = "api_key" if self._explicit is not None else f"environment variable {self.env}"
+        if not value:
+            return None, (f"API key not found in environment variable: {self.env}. "
+                          f"Set it with: export {self.env}=your-key")
+        if any(ord(c) < 33 or ord(c) == 127 or ord(c) > 255 for c in value):
+            return None, (f"the API key in {source} contains spaces, line breaks or other characters a key "
+                          "cannot have (a pasted line?); no request was sent")
+        register_secret(value)
+        with self._lock:
+            self._key = value
+        return value, ""
+
+    @property
+    def present(self) -> bool:
+        return self.get()[0] is not None
