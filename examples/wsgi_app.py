@@ -16,10 +16,16 @@ import json
 from typing import Any, Callable, Iterable
 from wsgiref.util import setup_testing_defaults
 
+from openrouter_sync import RetryPolicy
 from openrouter_sync.testing import demo_backend
 
+# A web request cannot wait minutes: at most 3 attempts and 25 s in all (waits included), and a
+# request that was sent but not answered is not sent again (the provider may have billed it).
+WEB_POLICY = RetryPolicy(max_attempts=3, max_wait_seconds=5, max_elapsed_seconds=25, retry_unanswered=False)
+
 _stack = contextlib.ExitStack()
-backend = _stack.enter_context(demo_backend(model="openai/gpt-4o-mini", max_tokens=200, timeout_seconds=30))
+backend = _stack.enter_context(demo_backend(model="openai/gpt-4o-mini", max_tokens=200, timeout_seconds=20,
+                                            retry_policy=WEB_POLICY))
 atexit.register(_stack.close)
 
 
@@ -30,7 +36,7 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
     except (ValueError, KeyError):
         start_response("400 Bad Request", [("Content-Type", "application/json")])
         return [b'{"error": "send {\\"question\\": \\"...\\"}"}']
-    result = backend.execute(question, timeout_seconds=20)  # a web request cannot wait 5 minutes
+    result = backend.execute(question)  # bounded by WEB_POLICY: about 25 s at most
     if result.success:
         status, body = "200 OK", {"answer": result.stdout, "model": result.model, "cost": result.cost}
     elif result.rate_limited:

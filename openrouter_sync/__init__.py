@@ -10,27 +10,55 @@ from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .backend import OpenRouterBackend
+from .error_types import ErrorType
 from .errors import OpenRouterError
 from .result import ExecutionResult
 from .retry import RetryPolicy
 
 if TYPE_CHECKING:
+    from .checkpoint import CheckpointError, CheckpointLocked, CheckpointMismatch
+    from .endpoints import GenerationInfo, KeyInfo, ModelInfo
+    from .errors import (
+        AuthenticationError,
+        BadRequestError,
+        CancelledError,
+        ConfigurationError,
+        ConnectionFailedError,
+        InsufficientCreditsError,
+        ModerationError,
+        ProviderError,
+        RateLimitError,
+        RequestTimeoutError,
+    )
+    from .progress import ProgressInfo
     from .runner import RunInterrupted, RunResults, iter_sheets, run_sheets
     from .sheet import Sheet
     from .summary import RunSummary
+    from .throttle import Throttle
+
+_ERRORS = ("AuthenticationError", "BadRequestError", "CancelledError", "ConfigurationError", "ConnectionFailedError",
+           "InsufficientCreditsError", "ModerationError", "ProviderError", "RateLimitError", "RequestTimeoutError")
 
 # Imported on first use, so that "import openrouter_sync" costs little more than requests + tenacity.
 _LAZY = {"Sheet": "sheet", "run_sheets": "runner", "iter_sheets": "runner", "RunInterrupted": "runner",
-         "RunResults": "runner", "RunSummary": "summary"}
+         "RunResults": "runner", "RunSummary": "summary", "ProgressInfo": "progress", "Throttle": "throttle",
+         "ModelInfo": "endpoints", "KeyInfo": "endpoints", "GenerationInfo": "endpoints",
+         "CheckpointError": "checkpoint", "CheckpointLocked": "checkpoint", "CheckpointMismatch": "checkpoint",
+         **dict.fromkeys(_ERRORS, "errors")}
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
+    if module is None and name.endswith("Error"):
+        module = "errors"  # any error class errors.py defines
     if module is None:
         raise AttributeError(f"module 'openrouter_sync' has no attribute {name!r}")
     from importlib import import_module
 
-    value = getattr(import_module(f".{module}", __name__), name)
+    try:
+        value = getattr(import_module(f".{module}", __name__), name)
+    except AttributeError:
+        raise AttributeError(f"module 'openrouter_sync' has no attribute {name!r}") from None
     globals()[name] = value
     return value
 
@@ -40,15 +68,35 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "CheckpointError",
+    "CheckpointLocked",
+    "CheckpointMismatch",
+    "ErrorType",
     "ExecutionResult",
+    "GenerationInfo",
+    "KeyInfo",
+    "ModelInfo",
     "OpenRouterBackend",
     "OpenRouterError",
+    "ProgressInfo",
     "RetryPolicy",
     "RunInterrupted",
     "RunResults",
     "RunSummary",
     "Sheet",
+    "Throttle",
     "iter_sheets",
     "run_sheets",
     "__version__",
+    # the exceptions of result.raise_for_error()
+    "AuthenticationError",
+    "BadRequestError",
+    "CancelledError",
+    "ConfigurationError",
+    "ConnectionFailedError",
+    "InsufficientCreditsError",
+    "ModerationError",
+    "ProviderError",
+    "RateLimitError",
+    "RequestTimeoutError",
 ]

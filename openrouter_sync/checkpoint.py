@@ -1,89 +1,370 @@
-"""Checkpoints: one JSON line per finished sheet, flushed as it finishes; read back to resume."""
+"""Checkpoints (and the CLI's results file): one JSON line per finished sheet, read back to resume.
+
+A record (one line, ASCII only: ``ensure_ascii``, so no answer can make a write fail)::
+
+    {"id": "fact-1", "index": 0, "label": "line 1",
+     "sheet": {"prompt": "...", "metadata": {...}},
+     "settings": {"model": "...", "temperature": 0.7, "max_tokens": 16384, "options": {...},
+                  "endpoint": "https://openrouter.ai/api/v1"},
+     "result": {...ExecutionResult.to_dict(), text fields redacted...}}
+
+The latest valid record of an id wins. A successful record is reused only when its ``settings``
+equal the settings the sheet would be sent with now. A line that is not a valid record (torn,
+hand-edited, of another shape) is skipped with a warning naming the line, and its sheet runs
+again. While a run writes a checkpoint it holds an exclusive lock on ``<checkpoint>.lock`` (POSIX
+``flock``; the file is removed when the run ends). On platforms without ``fcntl`` (Windows)
+there is no lock, so do not point two runs at one checkpoint there.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Optional, Union
 
-from ._log import logger
+from ._log import logger, redact
 from .result import ExecutionResult
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory lock (documented)
+    fcntl = None  # type: ignore[assignment]
 
-def load_checkpoint(path: Union[str, Path], tag: Optional[str] = None) -> dict[str, ExecutionResult]:
-    """The successful results recorded in a checkpoint file, by sheet id.
+PathLike = Union[str, Path]
+Settings = dict[str, Any]
+#: Result fields whose text is redacted before it is written.
+_TEXT_FIELDS = ("stdout", "stderr", "error_message", "reasoning")
+#: Sheet fields kept in a record (so a results file says what was asked).
+_SHEET_FIELDS = ("prompt", "system", "messages", "metadata")
+#: How many ignored lines are named one by one in the log.
+_NAMED_LINES = 20
 
-    Lines that do not parse (a torn last line after a crash) are skipped, so their sheets run
-    again. A later record for the same id wins. Records written under another ``tag`` (say,
-    by an offline run) are not reused.
+
+class CheckpointError(Exception):
+    """A checkpoint cannot be used as asked; raised before anything is sent."""
+
+
+class CheckpointLocked(CheckpointError):
+    """Another run (in this or another process) is writing the same checkpoint."""
+
+
+class CheckpointMismatch(CheckpointError, ValueError):
+    """The checkpoint holds answers made with other settings (raised with ``on_mismatch="refuse"``).
+
+    ``found`` lists ``(index, key, difference)`` for each such sheet."""
+
+    def __init__(self, message: str, found: Optional[list[tuple[int, str, str]]] = None) -> None:
+        super().__init__(message)
+        self.found = found or []
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists, odd objects strings)."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def endpoint_of(backend: Any, tag: Optional[str] = None) -> str:
+    """What a checkpoint records as the endpoint: ``tag`` if given, else the backend's base URL."""
+    return tag if tag is not None else str(getattr(backend, "base_url", ""))
+
+
+def settings_for(backend: Any, sheet: Any, endpoint: str) -> Optional[Settings]:
+    """The settings ``sheet`` would be sent with (model, temperature, max_tokens, request options,
+    endpoint), or None when they cannot be resolved (an invalid sheet: it runs, and fails)."""
+    resolve = getattr(backend, "spec_for_sheet", None)
+    try:
+        if resolve is None:  # a backend of another kind: what its attributes say
+            model, temperature, max_tokens, options = (getattr(backend, "model", None),
+                                                       getattr(backend, "temperature", None),
+                                                       getattr(backend, "max_tokens", None), {})
+        else:
+            spec = resolve(sheet)
+            model, temperature, max_tokens, options = spec.model, spec.temperature, spec.max_tokens, spec.options
+        options = {k: v for k, v in dict(options).items() if v is not None}
+        settings: Settings = _jsonable({"model": model, "temperature": temperature, "max_tokens": max_tokens,
+                                        "options": options, "endpoint": endpoint})
+        return settings
+    except (ValueError, TypeError):
+        return None
+
+
+def describe_difference(stored: Optional[Settings], current: Optional[Settings]) -> str:
+    """``model 'a/b' (now 'c/d')``: what differs between two settings, for messages."""
+    if stored is None:
+        return "settings not recorded (a record from an older version)"
+    if current is None:
+        return "the sheet's settings are invalid now"
+    parts = [f"{name} {stored.get(name)!r} (now {current.get(name)!r})"
+             for name in ("model", "temperature", "max_tokens", "options", "endpoint")
+             if stored.get(name) != current.get(name)]
+    return ", ".join(parts) or "settings differ"
+
+
+def _valid_settings(value: Any) -> bool:
+    return (isinstance(value, dict) and isinstance(value.get("model"), str)
+            and isinstance(value.get("temperature"), (int, float)) and not isinstance(value.get("temperature"), bool)
+            and isinstance(value.get("max_tokens"), int) and not isinstance(value.get("max_tokens"), bool)
+            and isinstance(value.get("options"), dict) and isinstance(value.get("endpoint"), str))
+
+
+@dataclass
+class Record:
+    """One valid checkpoint line."""
+
+    id: str
+    result: ExecutionResult
+    index: Optional[int] = None
+    label: Optional[str] = None
+    settings: Optional[Settings] = None  # None: written by a version that did not record them
+    sheet: dict[str, Any] = field(default_factory=dict)
+    line: int = 0
+    data: dict[str, Any] = field(default_factory=dict, repr=False)  # the line as read
+
+
+def _parse(data: Any) -> Record:
+    """A ``Record`` from a parsed line; ``ValueError`` saying what is wrong otherwise."""
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    key = data.get("id")
+    if not isinstance(key, str) or not key:
+        raise ValueError("'id' is missing or not a string")
+    index = data.get("index")
+    if index is not None and (isinstance(index, bool) or not isinstance(index, int)):
+        raise ValueError("'index' is not an integer")
+    label = data.get("label")
+    if label is not None and not isinstance(label, str):
+        raise ValueError("'label' is not a string")
+    sheet = data.get("sheet", {})
+    if not isinstance(sheet, dict):
+        raise ValueError("'sheet' is not an object")
+    settings = data.get("settings")
+    if settings is not None and not _valid_settings(settings):
+        raise ValueError("'settings' is not of the expected shape")
+    raw_result = data.get("result")
+    if not isinstance(raw_result, dict):
+        raise ValueError("'result' is not an object")
+    try:
+        result = ExecutionResult.from_dict(raw_result)
+    except Exception as exc:  # any bad shape: from_dict says which field
+        raise ValueError(f"'result' is not a valid result ({exc})") from None
+    # What reuse and summaries rely on, checked here whatever from_dict lets through.
+    if not isinstance(result.success, bool) or not isinstance(result.stdout, str):
+        raise ValueError("'result.success' or 'result.stdout' has the wrong type")
+    if isinstance(result.duration_seconds, bool) or not isinstance(result.duration_seconds, (int, float)) \
+            or not math.isfinite(result.duration_seconds):
+        raise ValueError("'result.duration_seconds' is not a finite number")
+    return Record(key, result, index, label, settings, sheet, data=data)
+
+
+def read_records(path: PathLike) -> dict[str, Record]:
+    """Every id's latest valid record, in the order ids first appear. A missing file is empty.
+
+    Lines that are not valid records are skipped with a warning naming the line (a torn last
+    line after a crash, a hand-edited or foreign record); their sheets run again.
     """
-    done: dict[str, ExecutionResult] = {}
+    records: dict[str, Record] = {}
     path = Path(path)
     if not path.exists():
-        return done
+        return records
+    old = bad = 0
     with open(path, encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, 1):
-            line = line.strip()
-            if not line:
+            if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-                key = str(record["id"])
-                if record.get("tag") != tag:
-                    continue
-                result = ExecutionResult.from_dict(record["result"])
-            except (ValueError, KeyError, TypeError) as exc:
-                logger.warning("checkpoint %s: line %d ignored (%s); that sheet will run again", path, number,
-                               type(exc).__name__)
+                record = _parse(json.loads(line))
+            except (ValueError, RecursionError) as exc:
+                bad += 1
+                if bad <= _NAMED_LINES:
+                    why = "not valid JSON" if isinstance(exc, json.JSONDecodeError) else str(exc)[:200]
+                    logger.warning("%s, line %d: ignored (%s); that sheet will run again", path, number, why)
                 continue
-            if result.success:
-                result.from_checkpoint = True
-                done[key] = result
-            else:
-                done.pop(key, None)
+            record.line = number
+            old += record.settings is None
+            records[record.id] = record
+    if bad > _NAMED_LINES:
+        logger.warning("%s: %d more lines ignored (%d in all)", path, bad - _NAMED_LINES, bad)
+    if old:
+        logger.warning("%s: %d record(s) do not say which settings made them (an older version wrote them); "
+                       "their sheets will run again", path, old)
+    return records
+
+
+def load_checkpoint(path: PathLike, settings: Optional[Settings] = None) -> dict[str, ExecutionResult]:
+    """The successful results a checkpoint holds, by sheet id (each id's latest record).
+
+    With ``settings``, only those made with exactly these settings (see ``settings_for``)."""
+    done: dict[str, ExecutionResult] = {}
+    for key, record in read_records(path).items():
+        if record.result.success and (settings is None or record.settings == settings):
+            record.result.from_checkpoint = True
+            done[key] = record.result
     return done
 
 
-class CheckpointWriter:
-    """Appends records from many threads; each line is written whole and flushed at once."""
+class _Lock:
+    """An exclusive, non-blocking ``flock`` on ``<path>.lock``, removed again on release.
 
-    def __init__(self, path: Union[str, Path], fsync: bool = False, tag: Optional[str] = None) -> None:
+    Removal is safe because a run that locks a file checks that it is still the file at that
+    path (one removed meanwhile by the run before it is not), and retries with the new one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.with_name(path.name + ".lock")
+        self._fd: Optional[int] = None
+        if fcntl is None:
+            return
+        for _ in range(20):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                try:
+                    holder = os.read(fd, 32).decode("ascii", "replace").strip()
+                finally:
+                    os.close(fd)
+                who = f"process {holder}" if holder.isdigit() else "another run"
+                raise CheckpointLocked(f"{path} is in use by {who} (lock {self.path}); wait for that run to "
+                                       "finish or use another file") from None
+            try:
+                current = os.stat(self.path)
+                mine = os.fstat(fd)
+                same = (current.st_ino, current.st_dev) == (mine.st_ino, mine.st_dev)
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.write(fd, str(os.getpid()).encode("ascii"))
+                self._fd = fd
+                return
+            os.close(fd)  # the run before removed it as we opened it: lock the new one
+        raise CheckpointLocked(f"{path}: could not lock {self.path}; another run keeps taking it")
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                os.unlink(self.path)  # while still holding the lock (see the class docstring)
+            except OSError:
+                pass
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+
+
+class Checkpoint:
+    """A checkpoint in use by one run: locked, read once, appended to from worker threads.
+
+    ``restore(key, settings)`` gives the stored answer when it may be reused; ``write`` never
+    raises: when the file cannot be written (disk full, ...) it logs a warning once, stops
+    writing, and ``error``/``unwritten`` say so.
+    """
+
+    def __init__(self, path: PathLike, *, resume: bool = True, fsync: bool = False) -> None:
         self.path = Path(path)
-        self._tag = tag
+        if self.path.is_dir():
+            raise CheckpointError(f"{self.path} is a directory, not a checkpoint file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = _Lock(self.path)
+        try:
+            self.records = read_records(self.path) if resume else {}
+            self._handle: Optional[IO[str]] = self._open()
+        except BaseException:
+            self._lock.release()
+            raise
         self._fsync = fsync
-        self._lock = threading.Lock()
+        self._mutex = threading.Lock()
+        self.error: Optional[str] = None
+        self.unwritten = 0
+
+    def _open(self) -> IO[str]:
         needs_newline = False
         if self.path.exists() and self.path.stat().st_size > 0:
-            with open(self.path, "rb") as handle:
-                handle.seek(-1, os.SEEK_END)
-                needs_newline = handle.read(1) != b"\n"
-        self._handle: Optional[IO[str]] = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+            with open(self.path, "rb") as existing:
+                existing.seek(-1, os.SEEK_END)
+                needs_newline = existing.read(1) != b"\n"
+        handle = open(self.path, "a", encoding="ascii")  # noqa: SIM115 (closed in close())
         if needs_newline:  # a torn last line: end it so the next record starts clean
-            self._handle.write("\n")
-            self._handle.flush()
+            handle.write("\n")
+            handle.flush()
+        return handle
 
-    def write(self, key: str, index: int, result: ExecutionResult, extra: Optional[dict[str, Any]] = None) -> None:
+    def stored(self, key: str) -> Optional[Record]:
+        return self.records.get(key)
+
+    def restore(self, key: str, settings: Optional[Settings]) -> Optional[ExecutionResult]:
+        """The stored answer for ``key`` if it succeeded and was made with ``settings``; else None."""
+        record = self.records.get(key)
+        if record is None or not record.result.success or settings is None or record.settings != settings:
+            return None
+        return dataclasses.replace(record.result, from_checkpoint=True, sheet_id=key)  # a copy per call
+
+    def mismatch(self, key: str, settings: Optional[Settings]) -> Optional[str]:
+        """Why the stored answer for ``key`` cannot be reused (other settings), or None."""
+        record = self.records.get(key)
+        if record is None or not record.result.success or (settings is not None and record.settings == settings):
+            return None
+        return describe_difference(record.settings, settings)
+
+    def write(self, key: str, index: int, result: ExecutionResult, *, settings: Optional[Settings] = None,
+              sheet: Any = None, label: Optional[str] = None) -> bool:
+        """Append one record (whole line, flushed). Never raises; False when it was not written."""
+        try:
+            line = self._line(key, index, result, settings, sheet, label)
+        except Exception as exc:  # an unserialisable value: a bug, but never a lost batch
+            logger.warning("checkpoint %s: the record for %s could not be serialised (%s)", self.path, key, exc)
+            with self._mutex:
+                self.unwritten += 1
+                self.error = self.error or f"{type(exc).__name__}: {exc}"
+            return False
+        with self._mutex:
+            if self._handle is None or self.error is not None:
+                self.unwritten += 1
+                return False
+            try:
+                self._handle.write(line)
+                self._handle.flush()
+                if self._fsync:
+                    os.fsync(self._handle.fileno())
+            except (OSError, ValueError) as exc:
+                self.error = f"{type(exc).__name__}: {exc}"
+                self.unwritten += 1
+                logger.warning("checkpoint %s could not be written (%s): the run goes on, but finished sheets "
+                               "are no longer recorded and will run again on resume", self.path, self.error)
+                return False
+        return True
+
+    @staticmethod
+    def _line(key: str, index: int, result: ExecutionResult, settings: Optional[Settings], sheet: Any,
+              label: Optional[str]) -> str:
         data = result.to_dict()
         data.pop("from_checkpoint", None)
-        record: dict[str, Any] = {"id": key, "index": index, "result": data}
-        if self._tag is not None:
-            record["tag"] = self._tag
-        if extra:
-            record.update(extra)
-        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
-        with self._lock:
-            if self._handle is None:
-                return
-            self._handle.write(line)
-            self._handle.flush()
-            if self._fsync:
-                os.fsync(self._handle.fileno())
+        for name in _TEXT_FIELDS:
+            if isinstance(data.get(name), str):
+                data[name] = redact(data[name])
+        record: dict[str, Any] = {"id": key, "index": index}
+        if label is not None:
+            record["label"] = label
+        if sheet is not None:
+            kept = {name: getattr(sheet, name, None) for name in _SHEET_FIELDS}
+            if isinstance(kept["prompt"], str):
+                kept["prompt"] = redact(kept["prompt"])
+            record["sheet"] = {name: value for name, value in kept.items() if value}
+        if settings is not None:
+            record["settings"] = settings
+        record["result"] = data
+        return json.dumps(record, ensure_ascii=True, default=str) + "\n"
 
     def close(self) -> None:
-        with self._lock:
-            if self._handle is not None:
-                self._handle.close()
-                self._handle = None
+        with self._mutex:
+            handle, self._handle = self._handle, None
+        try:
+            if handle is not None:
+                handle.close()
+        except OSError as exc:  # the last flush failed (disk full): reported, not raised
+            self.error = self.error or f"{type(exc).__name__}: {exc}"
+            logger.warning("checkpoint %s: closing failed (%s)", self.path, exc)
+        finally:
+            self._lock.release()

@@ -1,69 +1,125 @@
-"""The ``openrouter-sync`` command: run a batch, ask one question, list models, check a key.
+"""The ``openrouter-sync`` command: run a batch, ask one question, list models, check a key, export results.
 
-    openrouter-sync run prompts.txt -o results.jsonl      # one prompt a line, or JSONL, or - for stdin
-    openrouter-sync ask "Explain quicksort"               # streams the answer
+    openrouter-sync run prompts.txt -o results.jsonl      # one prompt a line; .jsonl: one object a line
+    openrouter-sync ask "Explain quicksort"               # streams the answer ("-": the prompt from stdin)
     openrouter-sync models --free
     openrouter-sync check
+    openrouter-sync export results.jsonl -o final.csv     # one row per prompt, in input order
 
-``--offline`` (or ``OPENROUTER_SYNC_OFFLINE=1``) runs against the built-in fake server;
-``--offline=auto`` does so only when ``OPENROUTER_API_KEY`` is not set.
+Needs OPENROUTER_API_KEY. Without it, --offline (or --offline-mode always) runs against the
+built-in fake server (its answers are fakes, and it says so); --offline-mode auto does so only
+when no key is set. OPENROUTER_SYNC_OFFLINE=auto|always|never sets the default mode.
+The model is -m/--model, else $OPENROUTER_MODEL, else minimax/minimax-m1-80k (a paid model).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import inspect
 import json
+import math
 import os
+import re
 import sys
-from typing import Any, Iterator, Optional, Sequence, TextIO
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from ._version import __version__
 from .backend import DEFAULT_BASE_URL, DEFAULT_MODEL, OpenRouterBackend
+from .checkpoint import CheckpointError, CheckpointLocked, CheckpointMismatch, Record, read_records
 from .errors import OpenRouterError
 from .request import OVERRIDE_KEYS
 from .retry import RetryPolicy
 from .runner import RunInterrupted, run_sheets
 from .sheet import Sheet
-from .testing.demo import demo_backend, offline_wanted
+from .summary import plural
+from .testing.demo import OFFLINE_ENV, demo_backend
 
-SHEET_FIELDS = {"prompt", "messages", "id", "system", "preamble", "extensions", "timeout_seconds", "metadata",
-                "overrides", "output_log_path"}
+KEY_ENV = "OPENROUTER_API_KEY"
+MODEL_ENV = "OPENROUTER_MODEL"
+SHEET_FIELDS = {"prompt", "messages", "id", "label", "system", "preamble", "extensions", "timeout_seconds",
+                "metadata", "overrides", "output_log_path"}
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+NO_KEY = f"{KEY_ENV} is not set: set {KEY_ENV} or use --offline (the built-in fake server)"
+_OFFLINE_VALUES = {"": "never", "0": "never", "no": "never", "false": "never", "off": "never", "never": "never",
+                   "1": "always", "yes": "always", "true": "always", "on": "always", "always": "always",
+                   "auto": "auto"}
+#: Python parameter names in library messages, as the options a CLI user typed.
+_OPTION_NAMES = {"max_workers": "-w/--workers", "pool_size": "-w/--workers", "timeout_seconds": "--timeout",
+                 "requests_per_minute": "--rpm", "max_attempts": "--attempts", "max_tokens": "--max-tokens",
+                 "base_url": "--base-url", "model": "-m/--model", "temperature": "--temperature"}
+_CSV_COLUMNS = ("id", "index", "label", "prompt", "success", "answer", "error_type", "error_message",
+                "finish_reason", "model", "input_tokens", "output_tokens", "cost", "attempts", "duration_seconds",
+                "metadata")
 
 
-class InputError(Exception):
-    """A bad input file; the message names the line."""
+def _backend_default(name: str) -> Any:
+    return inspect.signature(OpenRouterBackend.__init__).parameters[name].default
 
 
-def read_sheets(source: TextIO, name: str) -> list[Sheet]:
-    """Sheets from a text file (one prompt a line) or JSONL (one object a line). Blank lines are skipped."""
-    lines = source.read().splitlines()
-    first = next((line.strip() for line in lines if line.strip()), "")
-    jsonl = name.endswith(".jsonl") or first.startswith("{")
+class UsageError(Exception):
+    """A bad command line or input file: reported in one line, exit code 2, nothing sent or written."""
+
+
+InputError = UsageError  # the name earlier versions used
+
+
+# ----- input ---------------------------------------------------------------------------------
+
+def _decode(data: bytes, name: str) -> str:
+    try:
+        text = data.decode("utf-8-sig")  # a leading UTF-8 BOM is dropped
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{name}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                         "save it as UTF-8") from None
+    if "\x00" in text:
+        raise UsageError(f"{name}: contains NUL bytes; not a text file")
+    return text
+
+
+def input_format(name: str, explicit: Optional[str]) -> str:
+    """``txt`` or ``jsonl``: ``--format`` if given, else by extension (``.jsonl``/``.ndjson``), else ``txt``."""
+    if explicit:
+        return explicit
+    return "jsonl" if name.lower().endswith((".jsonl", ".ndjson")) else "txt"
+
+
+def parse_sheets(text: str, name: str, fmt: str) -> list[Sheet]:
+    """Sheets from text: ``txt`` (one prompt a line) or ``jsonl`` (one object a line). Blank lines
+    are skipped; errors name the file and the 1-based line."""
     sheets: list[Sheet] = []
-    for number, line in enumerate(lines, 1):
+    ids: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        if not jsonl:
-            sheets.append(Sheet(prompt=line.strip()))
+        if fmt == "txt":
+            sheets.append(Sheet(prompt=line.strip(), label=f"line {number}"))
             continue
         try:
             record = json.loads(line)
-        except ValueError as exc:
-            raise InputError(f"{name}, line {number}: not valid JSON ({exc})") from None
+        except (ValueError, RecursionError) as exc:
+            raise UsageError(f"{name}, line {number}: not valid JSON ({exc})") from None
         if not isinstance(record, dict):
-            raise InputError(f"{name}, line {number}: expected a JSON object, got {type(record).__name__}")
+            raise UsageError(f"{name}, line {number}: expected a JSON object, got {type(record).__name__}")
         try:
-            sheets.append(_sheet_from_record(record))
+            sheet = _sheet_from_record(record, f"line {number}")
         except (TypeError, ValueError) as exc:
-            raise InputError(f"{name}, line {number}: {exc}") from None
+            raise UsageError(f"{name}, line {number}: {exc}") from None
+        if sheet.id is not None:
+            if sheet.id in ids:
+                raise UsageError(f"{name}, line {number}: id {sheet.id!r} is used twice (first on line "
+                                 f"{ids[sheet.id]}); ids must be unique")
+            ids[sheet.id] = number
+        sheets.append(sheet)
     if not sheets:
-        raise InputError(f"{name}: no prompts in it")
+        raise UsageError(f"{name}: no prompts in it")
     return sheets
 
 
-def _sheet_from_record(record: dict[str, Any]) -> Sheet:
+def _sheet_from_record(record: dict[str, Any], label: str) -> Sheet:
     unknown = sorted(set(record) - SHEET_FIELDS - OVERRIDE_KEYS)
     if unknown:
         raise ValueError(f"unknown field(s) {', '.join(map(repr, unknown))}; "
@@ -73,13 +129,94 @@ def _sheet_from_record(record: dict[str, Any]) -> Sheet:
     overrides.update({k: v for k, v in record.items() if k in OVERRIDE_KEYS})
     if "prompt" not in fields and "messages" not in fields:
         raise ValueError("needs 'prompt' or 'messages'")
+    if fields.get("metadata") is not None and not isinstance(fields["metadata"], dict):
+        raise ValueError("'metadata' must be an object")
+    fields.setdefault("label", str(record["id"]) if record.get("id") is not None else label)
     return Sheet(overrides=overrides, **fields)
 
 
+def read_sheets(path: str, fmt: Optional[str] = None) -> list[Sheet]:
+    """The sheets of an input file (``-``: stdin), format by ``fmt`` or extension."""
+    name = "<stdin>" if path == "-" else path
+    if path == "-":
+        buffer = getattr(sys.stdin, "buffer", None)
+        text = _decode(buffer.read(), name) if buffer is not None else sys.stdin.read().lstrip("\ufeff")
+    else:
+        try:
+            data = Path(path).read_bytes()
+        except IsADirectoryError:
+            raise UsageError(f"{path} is a directory, not an input file") from None
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+        text = _decode(data, name)
+    return parse_sheets(text, name, input_format(name, fmt))
+
+
+# ----- the results file ----------------------------------------------------------------------
+
+def _is_results_file(path: Path) -> bool:
+    """An empty file, or one whose first non-blank line is a results record (``id`` and ``result``),
+    or only the torn start of one (a run killed while writing its first record)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 20)
+    except OSError:
+        return False
+    lines = [raw for raw in head.splitlines() if raw.strip()]
+    if not lines:
+        return True
+    try:
+        record = json.loads(lines[0])
+    except (ValueError, RecursionError):
+        return len(lines) == 1 and not head.endswith(b"\n") and lines[0].startswith(b'{"id": ')
+    return isinstance(record, dict) and "id" in record and isinstance(record.get("result"), dict)
+
+
+def check_output(output: str, source: Optional[str]) -> None:
+    """Refuse an ``-o`` that is a directory, the input itself, or an existing file that is not a results file."""
+    path = Path(output)
+    if path.is_dir():
+        raise UsageError(f"-o/--output {output} is a directory; name a results file, e.g. {path / 'results.jsonl'}")
+    if source is not None and source != "-" and path.exists():
+        try:
+            same = os.path.samefile(source, path)
+        except OSError:
+            same = False
+        if same:
+            raise UsageError(f"-o/--output {output} is the input file; write the results to another file")
+    if path.exists() and not _is_results_file(path):
+        raise UsageError(f"-o/--output {output} exists and is not an openrouter-sync results file; "
+                         "refusing to write into it (choose another -o)")
+
+
+# ----- options and the backend ---------------------------------------------------------------
+
+def offline_mode(args: argparse.Namespace) -> str:
+    """``always``, ``auto`` or ``never``: --offline, else --offline-mode, else $OPENROUTER_SYNC_OFFLINE, else never."""
+    if getattr(args, "offline", False):
+        return "always"
+    if getattr(args, "offline_mode", None):
+        return str(args.offline_mode)
+    value = os.environ.get(OFFLINE_ENV, "").strip().lower()
+    if value not in _OFFLINE_VALUES:
+        raise UsageError(f"{OFFLINE_ENV} must be auto, always or never, got {value!r}")
+    return _OFFLINE_VALUES[value]
+
+
+def _has_key() -> bool:
+    return bool(os.environ.get(KEY_ENV, "").strip())
+
+
+def _is_offline(args: argparse.Namespace) -> bool:
+    mode = offline_mode(args)
+    return mode == "always" or (mode == "auto" and not _has_key())
+
+
 @contextlib.contextmanager
-def _backend(args: argparse.Namespace) -> Iterator[tuple[OpenRouterBackend, bool]]:
-    offline = offline_wanted(args.offline)
-    options: dict[str, Any] = {"model": args.model, "timeout_seconds": args.timeout, "base_url": args.base_url}
+def _backend(args: argparse.Namespace, offline: bool) -> Iterator[OpenRouterBackend]:
+    options: dict[str, Any] = {"timeout_seconds": args.timeout, "base_url": args.base_url}
+    if hasattr(args, "model"):
+        options["model"] = args.model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
     for name in ("max_tokens", "temperature"):
         if getattr(args, name, None) is not None:
             options[name] = getattr(args, name)
@@ -89,41 +226,60 @@ def _backend(args: argparse.Namespace) -> Iterator[tuple[OpenRouterBackend, bool
         options["requests_per_minute"] = args.rpm
     if getattr(args, "workers", None):
         options["pool_size"] = args.workers
-    with demo_backend(offline="1" if offline else "0", **options) as backend:
-        yield backend, offline
+    with demo_backend(offline="always" if offline else "never", **options) as backend:
+        yield backend
 
+
+def _err(message: str) -> None:
+    print(f"openrouter-sync: {message}", file=sys.stderr)
+
+
+# ----- commands ------------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
-    try:
-        if args.input == "-":
-            sheets = read_sheets(sys.stdin, "<stdin>")
-        else:
-            with open(args.input, encoding="utf-8") as handle:
-                sheets = read_sheets(handle, args.input)
-    except OSError as exc:
-        print(f"openrouter-sync: cannot read {args.input}: {exc.strerror}", file=sys.stderr)
-        return EXIT_USAGE
-    except InputError as exc:
-        print(f"openrouter-sync: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    check_output(args.output, args.input)
+    sheets = read_sheets(args.input, args.format)
+    offline = _is_offline(args)
+    if not offline and not _has_key():
+        raise UsageError(f"{NO_KEY}; nothing was sent or written")
     if args.system:
         for sheet in sheets:
             sheet.system = sheet.system or args.system
-    with _backend(args) as (backend, offline):
+    with _backend(args, offline) as backend:
         try:
             results = run_sheets(backend, sheets, max_workers=args.workers, checkpoint=args.output,
-                                 progress=not args.no_progress, checkpoint_tag="offline" if offline else None)
+                                 progress=not args.no_progress, checkpoint_tag="offline" if offline else None,
+                                 on_mismatch="redo" if args.force else "refuse", resume=not args.fresh)
+        except CheckpointMismatch as exc:
+            index, _, why = exc.found[0]
+            raise UsageError(
+                f"{args.output} holds {plural(len(exc.found), 'answer')} made with other settings than this run's "
+                f"(e.g. {sheets[index].label}: {why}); nothing was sent. Add --force to redo those sheets "
+                "(appended; the newest record of a sheet wins), --fresh to redo every sheet, or choose another "
+                "-o") from None
+        except CheckpointLocked as exc:
+            _err(f"{exc}; nothing was sent")
+            return EXIT_FAILED
         except RunInterrupted as exc:
-            print(f"\ninterrupted: {exc.summary.total} of {len(sheets)} sheets finished; "
-                  f"run the same command again to resume from {args.output}", file=sys.stderr)
+            print(f"\n{exc.summary}\ninterrupted: {exc.summary.total} of {len(sheets)} sheets finished; run the "
+                  f"same command again to resume from {args.output}", file=sys.stderr)
             return EXIT_INTERRUPTED
     print(results.summary, file=sys.stderr)
-    print(f"results: {args.output}", file=sys.stderr)
-    return EXIT_FAILED if results.summary.failed else 0
+    print(f"results: {args.output} (one JSON line per finished sheet; `openrouter-sync export {args.output}` "
+          "gives one per prompt, in input order)", file=sys.stderr)
+    return EXIT_FAILED if results.summary.failed or results.summary.checkpoint_error else 0
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    with _backend(args) as (backend, _), backend.stream(args.prompt, system=args.system) as stream:
+    prompt = args.prompt
+    if prompt == "-":
+        prompt = sys.stdin.read().strip()
+        if not prompt:
+            raise UsageError("no prompt on stdin")
+    offline = _is_offline(args)
+    if not offline and not _has_key():
+        raise UsageError(f"{NO_KEY}; nothing was sent")
+    with _backend(args, offline) as backend, backend.stream(prompt, system=args.system) as stream:
         for delta in stream:
             sys.stdout.write(delta)
             sys.stdout.flush()
@@ -131,11 +287,15 @@ def cmd_ask(args: argparse.Namespace) -> int:
     assert result is not None
     sys.stdout.write("\n")
     if not result.success:
-        print(f"openrouter-sync: {result.error_type} (exit {result.exit_code}): {result.error_message}",
-              file=sys.stderr)
+        _err(f"{result.error_type} (exit {result.exit_code}): {result.error_message}")
         return EXIT_FAILED
-    cost = "" if result.cost is None else f", ${result.cost:.6f}"
-    print(f"[{result.model}, {result.tokens_used} tokens{cost}]", file=sys.stderr)
+    tokens = "tokens unknown" if result.tokens_used is None else plural(result.tokens_used, "token")
+    cost = "cost unknown" if result.cost is None else f"${result.cost:.6f}"
+    finish = "" if result.finish_reason is None else f", finish_reason {result.finish_reason}"
+    print(f"[{result.model}, {tokens}, {cost}{finish}]", file=sys.stderr)
+    if result.finish_reason == "length":
+        print("note: the answer was cut by the token limit (finish_reason \"length\"); raise --max-tokens",
+              file=sys.stderr)
     return 0
 
 
@@ -144,11 +304,11 @@ def _per_million(price: Optional[float]) -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    with _backend(args) as (backend, _):
+    with _backend(args, _is_offline(args)) as backend:
         try:
             models = backend.list_models(free=args.free)
         except OpenRouterError as exc:
-            print(f"openrouter-sync: {exc}", file=sys.stderr)
+            _err(str(exc))
             return EXIT_FAILED
     width = max([len(m.id) for m in models] + [5])
     print(f"{'model':<{width}}  {'context':>9}  {'$/M in':>8}  {'$/M out':>8}")
@@ -160,78 +320,217 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    with _backend(args) as (backend, offline):
-        ok = True
-        has_key = backend.availability_check()
-        print(f"key ({'offline fake' if offline else backend.api_key_env}): {'present' if has_key else 'MISSING'}")
-        ok &= has_key
+    offline = _is_offline(args)
+    if not offline and not _has_key():
+        print(f"key ({KEY_ENV}): MISSING; nothing was sent (set {KEY_ENV} or use --offline)")
+        return EXIT_FAILED
+    with _backend(args, offline) as backend:
+        print(f"key ({'offline fake' if offline else KEY_ENV}): present")
         healthy = backend.health_check()
-        print(f"endpoint {backend.base_url}: {'reachable' if healthy else 'NOT reachable or key refused'}")
-        ok &= healthy
-        if has_key:
-            try:
-                info = backend.key_info()
-            except OpenRouterError as exc:
-                print(f"key limits: unavailable ({exc.result.error_type})")
-                ok = False
-            else:
-                limit = "unlimited" if info.limit is None else f"${info.limit:g}"
-                print(f"key limits: {limit}, used ${info.usage or 0:g}, remaining "
-                      f"{'n/a' if info.limit_remaining is None else f'${info.limit_remaining:g}'}, "
-                      f"free tier: {info.is_free_tier}")
+        state = "reachable, key accepted" if healthy else "NOT reachable or key refused"
+        print(f"endpoint {backend.base_url}: {state}")
+        ok = healthy
+        try:
+            info = backend.key_info()
+        except OpenRouterError as exc:
+            print(f"key limits: unavailable ({exc.result.error_type})")
+            ok = False
+        else:
+            limit = "unlimited" if info.limit is None else f"${info.limit:g}"
+            print(f"key limits: {limit}, used ${info.usage or 0:g}, remaining "
+                  f"{'n/a' if info.limit_remaining is None else f'${info.limit_remaining:g}'}, "
+                  f"free tier: {info.is_free_tier}")
     return 0 if ok else EXIT_FAILED
 
 
+def _printable(text: str) -> str:
+    """``text`` with lone surrogates (a provider's cut emoji) replaced, so any output can encode it."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _export_rows(records: list[Record]) -> Iterator[dict[str, Any]]:
+    for record in records:
+        result, sheet = record.result, record.sheet
+        yield {"id": record.id, "index": record.index, "label": record.label, "prompt": sheet.get("prompt", ""),
+               "success": result.success, "answer": result.stdout, "error_type": result.error_type or "",
+               "error_message": result.error_message or "", "finish_reason": result.finish_reason or "",
+               "model": result.model or "", "input_tokens": result.input_tokens, "output_tokens": result.output_tokens,
+               "cost": result.cost, "attempts": result.attempts, "duration_seconds": result.duration_seconds,
+               "metadata": json.dumps(sheet["metadata"], ensure_ascii=False) if sheet.get("metadata") else ""}
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    source = Path(args.results)
+    if not source.is_file():
+        raise UsageError(f"{args.results}: no such results file")
+    if not _is_results_file(source):
+        raise UsageError(f"{args.results} is not an openrouter-sync results file")
+    fmt = args.format or ("csv" if args.output and args.output.lower().endswith(".csv") else "jsonl")
+    if args.output and args.output != "-":
+        if Path(args.output).is_dir():
+            raise UsageError(f"-o/--output {args.output} is a directory")
+        if Path(args.output).exists() and os.path.samefile(args.output, source):
+            raise UsageError("-o/--output is the results file itself; export to another file")
+    records = list(read_records(source).values())
+    order = {record.id: position for position, record in enumerate(records)}
+    records.sort(key=lambda r: (r.index if r.index is not None else math.inf, order[r.id]))
+
+    def write(out: Any) -> None:
+        if fmt == "csv":
+            writer = csv.DictWriter(out, fieldnames=list(_CSV_COLUMNS))
+            writer.writeheader()
+            for row in _export_rows(records):
+                writer.writerow({k: "" if v is None else _printable(v) if isinstance(v, str) else v
+                                 for k, v in row.items()})
+        else:
+            for record in records:
+                out.write(_printable(json.dumps(record.data, ensure_ascii=False)) + "\n")
+
+    if not args.output or args.output == "-":
+        write(sys.stdout)
+    else:
+        target = Path(args.output)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent if str(target.parent) else ".")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="" if fmt == "csv" else None) as out:
+                write(out)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    failed = sum(not r.result.success for r in records)
+    print(f"exported {plural(len(records), 'sheet')} ({failed} failed) from {args.results}"
+          + (f" to {args.output}" if args.output and args.output != "-" else ""), file=sys.stderr)
+    return 0
+
+
+# ----- the parser ----------------------------------------------------------------------------
+
+def _number(kind: Callable[[str], Any], low: float, high: float = math.inf,
+            low_open: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a finite ``kind`` (int or float) within bounds, else a message naming them."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        ok = value is not None and math.isfinite(value) and (value > low if low_open else value >= low) \
+            and value <= high
+        if not ok:
+            bound = f"> {low:g}" if low_open else f">= {low:g}"
+            span = f"between {low:g} and {high:g}" if high != math.inf else bound
+            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'} {span}, "
+                                             f"got {text!r}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
+    temperature, max_tokens = _backend_default("temperature"), _backend_default("max_tokens")
     parser = argparse.ArgumentParser(prog="openrouter-sync", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"openrouter-sync {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", "-m", default=os.environ.get("OPENROUTER_MODEL", DEFAULT_MODEL))
-    common.add_argument("--base-url", default=DEFAULT_BASE_URL)
-    common.add_argument("--timeout", type=float, default=300.0, help="seconds per attempt (default 300)")
-    common.add_argument("--offline", nargs="?", const="1", default=None, metavar="auto",
-                        help="use the built-in fake server (always; or 'auto': only without OPENROUTER_API_KEY)")
-    sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", parents=[common], help="run every prompt of a file; resumable")
-    run.add_argument("input", help="a .txt file (one prompt a line), a .jsonl file, or - for stdin")
-    run.add_argument("-o", "--output", required=True, help="JSONL results; also the checkpoint to resume from")
-    run.add_argument("--workers", "-w", type=int, default=8)
-    run.add_argument("--rpm", type=float, help="client-side limit, requests per minute")
-    run.add_argument("--attempts", type=int, help="attempts per prompt (default 8)")
-    run.add_argument("--system", help="a system prompt for every sheet")
-    run.add_argument("--max-tokens", type=int, dest="max_tokens")
-    run.add_argument("--temperature", type=float)
-    run.add_argument("--no-progress", action="store_true")
+    endpoint = argparse.ArgumentParser(add_help=False)
+    endpoint.add_argument("--base-url", default=DEFAULT_BASE_URL, metavar="URL",
+                          help="an OpenAI-compatible endpoint (default: %(default)s)")
+    endpoint.add_argument("--timeout", type=_number(float, 0, low_open=True), default=300.0, metavar="SECONDS",
+                          help="hard deadline per HTTP attempt (default: %(default)s)")
+    offline = endpoint.add_mutually_exclusive_group()
+    offline.add_argument("--offline", action="store_true",
+                         help="use the built-in fake server (same as --offline-mode always; default: off)")
+    offline.add_argument("--offline-mode", choices=("auto", "always", "never"), metavar="{auto,always,never}",
+                         help="auto: the fake server only when OPENROUTER_API_KEY is not set; always; never "
+                              f"(default: ${OFFLINE_ENV}, else never)")
+
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("-m", "--model", metavar="MODEL",
+                       help=f"model id (default: ${MODEL_ENV} if set, else {DEFAULT_MODEL}, a paid model)")
+    model.add_argument("--temperature", type=_number(float, 0, 2), metavar="T",
+                       help=f"sampling temperature, 0 to 2 (default: {temperature})")
+    model.add_argument("--max-tokens", type=_number(int, 1), dest="max_tokens", metavar="N",
+                       help=f"answer length limit in tokens (default: {max_tokens})")
+    model.add_argument("--system", metavar="TEXT", help="a system prompt (default: none)")
+
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", parents=[model, endpoint], help="run every prompt of a file; resumable",
+                         description="Run every prompt of a file. Results are appended to -o as they finish "
+                                     "(one JSON line each: id, prompt, metadata, settings, result); run the same "
+                                     "command again to resume. A results file remembers the settings its answers "
+                                     "were made with: a rerun with other settings refuses unless --force or "
+                                     "--fresh is given.")
+    run.add_argument("input", help="a .txt file (one prompt a line), a .jsonl file (one object a line: "
+                                   "prompt or messages, id, system, metadata, model, temperature, ...), or - for stdin")
+    run.add_argument("-o", "--output", required=True, metavar="RESULTS.jsonl",
+                     help="the results file (JSONL); also the checkpoint a rerun resumes from (required)")
+    run.add_argument("--format", choices=("txt", "jsonl"),
+                     help="the input's format (default: by extension: .jsonl/.ndjson is jsonl, anything else "
+                          "and stdin txt)")
+    run.add_argument("-w", "--workers", type=_number(int, 1), default=8, metavar="N",
+                     help="prompts in flight at once (default: %(default)s)")
+    run.add_argument("--rpm", type=_number(float, 0, low_open=True), metavar="N",
+                     help="client-side limit, requests per minute (default: none)")
+    run.add_argument("--attempts", type=_number(int, 1), metavar="N",
+                     help=f"attempts per prompt, 1 = no retries (default: {RetryPolicy().max_attempts})")
+    redo = run.add_mutually_exclusive_group()
+    redo.add_argument("--force", action="store_true",
+                      help="redo the sheets whose stored answers were made with other settings (default: refuse)")
+    redo.add_argument("--fresh", action="store_true",
+                      help="reuse nothing from the results file: redo every sheet, appending (default: resume)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
     run.set_defaults(func=cmd_run)
 
-    ask = sub.add_parser("ask", parents=[common], help="ask one question; the answer streams to stdout")
-    ask.add_argument("prompt")
-    ask.add_argument("--system")
-    ask.add_argument("--max-tokens", type=int, dest="max_tokens")
-    ask.add_argument("--temperature", type=float)
+    ask = sub.add_parser("ask", parents=[model, endpoint], help="ask one question; the answer streams to stdout")
+    ask.add_argument("prompt", help="the question, or - to read it from stdin")
     ask.set_defaults(func=cmd_ask)
 
-    models = sub.add_parser("models", parents=[common], help="list models and prices")
-    models.add_argument("--free", action="store_true", help="only free models")
+    models = sub.add_parser("models", parents=[endpoint], help="list models and prices")
+    models.add_argument("--free", action="store_true", help="only free models (default: all)")
     models.set_defaults(func=cmd_models)
 
-    check = sub.add_parser("check", parents=[common], help="key present, endpoint healthy, key limits")
+    check = sub.add_parser("check", parents=[endpoint], help="key present, endpoint healthy, key limits")
     check.set_defaults(func=cmd_check)
+
+    export = sub.add_parser("export", help="a results file's final answers: one per prompt, in input order",
+                            description="Write the latest record of each sheet of a results file, in input "
+                                        "order: JSONL (the records as stored) or CSV (id, index, label, prompt, "
+                                        "success, answer, error_type, error_message, finish_reason, model, "
+                                        "tokens, cost, attempts, duration_seconds, metadata).")
+    export.add_argument("results", help="a results file written by `openrouter-sync run`")
+    export.add_argument("-o", "--output", metavar="FILE", help="where to write (default: stdout)")
+    export.add_argument("--format", choices=("jsonl", "csv"),
+                        help="output format (default: csv when -o ends in .csv, else jsonl)")
+    export.set_defaults(func=cmd_export)
     return parser
+
+
+def _cli_names(message: str) -> str:
+    """A library message with its parameter names replaced by the options a CLI user typed."""
+    return re.sub(r"\b(" + "|".join(_OPTION_NAMES) + r")\b", lambda m: _OPTION_NAMES[m.group(1)], message)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error argparse has reported
+        return int(exc.code or 0)
     try:
         return int(args.func(args))
-    except ValueError as exc:  # a bad option value (temperature 5, workers 0, ...)
-        print(f"openrouter-sync: {exc}", file=sys.stderr)
+    except (UsageError, CheckpointError) as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except ValueError as exc:  # a bad option value the library refused
+        _err(_cli_names(str(exc)))
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `openrouter-sync export ... | head`: the reader has gone
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -13,8 +13,14 @@ _PREVIEW = 80
 
 
 def _row(index: Optional[int], result: ExecutionResult) -> str:
-    status = "ok" if result.success else f"{result.error_type} ({result.exit_code})"
-    colour = "#2e7d32" if result.success else "#c62828"
+    if not result.success:
+        status, colour = f"{result.error_type} ({result.exit_code})", "#c62828"
+    elif result.finish_reason == "length":  # an answer cut by the token limit: usable, but say so
+        status, colour = "ok, cut at max_tokens", "#ef6c00"
+    else:
+        status, colour = "ok", "#2e7d32"
+    if result.from_checkpoint:
+        status += " (checkpoint)"
     text = result.stdout if result.success else (result.error_message or result.stderr)
     preview = text[:_PREVIEW] + ("…" if len(text) > _PREVIEW else "")
     cost = "" if result.cost is None else f"${result.cost:.6f}"

@@ -24,11 +24,19 @@ class ProgressInfo:
     cost: float
     elapsed: float
     retrying: int = 0  # sheets waiting to retry at this moment
+    priced: int = 0  # finished sheets whose answer reported a cost (``cost`` sums theirs)
+    restored: int = 0  # sheets restored from a checkpoint (counted in ``done``, not in tokens or cost)
+
+    @property
+    def cost_text(self) -> str:
+        """``$0.0123``, or ``$?`` while no answer has reported a cost."""
+        return f"${self.cost:.4f}" if self.priced else "$?"
 
     def line(self) -> str:
         total = "?" if self.total is None else str(self.total)
-        return (f"[{self.done}/{total}] ok {self.succeeded} failed {self.failed} retrying {self.retrying} "
-                f"retried {self.retried} tokens {self.tokens} ${self.cost:.4f} {self.elapsed:.1f}s")
+        restored = f" restored {self.restored}" if self.restored else ""
+        return (f"[{self.done}/{total}] ok {self.succeeded} failed {self.failed}{restored} retrying {self.retrying} "
+                f"retried {self.retried} tokens {self.tokens} {self.cost_text} {self.elapsed:.1f}s")
 
 
 ProgressArg = Union[bool, Callable[[ProgressInfo], Any], None]
@@ -47,6 +55,7 @@ class Progress:
         self._text = False
         self._bar: Any = None
         self._last = 0.0
+        self._shown = 0  # the ``done`` count the text meter last showed
         self._min_interval = min_interval
         if mode is True:
             try:
@@ -56,28 +65,34 @@ class Progress:
             else:
                 self._bar = tqdm(total=total, unit="sheet", dynamic_ncols=True, file=self._file)
 
-    def update(self, result: ExecutionResult, skipped: bool = False) -> None:
+    def update(self, result: ExecutionResult) -> None:
         info = self.info
         info.done += 1
         if result.success:
             info.succeeded += 1
         else:
             info.failed += 1
-        info.retried += result.attempts > 1
-        info.tokens += result.tokens_used or 0
-        info.cost += result.cost or 0.0
+        if result.from_checkpoint:
+            info.restored += 1
+        else:
+            info.retried += result.attempts > 1
+            info.tokens += result.tokens_used or 0
+            if result.cost is not None:
+                info.cost += result.cost
+                info.priced += 1
         info.elapsed = time.monotonic() - self._start
         info.retrying = getattr(self._activity, "retrying", 0)
         if self._callback is not None:
             self._callback(dataclasses.replace(info))  # a snapshot the callback may keep
         if self._bar is not None:
             self._bar.set_postfix_str(f"failed={info.failed} retrying={info.retrying} retried={info.retried} "
-                                      f"tokens={info.tokens} ${info.cost:.4f}", refresh=False)
+                                      f"tokens={info.tokens} {info.cost_text}", refresh=False)
             self._bar.update(1)
         elif self._text:
             now = time.monotonic()
             if now - self._last >= self._min_interval or info.done == info.total:
                 self._last = now
+                self._shown = info.done
                 self._file.write("\r" + info.line())
                 self._file.flush()
 
@@ -86,6 +101,6 @@ class Progress:
             self._bar.close()
             self._bar = None
         elif self._text and self.info.done:
-            self._file.write("\r" + self.info.line() + "\n")
+            self._file.write(("" if self._shown == self.info.done else "\r" + self.info.line()) + "\n")
             self._file.flush()
             self._text = False

@@ -5,8 +5,9 @@
 
 On Ctrl-C (or Jupyter's stop button) the pending sheets are cancelled, in-flight requests are
 cut, and ``RunInterrupted`` (a ``KeyboardInterrupt``) is raised within about a second; its
-``results`` hold what finished (``None`` for the rest), and every finished sheet is already in
-the checkpoint.
+``results`` hold what finished (``None`` for the rest), including sheets that finished but
+were not yet handed to ``on_result``, and every finished sheet is already in the checkpoint
+(each worker records its sheet the moment it finishes).
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import concurrent.futures as cf
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Sequence, Union
 
-from . import errors as E
 from ._log import logger, redact
-from .checkpoint import CheckpointWriter, load_checkpoint
+from .checkpoint import Checkpoint, CheckpointMismatch, Settings, endpoint_of, settings_for
 from .deadline import abort_tagged
 from .display import results_html
+from .error_types import ErrorType
 from .progress import Progress, ProgressArg
 from .result import ExecutionResult, utc_now
 from .retry import Interrupted
@@ -29,6 +30,10 @@ from .sheet import Sheet, SheetKeys, as_sheet
 from .summary import RunSummary
 
 OnResult = Callable[[int, ExecutionResult], Any]
+_Collect = Callable[[int, ExecutionResult], None]
+_MISMATCH_MODES = ("redo", "refuse")
+#: After Ctrl-C, how long to let cut requests return (so what they finished is recorded).
+_SETTLE_SECONDS = 0.5
 
 
 class RunResults(list):  # type: ignore[type-arg]
@@ -49,43 +54,52 @@ class RunInterrupted(KeyboardInterrupt):
         self.summary = summary
 
 
-def _failed(sheet: Sheet, error_type: str, message: str) -> ExecutionResult:
+def _failed(sheet: Sheet, error_type: ErrorType, message: str) -> ExecutionResult:
     return ExecutionResult(success=False, stdout="", stderr=message, duration_seconds=0.0, exit_code=1,
-                           exit_reason="error" if error_type != E.CANCELLED else "killed", started_at=utc_now(),
-                           error_type=error_type, error_message=message, sheet_id=sheet.key)
+                           exit_reason="killed" if error_type == ErrorType.CANCELLED else "error",
+                           started_at=utc_now(), error_type=error_type, error_message=message, sheet_id=sheet.key)
 
 
 def _run_one(backend: Any, sheet: Sheet, cancel: threading.Event, stream: bool) -> ExecutionResult:
     if cancel.is_set():
-        return _failed(sheet, E.CANCELLED, "cancelled before it started")
+        return _failed(sheet, ErrorType.CANCELLED, "cancelled before it started")
     try:
         if stream:
             return backend.stream_sheet(sheet, cancel=cancel)  # type: ignore[no-any-return]
         return backend.execute_sheet(sheet, cancel=cancel)  # type: ignore[no-any-return]
     except Interrupted:
-        return _failed(sheet, E.CANCELLED, "cancelled while running")
+        return _failed(sheet, ErrorType.CANCELLED, "cancelled while running")
     except (ValueError, TypeError) as exc:  # a sheet whose settings are wrong: it fails, the run goes on
-        return _failed(sheet, "invalid_sheet", redact(f"{type(exc).__name__}: {exc}"))
+        return _failed(sheet, ErrorType.INVALID_SHEET, redact(f"{type(exc).__name__}: {exc}"))
     except Exception as exc:  # a bug or a bad sheet: this sheet fails, the run goes on
         logger.exception("sheet %s raised", sheet.key)
-        return _failed(sheet, "internal_error", redact(f"{type(exc).__name__}: {exc}"))
+        return _failed(sheet, ErrorType.INTERNAL_ERROR, redact(f"{type(exc).__name__}: {exc}"))
 
 
-def iter_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers: int = 8,
-                progress: ProgressArg = False, on_result: Optional[OnResult] = None,
-                checkpoint: Union[str, Path, None] = None, executor: Optional[cf.Executor] = None,
-                stream: bool = False, total: Optional[int] = None,
-                checkpoint_tag: Optional[str] = None) -> Iterator[tuple[int, Sheet, ExecutionResult]]:
-    """Yield ``(index, sheet, result)`` as sheets finish (not in input order).
+def _work(backend: Any, sheet: Sheet, cancel: threading.Event, stream: bool, index: int, key: Optional[str],
+          checkpoint: Optional[Checkpoint], settings: Optional[Settings]) -> ExecutionResult:
+    """Run one sheet on a worker thread and record it in the checkpoint at once (not when harvested)."""
+    result = _run_one(backend, sheet, cancel, stream)
+    result.sheet_id = key
+    if checkpoint is not None and key is not None and result.error_type != ErrorType.CANCELLED:
+        checkpoint.write(key, index, result, settings=settings, sheet=sheet, label=sheet.label)
+    return result
 
-    Inputs are read lazily and at most ``2 * max_workers`` sheets are in flight, so memory does
-    not grow with the number of sheets. Sheets already finished successfully in ``checkpoint``
-    are yielded from it without being sent. The keyword arguments are those of ``run_sheets``.
-    """
+
+def _check_modes(max_workers: int, on_mismatch: str) -> None:
     if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
         raise ValueError(f"max_workers must be an integer >= 1, got {max_workers!r}")
-    done = load_checkpoint(checkpoint, checkpoint_tag) if checkpoint is not None else {}
-    writer = CheckpointWriter(checkpoint, tag=checkpoint_tag) if checkpoint is not None else None
+    if on_mismatch not in _MISMATCH_MODES:
+        raise ValueError(f"on_mismatch must be 'redo' or 'refuse', got {on_mismatch!r}")
+
+
+def _iterate(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers: int, progress: ProgressArg,
+             on_result: Optional[OnResult], checkpoint: Optional[Checkpoint], endpoint: str, on_mismatch: str,
+             executor: Optional[cf.Executor], stream: bool, total: Optional[int],
+             collect: Optional[_Collect] = None) -> Generator[tuple[int, Sheet, ExecutionResult], None, None]:
+    """The engine of ``iter_sheets`` and ``run_sheets``. ``collect(index, result)`` (run_sheets) hears of
+    every finished sheet as soon as it is harvested, and on an interruption of those finished but not
+    yet harvested, so none is lost from ``RunInterrupted.results``."""
     workers = max_workers
     if executor is not None:  # size the pool and the window to the threads that will really run
         workers = max(workers, int(getattr(executor, "_max_workers", workers)))
@@ -96,16 +110,14 @@ def iter_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_worker
     cancel = threading.Event()
     meter = Progress(total if total is not None else (len(sheets) if isinstance(sheets, Sequence) else None), progress,
                      activity=getattr(backend, "activity", None))
-    pending: dict[cf.Future[ExecutionResult], tuple[int, Sheet, Optional[str]]] = {}
+    pending: dict[cf.Future[ExecutionResult], tuple[int, Sheet]] = {}
     window = 2 * workers
     keys = SheetKeys() if checkpoint is not None else None  # ids matter (and cost memory) only for a checkpoint
     finished_normally = False
 
-    def finish(index: int, sheet: Sheet, key: Optional[str],
-               result: ExecutionResult) -> tuple[int, Sheet, ExecutionResult]:
-        result.sheet_id = key
-        if writer is not None and key is not None and result.error_type != E.CANCELLED:
-            writer.write(key, index, result)
+    def finish(index: int, sheet: Sheet, result: ExecutionResult) -> tuple[int, Sheet, ExecutionResult]:
+        if collect is not None:
+            collect(index, result)
         meter.update(result)
         if on_result is not None:
             on_result(index, result)
@@ -116,23 +128,29 @@ def iter_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_worker
             return
         finished, _ = cf.wait(list(pending), timeout=0.25 if block else 0, return_when=cf.FIRST_COMPLETED)
         for future in finished:
-            index, sheet, key = pending.pop(future)
-            yield finish(index, sheet, key, future.result())
+            index, sheet = pending.pop(future)
+            yield finish(index, sheet, future.result())
 
     try:
         for index, item in enumerate(sheets):
             sheet = as_sheet(item)
             key = keys.assign(index, sheet) if keys is not None else sheet.id
-            stored = done.get(key) if key is not None else None
-            if stored is not None:
-                meter.update(stored)
-                stored.sheet_id = key
-                yield index, sheet, stored
-                continue
+            settings: Optional[Settings] = None
+            if checkpoint is not None and key is not None:
+                settings = settings_for(backend, sheet, endpoint)
+                stored = checkpoint.restore(key, settings)
+                if stored is not None:
+                    yield finish(index, sheet, stored)
+                    continue
+                if on_mismatch == "refuse":
+                    why = checkpoint.mismatch(key, settings)
+                    if why is not None:
+                        raise CheckpointMismatch(f"{checkpoint.path}: the answer for {key!r} was made with other "
+                                                 f"settings: {why}", [(index, key, why)])
             while len(pending) >= window:
                 yield from harvest(block=True)
-            future = pool.submit(_run_one, backend, sheet, cancel, stream)
-            pending[future] = (index, sheet, key)
+            future = pool.submit(_work, backend, sheet, cancel, stream, index, key, checkpoint, settings)
+            pending[future] = (index, sheet)
             yield from harvest(block=False)
         while pending:
             yield from harvest(block=True)
@@ -143,46 +161,129 @@ def iter_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_worker
             for future in pending:
                 future.cancel()
             abort_tagged(cancel)
+            running = [f for f in pending if not f.done()]
+            if running:  # cut by now: let them return, so whatever finished is recorded
+                cf.wait(running, timeout=_SETTLE_SECONDS)
+            if collect is not None:
+                for future, (index, _sheet) in pending.items():
+                    if future.done() and not future.cancelled() and future.exception() is None:
+                        result = future.result()
+                        if result.error_type != ErrorType.CANCELLED:
+                            collect(index, result)
         meter.close()
-        if writer is not None:
-            writer.close()
         if own_executor:
             pool.shutdown(wait=finished_normally, **({"cancel_futures": True} if not finished_normally else {}))
+
+
+def iter_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers: int = 8,
+                progress: ProgressArg = False, on_result: Optional[OnResult] = None,
+                checkpoint: Union[str, Path, None] = None, executor: Optional[cf.Executor] = None,
+                stream: bool = False, total: Optional[int] = None, checkpoint_tag: Optional[str] = None,
+                on_mismatch: str = "redo", resume: bool = True) -> Iterator[tuple[int, Sheet, ExecutionResult]]:
+    """Yield ``(index, sheet, result)`` as sheets finish (not in input order).
+
+    Inputs are read lazily and at most ``2 * max_workers`` sheets are in flight, so memory does
+    not grow with the number of sheets. Sheets whose answers the checkpoint holds (made with the
+    same settings) are yielded from it without being sent, and reported to ``on_result`` like the
+    others. The keyword arguments are those of ``run_sheets`` (with ``on_mismatch="refuse"``,
+    ``CheckpointMismatch`` is raised when the first such sheet is reached, not up front).
+    """
+    _check_modes(max_workers, on_mismatch)
+    opened = Checkpoint(checkpoint, resume=resume) if checkpoint is not None else None
+    try:
+        yield from _iterate(backend, sheets, max_workers=max_workers, progress=progress, on_result=on_result,
+                            checkpoint=opened, endpoint=endpoint_of(backend, checkpoint_tag),
+                            on_mismatch=on_mismatch, executor=executor, stream=stream, total=total)
+    finally:
+        if opened is not None:
+            opened.close()
+            if opened.error is not None:
+                logger.warning("checkpoint %s is incomplete: %d finished sheet(s) not recorded (%s)", opened.path,
+                               opened.unwritten, opened.error)
+
+
+def _refuse_mismatches(backend: Any, items: Sequence[Sheet], keys: Sequence[str], checkpoint: Checkpoint,
+                       endpoint: str) -> None:
+    found = []
+    for index, (sheet, key) in enumerate(zip(items, keys)):
+        why = checkpoint.mismatch(key, settings_for(backend, sheet, endpoint))
+        if why is not None:
+            found.append((index, key, why))
+    if found:
+        _, first_key, first_why = found[0]
+        raise CheckpointMismatch(
+            f"{checkpoint.path} holds {len(found)} answer(s) made with other settings than this run's "
+            f"(e.g. {first_key!r}: {first_why}); pass on_mismatch='redo' to redo them, or use another checkpoint",
+            found)
 
 
 def run_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers: int = 8,
                progress: ProgressArg = False, on_result: Optional[OnResult] = None,
                checkpoint: Union[str, Path, None] = None, executor: Optional[cf.Executor] = None,
-               stream: bool = False, checkpoint_tag: Optional[str] = None) -> RunResults:
+               stream: bool = False, checkpoint_tag: Optional[str] = None, on_mismatch: str = "redo",
+               resume: bool = True) -> RunResults:
     """Run every sheet (``Sheet`` objects and plain prompt strings, mixed) on ``max_workers`` threads.
 
     Returns one ``ExecutionResult`` per input, in input order; a failing sheet gives a failed
     result, never an exception. ``progress=True`` shows a bar (tqdm if installed, else text on
-    stderr), or pass a callable taking ``ProgressInfo``. ``on_result(index, result)`` is called as
-    each sheet finishes. ``checkpoint="run.jsonl"`` records finished sheets as they finish; a
-    later run with the same file skips the sheets it holds as successful (matched by sheet id:
-    ``Sheet.id``, else a digest of the sheet's content). ``executor`` runs the work on your own
+    stderr), or pass a callable taking ``ProgressInfo``. ``on_result(index, result)`` is called
+    once per input as it finishes, including sheets restored from the checkpoint
+    (``result.from_checkpoint`` is True for those). ``executor`` runs the work on your own
     ``concurrent.futures.Executor``. ``stream=True`` streams each answer into its sheet's
-    ``output_log_path`` as it arrives. ``checkpoint_tag`` marks the records; records with another
-    tag are not reused (the CLI tags offline runs). The result list has ``.summary``.
+    ``output_log_path`` as it arrives. The result list has ``.summary``.
+
+    ``checkpoint="run.jsonl"`` records each sheet the moment it finishes (see
+    ``openrouter_sync.checkpoint`` for the format). A later run with the same file does not send
+    the sheets it holds as successful (matched by ``Sheet.id``, else a digest of the sheet's
+    content) when they were made with the same settings (model, temperature, max_tokens, request
+    options, endpoint). Sheets answered with other settings are redone (``on_mismatch="redo"``)
+    or, with ``on_mismatch="refuse"``, ``CheckpointMismatch`` is raised before anything is sent.
+    ``resume=False`` reuses nothing (new records are appended; the latest record of an id wins).
+    ``checkpoint_tag`` names the endpoint in the records instead of the base URL (the CLI uses
+    ``"offline"`` for its fake server, whose port changes every run). A checkpoint is locked while
+    in use: a second run on it raises ``CheckpointLocked`` before sending anything. A failed write
+    (disk full) never raises: the run goes on, a warning is logged and ``summary.checkpoint_error``
+    says the checkpoint is incomplete.
     """
+    _check_modes(max_workers, on_mismatch)
     items = [as_sheet(item) for item in sheets]
+    labels = [sheet.label or sheet.id or f"#{index}" for index, sheet in enumerate(items)]
+    opened: Optional[Checkpoint] = None
+    endpoint = endpoint_of(backend, checkpoint_tag)
+    keys: list[str] = []
     if checkpoint is not None:
-        keys = SheetKeys()
-        for index, sheet in enumerate(items):  # fail fast on duplicate ids, before anything is sent
-            keys.assign(index, sheet)
+        assign = SheetKeys().assign
+        keys = [assign(index, sheet) for index, sheet in enumerate(items)]  # duplicate ids fail before anything
+        opened = Checkpoint(checkpoint, resume=resume)
     results: list[Optional[ExecutionResult]] = [None] * len(items)
+
+    def collect(index: int, result: ExecutionResult) -> None:
+        results[index] = result
+
+    def summary() -> RunSummary:
+        return RunSummary.from_results(results, time.monotonic() - started, labels=labels,
+                                       checkpoint_error=None if opened is None else opened.error,
+                                       checkpoint_unwritten=0 if opened is None else opened.unwritten)
+
     started = time.monotonic()
+    engine = _iterate(backend, items, max_workers=max_workers, progress=progress, on_result=on_result,
+                      checkpoint=opened, endpoint=endpoint, on_mismatch="redo", executor=executor,
+                      stream=stream, total=len(items), collect=collect)
     try:
-        for index, _sheet, result in iter_sheets(backend, items, max_workers=max_workers, progress=progress,
-                                                 checkpoint=checkpoint, executor=executor, stream=stream,
-                                                 total=len(items), checkpoint_tag=checkpoint_tag):
-            results[index] = result
-            if on_result is not None:
-                on_result(index, result)
+        if opened is not None and on_mismatch == "refuse":
+            _refuse_mismatches(backend, items, keys, opened, endpoint)
+        for _ in engine:
+            pass
     except KeyboardInterrupt:
-        summary = RunSummary.from_results(results, time.monotonic() - started)
-        raise RunInterrupted(results, summary) from None
+        engine.close()  # if Ctrl-C came between two results: cancel, cut, collect the finished
+        if opened is not None:
+            opened.close()
+        raise RunInterrupted(results, summary()) from None
+    finally:
+        if opened is not None:
+            opened.close()
     out = RunResults(results)
-    out.summary = RunSummary.from_results(out, time.monotonic() - started)
+    out.summary = summary()
+    if out.summary.checkpoint_error is not None:
+        logger.warning("%s", out.summary.checkpoint_line())
     return out

@@ -26,6 +26,8 @@ class Sheet:
     ``overrides`` may hold ``model``, ``temperature``, ``max_tokens``, any request option
     (``provider``, ``response_format``, ``reasoning``, ...) and ``extra_body``. ``id`` names the
     sheet in checkpoints; when omitted it is derived from the content (see :attr:`key`).
+    ``metadata`` is yours: it is kept in checkpoint records, never sent. ``label`` names the sheet
+    in summaries (default: its ``id``, else ``#<index>``); it is not part of the key.
     """
 
     prompt: str = ""
@@ -38,6 +40,7 @@ class Sheet:
     system: Optional[str] = None
     messages: Optional[list[dict[str, Any]]] = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    label: Optional[str] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
@@ -106,7 +109,7 @@ class SheetKeys:
         key = sheet.key
         if key in self._seen:
             if sheet.id is not None:
-                raise ValueError(f"sheet id {key!r} is used twice (inputs {self._seen[key]} and {index}); "
+                raise ValueError(f"sheet id {key!r} is used twice (at indexes {self._seen[key]} and {index}); "
                                  "ids must be unique")
             n = 2
             while f"{key}#{n}" in self._seen:

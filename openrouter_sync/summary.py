@@ -4,69 +4,136 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
+from ._log import redact
 from .result import ExecutionResult
+
+#: How many failed / cut sheets the text names (all of them are in the data).
+_NAMED = 10
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 sheet``, ``2 sheets``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _reason(result: ExecutionResult) -> str:
+    text = (result.error_message or result.stderr or "").strip().splitlines()
+    first = text[0] if text else ""
+    return redact(first[:120] + ("…" if len(first) > 120 else ""))
 
 
 @dataclass
 class RunSummary:
-    """Counts by outcome, tokens, cost, wall time and the slowest sheets of a run."""
+    """What a run did.
+
+    ``total``/``succeeded``/``failed`` count every finished sheet, ``from_checkpoint`` those
+    restored from the checkpoint. Work figures (``sent``, ``attempts``, ``retried``, tokens,
+    ``cost``, ``slowest``) count only what this run sent. ``cost`` is None when no answer of this
+    run reported one. ``failures`` name each failed sheet ``(label, error_type, reason)``;
+    ``truncated`` names the answers cut by the token limit (``finish_reason == "length"``).
+    ``checkpoint_error`` is set when the checkpoint could not be written (it is incomplete).
+    """
 
     total: int = 0
     succeeded: int = 0
     failed: int = 0
     from_checkpoint: int = 0
     by_error_type: dict[str, int] = field(default_factory=dict)
+    sent: int = 0
     retried: int = 0
     attempts: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     tokens: int = 0
-    cost: float = 0.0
+    cost: Optional[float] = None
     wall_seconds: float = 0.0
     slowest: list[tuple[str, float]] = field(default_factory=list)
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
+    truncated: list[str] = field(default_factory=list)
+    checkpoint_error: Optional[str] = None
+    checkpoint_unwritten: int = 0
 
     @classmethod
     def from_results(cls, results: Iterable[Optional[ExecutionResult]], wall_seconds: float = 0.0,
-                     slowest: int = 5) -> RunSummary:
-        summary = cls(wall_seconds=wall_seconds)
+                     slowest: int = 5, labels: Optional[Sequence[str]] = None,
+                     checkpoint_error: Optional[str] = None, checkpoint_unwritten: int = 0) -> RunSummary:
+        """Summarise results (None entries: unfinished). ``labels[i]`` names result ``i``
+        (default: its sheet id, else ``#i``)."""
+        summary = cls(wall_seconds=wall_seconds, checkpoint_error=checkpoint_error,
+                      checkpoint_unwritten=checkpoint_unwritten)
         errors: Counter[str] = Counter()
         timed: list[tuple[float, str]] = []
+        cost: Optional[float] = None
         for index, result in enumerate(results):
             if result is None:
                 continue
+            label = labels[index] if labels is not None and index < len(labels) else (result.sheet_id or f"#{index}")
             summary.total += 1
-            summary.from_checkpoint += result.from_checkpoint
             if result.success:
                 summary.succeeded += 1
+                if result.finish_reason == "length":
+                    summary.truncated.append(label)
             else:
                 summary.failed += 1
-                errors[result.error_type or "unknown"] += 1
+                errors[str(result.error_type or "unknown")] += 1
+                summary.failures.append((label, str(result.error_type or "unknown"), _reason(result)))
+            if result.from_checkpoint:
+                summary.from_checkpoint += 1
+                continue
+            summary.sent += 1
             summary.attempts += result.attempts
             summary.retried += result.attempts > 1
             summary.input_tokens += result.input_tokens or 0
             summary.output_tokens += result.output_tokens or 0
             summary.tokens += result.tokens_used or 0
-            summary.cost += result.cost or 0.0
-            timed.append((result.duration_seconds, result.sheet_id or f"#{index}"))
+            if result.cost is not None:
+                cost = (cost or 0.0) + result.cost
+            timed.append((result.duration_seconds, label))
+        summary.cost = cost
         summary.by_error_type = dict(errors.most_common())
         summary.slowest = [(name, round(seconds, 3)) for seconds, name in sorted(timed, reverse=True)[:slowest]]
         return summary
+
+    @property
+    def checkpoint_complete(self) -> bool:
+        """False when some finished sheets could not be written to the checkpoint."""
+        return self.checkpoint_error is None
+
+    def checkpoint_line(self) -> str:
+        """The warning shown when the checkpoint is incomplete (empty when it is complete)."""
+        if self.checkpoint_error is None:
+            return ""
+        return (f"CHECKPOINT INCOMPLETE: {plural(self.checkpoint_unwritten, 'finished sheet')} not recorded "
+                f"({self.checkpoint_error}); they will run again on resume")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def __str__(self) -> str:
-        lines = [
-            f"{self.total} sheets: {self.succeeded} ok, {self.failed} failed"
-            + (f" ({self.from_checkpoint} from checkpoint)" if self.from_checkpoint else "")
-            + f" in {self.wall_seconds:.1f}s",
-            f"tokens: {self.tokens} ({self.input_tokens} in, {self.output_tokens} out); cost ${self.cost:.6f}; "
-            f"{self.attempts} attempts, {self.retried} sheets retried",
-        ]
+        head = f"{plural(self.total, 'sheet')}: {self.succeeded} ok, {self.failed} failed"
+        if self.from_checkpoint:
+            head += f" ({self.from_checkpoint} from checkpoint, {self.sent} sent now)"
+        cost = "cost unknown" if self.cost is None else f"cost ${self.cost:.6f}"
+        work = (f"tokens {self.tokens} ({self.input_tokens} in, {self.output_tokens} out); {cost}; "
+                f"{plural(self.attempts, 'attempt')}, {plural(self.retried, 'sheet')} retried")
+        if self.from_checkpoint:
+            work = f"this run: {work}" if self.sent else "this run sent nothing"
+        lines = [f"{head} in {self.wall_seconds:.1f}s", work]
         if self.by_error_type:
             lines.append("failures: " + ", ".join(f"{k} {v}" for k, v in self.by_error_type.items()))
+            named = [f"  {label}: {kind}: {reason}" if reason else f"  {label}: {kind}"
+                     for label, kind, reason in self.failures[:_NAMED]]
+            if len(self.failures) > _NAMED:
+                named.append(f"  ... and {len(self.failures) - _NAMED} more")
+            lines.extend(named)
+        if self.truncated:
+            shown = ", ".join(self.truncated[:_NAMED]) + (" ..." if len(self.truncated) > _NAMED else "")
+            lines.append(f"cut by the token limit (finish_reason \"length\"): {plural(len(self.truncated), 'sheet')}: "
+                         f"{shown}")
         if self.slowest:
             lines.append("slowest: " + ", ".join(f"{name} {sec:.2f}s" for name, sec in self.slowest))
+        if self.checkpoint_error is not None:
+            lines.append(self.checkpoint_line())
         return "\n".join(lines)

@@ -322,3 +322,62 @@ def test_progress_counts_sheets_waiting_to_retry(fake: FakeOpenRouter, key: str)
     assert any(i.retrying == 1 for i in infos)
     assert infos[-1].retried == 1 and infos[-1].retrying == 0 and "retrying" in infos[-1].line()
     assert b.activity.retrying == 0
+
+
+def test_summary_counts_only_this_runs_work_and_names_sheets(fake: FakeOpenRouter, key: str, tmp_path: Path) -> None:
+    path = tmp_path / "run.jsonl"
+    with _backend(fake, key) as b:
+        first = run_sheets(b, ["a", "b"], checkpoint=path)
+        assert first.summary.tokens > 0 and first.summary.cost is not None
+        second = run_sheets(b, ["a", "b", "c"], checkpoint=path)
+    s = second.summary
+    assert (s.total, s.from_checkpoint, s.sent, s.attempts) == (3, 2, 1, 1)
+    assert s.tokens == second[2].tokens_used and s.cost == pytest.approx(second[2].cost)
+    assert [name for name, _ in s.slowest] == ["#2"]  # an index, never a sha1-... digest
+    text = str(s)
+    assert "3 sheets: 3 ok, 0 failed (2 from checkpoint, 1 sent now)" in text
+    assert "1 attempt, 0 sheets retried" in text and "sha1-" not in text
+
+
+def test_summary_cost_unknown_failures_and_cut_answers(fake: FakeOpenRouter, key: str) -> None:
+    cut = {"id": "g", "model": MODEL, "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+           "choices": [{"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": "half"}}]}
+
+    def handler(request: RecordedRequest) -> Reply:
+        if request.prompt == "bad":
+            return Reply(400, body={"error": {"code": 400, "message": "nope"}})
+        return Reply(body=cut)
+
+    fake.handler = handler
+    infos: list[ProgressInfo] = []
+    with OpenRouterBackend(base_url=fake.base_url, api_key=key, retry_policy=RetryPolicy(max_attempts=1)) as b:
+        results = run_sheets(b, [Sheet("ok", id="first"), "bad"], progress=infos.append)
+    s = results.summary
+    assert s.cost is None and s.truncated == ["first"]
+    assert s.failures == [("#1", "bad_request", s.failures[0][2])] and "nope" in s.failures[0][2]
+    text = str(s)
+    assert "cost unknown" in text and "$0.000000" not in text
+    assert "#1: bad_request" in text and 'finish_reason "length"): 1 sheet: first' in text
+    assert infos[-1].cost_text == "$?" and "$?" in infos[-1].line()
+    assert "cut at max_tokens" in results._repr_html_()
+
+
+@pytest.mark.subprocess
+def test_the_public_names_import_and_stay_lazy() -> None:
+    code = textwrap.dedent("""
+        import sys
+        import openrouter_sync
+        heavy = [m for m in ("openrouter_sync.runner", "openrouter_sync.checkpoint", "openrouter_sync.cli")
+                 if m in sys.modules]
+        assert not heavy, heavy
+        from openrouter_sync import (AuthenticationError, BadRequestError, CancelledError, CheckpointLocked,
+                                     ConfigurationError, ConnectionFailedError, ErrorType, InsufficientCreditsError,
+                                     KeyInfo, ModelInfo, ModerationError, OpenRouterError, ProgressInfo,
+                                     ProviderError, RateLimitError, RequestTimeoutError, RunSummary, Throttle)
+        assert issubclass(RateLimitError, OpenRouterError) and ErrorType.RATE_LIMIT == "rate_limit"
+        assert set(openrouter_sync.__all__) <= set(dir(openrouter_sync))
+        for name in openrouter_sync.__all__:
+            getattr(openrouter_sync, name)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
