@@ -3,6 +3,11 @@
 Per-call figures are medians over interleaved rounds of sequential calls to ``fastserver --fixed``
 (an asyncio server answering one pre-built body), so the client is what is measured. ``cpu_us``
 is the client process's CPU time per call; ``wall_us`` includes the server's share.
+
+    python -m benchmarks.overhead [overhead import memory] [--pythonpath DIR]
+
+(or ``python -m benchmarks.run overhead``). ``--pythonpath DIR`` measures the ``openrouter_sync``
+package in DIR (e.g. a clean checkout of the last commit) instead of the importable one.
 """
 
 from __future__ import annotations
@@ -20,8 +25,6 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import requests
-
-from .scenarios import ServerProcess
 
 MODEL = "openai/gpt-4o-mini"
 PAYLOAD = {"model": MODEL, "messages": [{"role": "user", "content": "fixed"}], "max_tokens": 16384,
@@ -89,6 +92,8 @@ def per_call() -> list[tuple[str, dict[str, Any]]]:
         clients["openai SDK"] = _openai
     except ImportError:
         pass
+    from .scenarios import ServerProcess  # imports openrouter_sync: not before --pythonpath is applied
+
     wall: dict[str, list[float]] = {name: [] for name in clients}
     cpu: dict[str, list[float]] = {name: [] for name in clients}
     with ServerProcess("--fixed", module="benchmarks.fastserver") as server:
@@ -163,6 +168,8 @@ print(ok, peak, time.monotonic() - start)
 
 
 def memory() -> list[tuple[str, dict[str, Any]]]:
+    from .scenarios import ServerProcess
+
     rows = []
     with ServerProcess(module="benchmarks.fastserver") as server:
         for mode, n in (("iter", 2000), ("iter", 10000), ("run", 10000)):
@@ -175,3 +182,38 @@ def memory() -> list[tuple[str, dict[str, Any]]]:
 
 
 SUITES = {"overhead": per_call, "import": imports, "memory": memory}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import os
+    import platform
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("suites", nargs="*", default=["overhead"], help=f"any of {', '.join(SUITES)}")
+    parser.add_argument("--pythonpath", help="measure the openrouter_sync package found in this directory")
+    args = parser.parse_args(argv)
+    unknown = [s for s in args.suites if s not in SUITES]
+    if unknown:
+        parser.error(f"unknown suite(s): {', '.join(unknown)}")
+    if args.pythonpath:
+        path = os.path.abspath(args.pythonpath)
+        sys.path.insert(0, path)  # this process (per-call) ...
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [path, os.environ.get("PYTHONPATH")]))  # children
+    import openrouter_sync
+
+    from .run import _table
+
+    if args.pythonpath and not openrouter_sync.__file__.startswith(os.path.abspath(args.pythonpath) + os.sep):
+        parser.error(f"--pythonpath {args.pythonpath}: no openrouter_sync there ({openrouter_sync.__file__})")
+
+    print(f"machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; openrouter_sync "
+          f"{getattr(openrouter_sync, '__version__', '?')} at {os.path.dirname(openrouter_sync.__file__)}\n")
+    for name in args.suites:
+        print(_table(name, SUITES[name]()) + "\n", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
