@@ -6,7 +6,10 @@
         backend.execute("hi").stdout == fake_reply("hi", backend.model)
 
 Script answers with ``server.script(Reply(429, headers={"Retry-After": "1"}), Reply())``; inject
-faults with ``RateLimit`` and ``Faults``; read what arrived in ``server.requests``.
+faults with ``RateLimit`` and ``Faults``; read what arrived in ``server.requests`` (counters as JSON at
+``server.stats_url``). Like OpenRouter, it keeps connections alive and sends streams chunked, with
+``: OPENROUTER PROCESSING`` comments and a final usage chunk (see ``FakeOpenRouter`` for
+``stream_options`` and the ``:compat`` model marker); ``:free`` models cost 0.
 """
 
 from .demo import OFFLINE_NOTICE, demo_backend, offline_wanted

@@ -1,4 +1,14 @@
-"""The fake OpenRouter server: a threaded ``http.server`` on 127.0.0.1 that speaks the real API's shapes."""
+"""The fake OpenRouter server: a threaded ``http.server`` on 127.0.0.1 that speaks the real API's shapes.
+
+Layout: ``FakeOpenRouter`` owns the state (script, counters, faults, rate limit) and a ``_Server``
+(a ``ThreadingHTTPServer`` that points back at it as ``server.fake``); ``_Handler``, a module-level
+``BaseHTTPRequestHandler``, answers one connection and reaches all state through ``self.server``.
+
+Wire behaviour follows OpenRouter's: HTTP/1.1 with keep-alive; plain answers carry a
+``Content-Length``; streams (``"stream": true``) are ``text/event-stream`` sent with
+``Transfer-Encoding: chunked`` on a connection that stays open for the next request, start with
+``: OPENROUTER PROCESSING`` comments and end with ``data: [DONE]``.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +23,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Deque, Optional, Sequence, Union
+from typing import Any, Callable, Deque, Optional, Sequence, Union, cast
 from urllib.parse import parse_qs, urlsplit
 
 MODELS = [
@@ -29,7 +39,14 @@ MODELS = [
     {"id": "google/gemma-3-27b-it:free", "name": "Google: Gemma 3 27B (free)", "context_length": 96000,
      "pricing": {"prompt": "0", "completion": "0"}, "supported_parameters": ["max_tokens", "temperature"]},
 ]
+#: USD per token for models not in ``MODELS`` (``:free`` models always cost 0).
 _PRICE_IN, _PRICE_OUT = 1.5e-7, 6e-7
+_PRICES = {m["id"]: (float(m["pricing"]["prompt"]), float(m["pricing"]["completion"]))  # type: ignore[index]
+           for m in MODELS}
+#: A model id ending in this marker answers streams as OpenAI-compatible servers do (usage only on request).
+COMPAT_MARKER = ":compat"
+STATS_PATH = "/_fake/stats"
+FINGERPRINT = "fp_fake"
 
 
 def fake_reply(prompt: str, model: str = "") -> str:
@@ -39,13 +56,22 @@ def fake_reply(prompt: str, model: str = "") -> str:
     return f"Fake answer {digest} to: {shown}"
 
 
+def price_of(model: str) -> tuple[float, float]:
+    """USD per prompt token and per completion token that the fake server bills for ``model``."""
+    if model.endswith(":free"):
+        return 0.0, 0.0
+    return _PRICES.get(model, (_PRICE_IN, _PRICE_OUT))
+
+
 @dataclass
 class Reply:
     """A scripted answer. ``body=None`` means the normal completion for the request.
 
-    ``trickle`` sends the body one byte every so many seconds; ``hang`` waits that long before
-    answering; ``reset`` drops the connection with no answer; ``truncate`` sends half the body
-    and closes; ``stream_error_after`` (streaming) sends that many content chunks, then an error chunk.
+    ``trickle`` sends the body one byte every so many seconds (a stream: one chunk); ``hang`` waits
+    that long, then drops the connection; ``reset`` drops the connection with no answer;
+    ``truncate`` sends half the body and drops the connection; ``stream_error_after`` (streaming)
+    sends that many content chunks, then an error chunk; ``chunked`` sends a scripted ``body`` with
+    ``Transfer-Encoding: chunked`` (one chunk per SSE event) instead of a ``Content-Length``.
     """
 
     status: int = 200
@@ -58,6 +84,7 @@ class Reply:
     truncate: bool = False
     stream_error_after: Optional[int] = None
     stream_error_code: Union[int, str] = 502
+    chunked: bool = False
 
 
 @dataclass
@@ -97,11 +124,6 @@ class RecordedRequest:
     status: int = 0
 
 
-class _Server(ThreadingHTTPServer):
-    request_queue_size = 512  # many clients connect at once: never let a SYN wait for a retry
-    daemon_threads = True
-
-
 class _Bucket:
     def __init__(self, limit: RateLimit) -> None:
         self.limit = limit
@@ -126,14 +148,28 @@ class FakeOpenRouter:
 
     Counters: ``request_count``, ``connection_count``, ``status_counts``, ``answers_per_prompt``
     (successful chat answers per prompt), ``requests`` (each ``RecordedRequest``; keep off with
-    ``record=False`` for huge runs).
+    ``record=False`` for huge runs). ``stats_url`` serves them as JSON (for a server run in another
+    process); ``/_fake/stats`` answers under any prefix, so ``<base_url>/_fake/stats`` works too.
+
+    Billing: usage and ``cost`` come from ``MODELS``' prices (a default for unknown models);
+    ``:free`` models cost 0.
+
+    Streamed usage: OpenRouter always ends a stream with a usage chunk; OpenAI-compatible servers
+    (OpenAI, LiteLLM's proxy) send it only when the request has ``stream_options:
+    {"include_usage": true}``. This server sends the usage chunk when the request asks for it, or
+    else when ``stream_usage="always"`` (the default, as OpenRouter) and the model id does not end
+    in ``:compat`` (e.g. ``openai/gpt-4o-mini:compat``). With ``stream_usage="requested"``, every
+    model behaves as an OpenAI-compatible server.
     """
 
     def __init__(self, *, latency: float = 0.0, rate_limit: Optional[RateLimit] = None,
                  faults: Optional[Faults] = None, require_key: Optional[str] = None,
                  processing_comments: int = 1, record: bool = True, max_lifetime: float = 900.0,
                  host: str = "127.0.0.1", port: int = 0,
-                 handler: Optional[Callable[[RecordedRequest], Optional[Reply]]] = None) -> None:
+                 handler: Optional[Callable[[RecordedRequest], Optional[Reply]]] = None,
+                 stream_usage: str = "always") -> None:
+        if stream_usage not in ("always", "requested"):
+            raise ValueError(f"stream_usage must be 'always' or 'requested', got {stream_usage!r}")
         self.latency = latency
         self.rate_limit = rate_limit
         self.faults = faults
@@ -142,12 +178,13 @@ class FakeOpenRouter:
         self.record = record
         self.handler = handler
         self.max_lifetime = max_lifetime
+        self.stream_usage = stream_usage
         self._host, self._port = host, port
         self._bucket = _Bucket(rate_limit) if rate_limit else None
         self._rng = random.Random(faults.seed if faults else 0)
         self._lock = threading.Lock()
         self._script: Deque[Reply] = deque()
-        self._server: Optional[ThreadingHTTPServer] = None
+        self._server: Optional[_Server] = None
         self._thread: Optional[threading.Thread] = None
         self._timer: Optional[threading.Timer] = None
         self._sockets: set[socket.socket] = set()
@@ -157,8 +194,7 @@ class FakeOpenRouter:
 
     # ----- lifecycle -----
     def start(self) -> FakeOpenRouter:
-        server = _Server((self._host, self._port), _make_handler(self))
-        server.daemon_threads = True
+        server = _Server((self._host, self._port), _Handler, self)
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="fake-openrouter", daemon=True)
@@ -203,6 +239,11 @@ class FakeOpenRouter:
     def base_url(self) -> str:
         return f"{self.url}/api/v1"
 
+    @property
+    def stats_url(self) -> str:
+        """Where ``GET`` returns ``stats()`` as JSON."""
+        return f"{self.url}{STATS_PATH}"
+
     # ----- scripting and counters -----
     def script(self, *replies: Reply) -> None:
         """Queue answers for the next chat requests, in order (then normal behaviour resumes)."""
@@ -218,17 +259,25 @@ class FakeOpenRouter:
             self.requests: list[RecordedRequest] = []
 
     def stats(self) -> dict[str, Any]:
-        """The counters as plain data (also served at ``GET /_fake/stats``)."""
+        """The counters as plain data (also served at ``stats_url``)."""
         with self._lock:
             return {"request_count": self.request_count, "connection_count": self.connection_count,
                     "status_counts": {str(k): v for k, v in self.status_counts.items()},
                     "answers_per_prompt": dict(self.answers_per_prompt)}
 
-    def _next_scripted(self) -> Optional[Reply]:
+    def sends_stream_usage(self, payload: dict[str, Any], model: str) -> bool:
+        """Whether a stream for this request ends with a usage chunk (see the class docstring)."""
+        options = payload.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            return True
+        return self.stream_usage == "always" and not model.endswith(COMPAT_MARKER)
+
+    # ----- used by the handler -----
+    def next_scripted(self) -> Optional[Reply]:
         with self._lock:
             return self._script.popleft() if self._script else None
 
-    def _draw_fault(self) -> Optional[str]:
+    def draw_fault(self) -> Optional[str]:
         faults = self.faults
         if not faults or not faults.kinds:
             return None
@@ -237,15 +286,61 @@ class FakeOpenRouter:
                 return None
             return self._rng.choice(list(faults.kinds))
 
-    def _new_generation_id(self) -> str:
+    def rate_limited(self) -> Optional[Reply]:
+        """A 429 when the token bucket is empty, else None (a token was taken)."""
+        if self._bucket is None:
+            return None
+        wait = self._bucket.take()
+        return None if wait is None else _rate_limited_reply(self._bucket.limit.style, wait, self._bucket.limit)
+
+    def new_generation_id(self) -> str:
         with self._lock:
             self._gen += 1
             n = self._gen
         return f"gen-{1783514921 + n}-{hashlib.sha1(str(n).encode()).hexdigest()[:20]}"
 
+    def remember_generation(self, gen_id: str, data: dict[str, Any]) -> None:
+        with self._lock:
+            self.generations[gen_id] = data
 
-def _completion(server: FakeOpenRouter, payload: dict[str, Any], prompt: str) -> tuple[dict[str, Any], str]:
+    def connection_opened(self, sock: socket.socket) -> None:
+        with self._lock:
+            self.connection_count += 1
+            self._sockets.add(sock)
+
+    def connection_closed(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.discard(sock)
+
+    def record_request(self, recorded: RecordedRequest) -> None:
+        with self._lock:
+            self.request_count += 1
+            if self.record:
+                self.requests.append(recorded)
+
+    def count(self, status: int, recorded: RecordedRequest, answered: bool = False) -> None:
+        recorded.status = status
+        with self._lock:
+            self.status_counts[status] += 1
+            if answered and recorded.prompt is not None:
+                self.answers_per_prompt[recorded.prompt] += 1
+
+
+class _Server(ThreadingHTTPServer):
+    """The listening socket; ``fake`` is the ``FakeOpenRouter`` whose state the handlers use."""
+
+    request_queue_size = 512  # many clients connect at once: never let a SYN wait for a retry
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
+                 fake: FakeOpenRouter) -> None:
+        self.fake = fake
+        super().__init__(address, handler)
+
+
+def _completion(fake: FakeOpenRouter, payload: dict[str, Any], prompt: str) -> tuple[dict[str, Any], str]:
     model = payload.get("model") or (payload.get("models") or ["openai/gpt-4o-mini"])[0]
+    model = str(model)
     text = fake_reply(prompt, model)
     fmt = payload.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
@@ -253,30 +348,31 @@ def _completion(server: FakeOpenRouter, payload: dict[str, Any], prompt: str) ->
     all_text = "".join(str(m.get("content") or "") for m in payload.get("messages") or [] if isinstance(m, dict))
     prompt_tokens = max(1, len(all_text) // 4)
     completion_tokens = max(1, len(text) // 4)
-    max_tokens = payload.get("max_tokens")
+    max_tokens = payload.get("max_completion_tokens", payload.get("max_tokens"))
     finish = "stop"
     if isinstance(max_tokens, int) and completion_tokens > max_tokens:
         text, completion_tokens, finish = text[: max_tokens * 4], max_tokens, "length"
-    gen_id = server._new_generation_id()
-    cost = round(prompt_tokens * _PRICE_IN + completion_tokens * _PRICE_OUT, 10)
+    gen_id = fake.new_generation_id()
+    price_in, price_out = price_of(model)
+    cost = round(prompt_tokens * price_in + completion_tokens * price_out, 10)
     message: dict[str, Any] = {"role": "assistant", "content": text, "reasoning": None}
     if payload.get("reasoning"):
         message["reasoning"] = f"Thinking about: {prompt[:40]}"
     body = {
         "id": gen_id, "object": "chat.completion", "created": int(time.time()), "model": model,
-        "provider": "FakeProvider", "system_fingerprint": "fp_fake",
+        "provider": "FakeProvider", "system_fingerprint": FINGERPRINT,
         "choices": [{"index": 0, "finish_reason": finish, "native_finish_reason": finish, "message": message}],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens, "cost": cost,
                   "prompt_tokens_details": {"cached_tokens": 0},
                   "completion_tokens_details": {"reasoning_tokens": 0}},
     }
-    server.generations[gen_id] = {
+    fake.remember_generation(gen_id, {
         "id": gen_id, "model": model, "provider_name": "FakeProvider", "total_cost": cost,
         "tokens_prompt": prompt_tokens, "tokens_completion": completion_tokens,
         "native_tokens_prompt": prompt_tokens, "native_tokens_completion": completion_tokens,
-        "latency": int(server.latency * 1000), "generation_time": 1, "finish_reason": finish,
-    }
+        "latency": int(fake.latency * 1000), "generation_time": 1, "finish_reason": finish,
+    })
     return body, text
 
 
@@ -336,253 +432,293 @@ def _fault_reply(kind: str, faults: Faults) -> Reply:
     raise ValueError(f"unknown fault kind {kind!r}")
 
 
-def _make_handler(server: FakeOpenRouter) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "FakeOpenRouter/1.0"
+def _event(data: Union[dict, str]) -> bytes:
+    """One SSE event carrying ``data`` (a JSON object or a literal such as ``[DONE]``)."""
+    text = data if isinstance(data, str) else json.dumps(data)
+    return f"data: {text}\n\n".encode()
 
-        def setup(self) -> None:
-            super().setup()
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no 40 ms Nagle stalls
-            with server._lock:
-                server.connection_count += 1
-                server._sockets.add(self.connection)
 
-        def handle(self) -> None:
-            try:
-                super().handle()
-            except (ConnectionError, socket.timeout, OSError):
-                pass  # the client went away (a deadline, a reset): not the server's problem
+def _sse_pieces(data: bytes) -> list[bytes]:
+    """An SSE body cut after each blank line (one piece per event or comment)."""
+    pieces = [piece + b"\n\n" for piece in data.split(b"\n\n")]
+    pieces[-1] = pieces[-1][:-2]
+    return [piece for piece in pieces if piece]
 
-        def finish(self) -> None:
-            with server._lock:
-                server._sockets.discard(self.connection)
-            try:
-                super().finish()
-            except OSError:
-                pass
 
-        def log_message(self, format: str, *args: Any) -> None:  # quiet
+class _Handler(BaseHTTPRequestHandler):
+    """One connection to the fake server; state lives on ``self.server.fake``."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "FakeOpenRouter/1.0"
+    server: _Server
+
+    @property
+    def fake(self) -> FakeOpenRouter:
+        return self.server.fake
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no 40 ms Nagle stalls
+        self.fake.connection_opened(self.connection)
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (ConnectionError, socket.timeout, OSError):
+            pass  # the client went away (a deadline, a reset): not the server's problem
+
+    def finish(self) -> None:
+        self.fake.connection_closed(self.connection)
+        try:
+            super().finish()
+        except OSError:
             pass
 
-        # ----- plumbing -----
-        def _send(self, status: int, body: Union[bytes, str, dict, list], headers: Optional[dict[str, str]] = None,
-                  reply: Optional[Reply] = None) -> None:
-            if isinstance(body, (dict, list)):
-                data = json.dumps(body).encode("utf-8")
-                content_type = "application/json"
-            else:
-                data = body.encode("utf-8") if isinstance(body, str) else body
-                content_type = "text/plain"
-            headers = dict(headers or {})
-            headers.setdefault("Content-Type", content_type)
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(data)))
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    # ----- plumbing -----
+    def _send(self, status: int, body: Union[bytes, str, dict, list], headers: Optional[dict[str, str]] = None,
+              reply: Optional[Reply] = None) -> None:
+        if isinstance(body, (dict, list)):
+            data = json.dumps(body).encode("utf-8")
+            content_type = "application/json"
+        else:
+            data = body.encode("utf-8") if isinstance(body, str) else body
+            content_type = "text/plain"
+        headers = dict(headers or {})
+        headers.setdefault("Content-Type", content_type)
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        if reply is not None and reply.chunked:
+            self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            if reply is not None and reply.truncate:
-                self.wfile.write(data[: len(data) // 2])
+            is_sse = headers["Content-Type"].startswith("text/event-stream")
+            pieces = _sse_pieces(data) if is_sse else [data]
+            if reply.truncate:
+                self._write_chunks(pieces[: max(1, len(pieces) // 2)], reply.trickle)
+                return self._reset()
+            self._write_chunks(pieces, reply.trickle)
+            self._end_chunks()
+            return None
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if reply is not None and reply.truncate:
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return None
+        if reply is not None and reply.trickle:
+            for i in range(len(data)):
+                self.wfile.write(data[i:i + 1])
                 self.wfile.flush()
-                self.close_connection = True
-                self.connection.shutdown(socket.SHUT_RDWR)
-                return
-            if reply is not None and reply.trickle:
-                for i in range(len(data)):
-                    self.wfile.write(data[i:i + 1])
-                    self.wfile.flush()
+                time.sleep(reply.trickle)
+            return None
+        self.wfile.write(data)
+        return None
+
+    def _chunk(self, data: bytes) -> None:
+        """Write one chunk of a ``Transfer-Encoding: chunked`` body (and flush it)."""
+        if data:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+    def _write_chunks(self, pieces: Sequence[bytes], trickle: Optional[float]) -> None:
+        for piece in pieces:
+            self._chunk(piece)
+            if trickle:
+                time.sleep(trickle)
+
+    def _end_chunks(self) -> None:
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _reset(self) -> None:
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        self.connection.close()
+
+    def _read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            parts: list[bytes] = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _read_json(self) -> Any:
+        raw = self._read_body()
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            return None
+
+    def _record(self, payload: Any) -> RecordedRequest:
+        prompt = None
+        if isinstance(payload, dict):
+            for message in reversed(payload.get("messages") or []):
+                if isinstance(message, dict) and message.get("role") == "user":
+                    prompt = str(message.get("content"))
+                    break
+        recorded = RecordedRequest(self.command, urlsplit(self.path).path,
+                                   {k.lower(): v for k, v in self.headers.items()}, payload, prompt)
+        self.fake.record_request(recorded)
+        return recorded
+
+    def _authorized(self) -> bool:
+        auth = self.headers.get("Authorization") or ""
+        if self.fake.require_key is not None:
+            return auth == f"Bearer {self.fake.require_key}"
+        return auth.startswith("Bearer ") and len(auth) > len("Bearer ")
+
+    # ----- routes -----
+    def do_GET(self) -> None:
+        fake = self.fake
+        parts = urlsplit(self.path)
+        path = parts.path.rstrip("/")
+        if path.endswith(STATS_PATH):  # for a server run in another process (see __main__); not counted
+            return self._send(200, fake.stats())
+        recorded = self._record(None)
+        if path.endswith("/models"):
+            fake.count(200, recorded)
+            return self._send(200, {"data": MODELS})
+        if not self._authorized():
+            fake.count(401, recorded)
+            return self._send(401, _error_body(401, "No auth credentials found"))
+        if path.endswith("/key"):
+            fake.count(200, recorded)
+            return self._send(200, {"data": {"label": "sk-or-v1-fak...key", "limit": 10.0, "limit_remaining": 9.5,
+                                             "usage": 0.5, "usage_daily": 0.1, "is_free_tier": False,
+                                             "rate_limit": {"requests": 20, "interval": "10s"}}})
+        if path.endswith("/generation"):
+            gen_id = (parse_qs(parts.query).get("id") or [""])[0]
+            data = fake.generations.get(gen_id)
+            if data is None:
+                fake.count(404, recorded)
+                return self._send(404, _error_body(404, f"Generation {gen_id} not found"))
+            fake.count(200, recorded)
+            return self._send(200, {"data": data})
+        fake.count(404, recorded)
+        return self._send(404, _error_body(404, f"Not found: {parts.path}"))
+
+    def do_POST(self) -> None:
+        fake = self.fake
+        payload = self._read_json()
+        recorded = self._record(payload)
+        if not urlsplit(self.path).path.rstrip("/").endswith("/chat/completions"):
+            fake.count(404, recorded)
+            return self._send(404, _error_body(404, f"Not found: {self.path}"))
+        limited = fake.rate_limited()
+        if fake.latency and (limited is None or cast(RateLimit, fake.rate_limit).delay_rejections):
+            time.sleep(fake.latency)
+        reply = fake.next_scripted()
+        if reply is None and fake.handler is not None:
+            reply = fake.handler(recorded)
+        if reply is None and not self._authorized():
+            fake.count(401, recorded)
+            return self._send(401, _error_body(401, "No auth credentials found"))
+        if not isinstance(payload, dict) or not isinstance(payload.get("messages"), list):
+            fake.count(400, recorded)
+            return self._send(400, _error_body(400, "Input required: specify \"messages\""))
+        if reply is None:
+            reply = limited
+        if reply is None and fake.faults is not None:
+            kind = fake.draw_fault()
+            if kind is not None:
+                reply = _fault_reply(kind, fake.faults)
+        return self._answer(reply or Reply(), payload, recorded)
+
+    def _answer(self, reply: Reply, payload: dict[str, Any], recorded: RecordedRequest) -> None:
+        fake = self.fake
+        if reply.delay:
+            time.sleep(reply.delay)
+        if reply.hang:
+            time.sleep(reply.hang)
+            fake.count(0, recorded)
+            return self._reset()
+        if reply.reset:
+            fake.count(0, recorded)
+            return self._reset()
+        prompt = recorded.prompt or ""
+        if reply.status == 200 and reply.body is None and payload.get("stream"):
+            return self._stream(reply, payload, prompt, recorded)
+        body: Union[bytes, str, dict, list]
+        answered = False
+        if reply.body is None and reply.status == 200:
+            body, _ = _completion(fake, payload, prompt)
+            answered = not reply.truncate
+        elif reply.body == "error200":
+            body, _ = _completion(fake, payload, prompt)
+            choice = body["choices"][0]
+            choice["finish_reason"] = "error"
+            choice["error"] = {"code": 502, "message": "Provider disconnected mid-stream"}
+            choice["message"]["content"] = choice["message"]["content"][:10]
+        elif reply.body is None:
+            body = _error_body(reply.status, f"Scripted error {reply.status}")
+        else:
+            body = reply.body
+        headers = dict(reply.headers)
+        if isinstance(body, dict) and isinstance(body.get("id"), str):
+            headers.setdefault("X-Generation-Id", body["id"])
+        fake.count(reply.status if not reply.truncate else 0, recorded, answered)
+        return self._send(reply.status, body, headers, reply)
+
+    def _stream(self, reply: Reply, payload: dict[str, Any], prompt: str, recorded: RecordedRequest) -> None:
+        """A chunked, keep-alive event stream: comments, content deltas, finish, usage, ``[DONE]``."""
+        fake = self.fake
+        body, text = _completion(fake, payload, prompt)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("X-Generation-Id", body["id"])
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        base = {"id": body["id"], "object": "chat.completion.chunk", "created": body["created"],
+                "model": body["model"], "provider": "FakeProvider", "system_fingerprint": FINGERPRINT}
+        try:
+            for _ in range(fake.processing_comments):
+                self._chunk(b": OPENROUTER PROCESSING\n\n")
+            pieces = [text[i:i + 8] for i in range(0, len(text), 8)] or [""]
+            for index, piece in enumerate(pieces):
+                if reply.stream_error_after is not None and index >= reply.stream_error_after:
+                    error = {"code": reply.stream_error_code, "message": "Provider disconnected mid-stream"}
+                    self._chunk(_event({**base, "error": error, "choices": [
+                        {"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]}))
+                    self._end_chunks()
+                    fake.count(200, recorded)
+                    return None
+                if reply.truncate and index >= len(pieces) // 2:
+                    fake.count(0, recorded)
+                    return self._reset()
+                delta: dict[str, Any] = {"content": piece}
+                if index == 0:
+                    delta["role"] = "assistant"
+                self._chunk(_event({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}))
+                if reply.trickle:
                     time.sleep(reply.trickle)
-                return
-            self.wfile.write(data)
-
-        def _reset(self) -> None:
+            finish = body["choices"][0]["finish_reason"]
+            last = {"index": 0, "delta": {"content": ""}, "finish_reason": finish,
+                    "native_finish_reason": finish}
+            tail = _event({**base, "choices": [last]})
+            if fake.sends_stream_usage(payload, body["model"]):
+                tail += _event({**base, "choices": [], "usage": body["usage"]})
+            self._chunk(tail + _event("[DONE]"))
+            self._end_chunks()
+            fake.count(200, recorded, answered=True)
+        except OSError:
             self.close_connection = True
-            try:
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            except OSError:
-                pass
-            self.connection.close()
-
-        def _read_json(self) -> Any:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            try:
-                return json.loads(raw) if raw else None
-            except ValueError:
-                return None
-
-        def _record(self, payload: Any) -> RecordedRequest:
-            if self.path == "/_fake/stats":
-                return RecordedRequest(self.command, self.path, {}, None, None)
-            prompt = None
-            if isinstance(payload, dict):
-                for message in reversed(payload.get("messages") or []):
-                    if isinstance(message, dict) and message.get("role") == "user":
-                        prompt = str(message.get("content"))
-                        break
-            recorded = RecordedRequest(self.command, urlsplit(self.path).path,
-                                       {k.lower(): v for k, v in self.headers.items()}, payload, prompt)
-            with server._lock:
-                server.request_count += 1
-                if server.record:
-                    server.requests.append(recorded)
-            return recorded
-
-        def _count(self, status: int, recorded: RecordedRequest, answered: bool = False) -> None:
-            recorded.status = status
-            with server._lock:
-                server.status_counts[status] += 1
-                if answered and recorded.prompt is not None:
-                    server.answers_per_prompt[recorded.prompt] += 1
-
-        def _authorized(self) -> bool:
-            auth = self.headers.get("Authorization") or ""
-            if server.require_key is not None:
-                return auth == f"Bearer {server.require_key}"
-            return auth.startswith("Bearer ") and len(auth) > len("Bearer ")
-
-        # ----- routes -----
-        def do_GET(self) -> None:
-            parts = urlsplit(self.path)
-            recorded = self._record(None)
-            path = parts.path.rstrip("/")
-            if path == "/_fake/stats":  # for a server run in another process (see __main__)
-                return self._send(200, server.stats())
-            if path.endswith("/models"):
-                self._count(200, recorded)
-                return self._send(200, {"data": MODELS})
-            if not self._authorized():
-                self._count(401, recorded)
-                return self._send(401, _error_body(401, "No auth credentials found"))
-            if path.endswith("/key"):
-                self._count(200, recorded)
-                return self._send(200, {"data": {"label": "sk-or-v1-fak...key", "limit": 10.0, "limit_remaining": 9.5,
-                                                 "usage": 0.5, "usage_daily": 0.1, "is_free_tier": False,
-                                                 "rate_limit": {"requests": 20, "interval": "10s"}}})
-            if path.endswith("/generation"):
-                gen_id = (parse_qs(parts.query).get("id") or [""])[0]
-                data = server.generations.get(gen_id)
-                if data is None:
-                    self._count(404, recorded)
-                    return self._send(404, _error_body(404, f"Generation {gen_id} not found"))
-                self._count(200, recorded)
-                return self._send(200, {"data": data})
-            self._count(404, recorded)
-            self._send(404, _error_body(404, f"Not found: {parts.path}"))
-
-        def do_POST(self) -> None:
-            payload = self._read_json()
-            recorded = self._record(payload)
-            if not urlsplit(self.path).path.rstrip("/").endswith("/chat/completions"):
-                self._count(404, recorded)
-                return self._send(404, _error_body(404, f"Not found: {self.path}"))
-            limited = None
-            if server._bucket is not None:
-                wait = server._bucket.take()
-                if wait is not None:
-                    limited = _rate_limited_reply(server._bucket.limit.style, wait, server._bucket.limit)
-            if server.latency and (limited is None or server._bucket.limit.delay_rejections):  # type: ignore[union-attr]
-                time.sleep(server.latency)
-            reply = server._next_scripted()
-            if reply is None and server.handler is not None:
-                reply = server.handler(recorded)
-            if reply is None and not self._authorized():
-                self._count(401, recorded)
-                return self._send(401, _error_body(401, "No auth credentials found"))
-            if not isinstance(payload, dict) or not isinstance(payload.get("messages"), list):
-                self._count(400, recorded)
-                return self._send(400, _error_body(400, "Input required: specify \"messages\""))
-            if reply is None:
-                reply = limited
-            if reply is None and server.faults is not None:
-                kind = server._draw_fault()
-                if kind is not None:
-                    reply = _fault_reply(kind, server.faults)
-            self._answer(reply or Reply(), payload, recorded)
-
-        def _answer(self, reply: Reply, payload: dict[str, Any], recorded: RecordedRequest) -> None:
-            if reply.delay:
-                time.sleep(reply.delay)
-            if reply.hang:
-                time.sleep(reply.hang)
-                self._count(0, recorded)
-                return self._reset()
-            if reply.reset:
-                self._count(0, recorded)
-                return self._reset()
-            prompt = recorded.prompt or ""
-            if reply.status == 200 and reply.body is None and payload.get("stream"):
-                return self._stream(reply, payload, prompt, recorded)
-            body: Union[bytes, str, dict, list]
-            answered = False
-            if reply.body is None and reply.status == 200:
-                body, _ = _completion(server, payload, prompt)
-                answered = not reply.truncate
-            elif reply.body == "error200":
-                body, _ = _completion(server, payload, prompt)
-                choice = body["choices"][0]
-                choice["finish_reason"] = "error"
-                choice["error"] = {"code": 502, "message": "Provider disconnected mid-stream"}
-                choice["message"]["content"] = choice["message"]["content"][:10]
-            elif reply.body is None:
-                body = _error_body(reply.status, f"Scripted error {reply.status}")
-            else:
-                body = reply.body
-            headers = dict(reply.headers)
-            if isinstance(body, dict) and isinstance(body.get("id"), str):
-                headers.setdefault("X-Generation-Id", body["id"])
-            self._count(reply.status if not reply.truncate else 0, recorded, answered)
-            self._send(reply.status, body, headers, reply)
-
-        def _stream(self, reply: Reply, payload: dict[str, Any], prompt: str, recorded: RecordedRequest) -> None:
-            body, text = _completion(server, payload, prompt)
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-cache")
-            self.send_header("X-Generation-Id", body["id"])
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.close_connection = True
-            base = {"id": body["id"], "object": "chat.completion.chunk", "created": body["created"],
-                    "model": body["model"], "provider": "FakeProvider"}
-
-            def event(data: Union[dict, str]) -> bytes:
-                text_ = data if isinstance(data, str) else json.dumps(data)
-                return f"data: {text_}\n\n".encode()
-
-            try:
-                for _ in range(server.processing_comments):
-                    self.wfile.write(b": OPENROUTER PROCESSING\n\n")
-                    self.wfile.flush()
-                pieces = [text[i:i + 8] for i in range(0, len(text), 8)] or [""]
-                for index, piece in enumerate(pieces):
-                    if reply.stream_error_after is not None and index >= reply.stream_error_after:
-                        error = {"code": reply.stream_error_code, "message": "Provider disconnected mid-stream"}
-                        self.wfile.write(event({**base, "error": error, "choices": [
-                            {"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]}))
-                        self.wfile.flush()
-                        self._count(200, recorded)
-                        return
-                    if reply.truncate and index >= len(pieces) // 2:
-                        self._count(0, recorded)
-                        return self._reset()
-                    delta: dict[str, Any] = {"content": piece}
-                    if index == 0:
-                        delta["role"] = "assistant"
-                    self.wfile.write(event({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}))
-                    self.wfile.flush()
-                    if reply.trickle:
-                        time.sleep(reply.trickle)
-                finish = body["choices"][0]["finish_reason"]
-                last = {"index": 0, "delta": {"content": ""}, "finish_reason": finish}
-                self.wfile.write(event({**base, "choices": [last]}))
-                self.wfile.write(event({**base, "choices": [], "usage": body["usage"]}))
-                self.wfile.write(event("[DONE]"))
-                self.wfile.flush()
-                self._count(200, recorded, answered=True)
-            except OSError:
-                self._count(0, recorded)
-
-    return Handler
+            fake.count(0, recorded)
+        return None
