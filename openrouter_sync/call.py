@@ -151,8 +151,11 @@ class Pipeline:
         headers = {"Accept": "text/event-stream"} if stream else None
         try:
             response = self.transport.open("POST", CHAT_PATH, deadline, key=key, body=body, headers=headers)
-            if stream and response.status == 200 and "text/event-stream" in response.headers.get("Content-Type", ""):
-                return _open_stream(EventStream(response))
+            evented = "text/event-stream" in response.headers.get("Content-Type", "").lower()
+            if evented and response.status == 200:
+                if stream:
+                    return _open_stream(EventStream(response))
+                return _read_stream(EventStream(response))  # streamed though not asked: read it all
             try:
                 content = response.read()
             finally:
@@ -179,6 +182,16 @@ def _open_stream(reader: EventStream) -> Outcome:
         return reader.outcome()
     reader.unread(first)
     return Outcome(None, 0, status=200, generation_id=reader.folder.generation_id, reader=reader)
+
+
+def _read_stream(reader: EventStream) -> Outcome:
+    """The outcome of a whole event stream (an answer streamed to a call that did not ask for it)."""
+    try:
+        while reader.next_delta() is not None:
+            pass
+    finally:
+        reader.close()
+    return reader.outcome()
 
 
 def _scope_name(scope: Optional[str], model: str) -> Optional[str]:

@@ -7,6 +7,7 @@ result is an ``Outcome`` with an ``ErrorType``, never an exception.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -57,6 +58,7 @@ class Outcome:
     sent: bool = True
     scope: Optional[str] = None
     reader: Any = field(default=None, compare=False, repr=False)
+    completion: Optional[Completion] = field(default=None, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -75,7 +77,7 @@ class Outcome:
                   waited: float = 0.0, unanswered: int = 0) -> ExecutionResult:
         """The ``ExecutionResult`` for this outcome."""
         if self.error_type is None and self.data is not None:
-            completion = parse_completion(self.data)
+            completion = self.completion or parse_completion(self.data)
             if completion is not None:
                 result = completion.to_result(requested_model, duration, started_at, self.generation_id)
                 result.attempts, result.retry_wait_seconds = attempts, waited
@@ -89,14 +91,12 @@ class Outcome:
             rate_limit_wait_seconds=self.retry_after if self.rate_limited else None,
             error_type=self.error_type or ErrorType.INVALID_RESPONSE, error_message=message, model=requested_model,
             attempts=attempts, retry_wait_seconds=waited, status_code=self.status,
-            generation_id=self.generation_id, unanswered_attempts=unanswered,
+            generation_id=meta_str(self.generation_id), unanswered_attempts=unanswered,
         )
         if self.data is not None:  # a 200 that failed: keep what it says of usage and model
             apply_usage(result, self.data)
-            model = self.data.get("model")
-            result.model = model if isinstance(model, str) and model else requested_model
-            finish = _first_choice(self.data).get("finish_reason")
-            result.finish_reason = finish if isinstance(finish, str) else None
+            result.model = meta_str(self.data.get("model")) or requested_model
+            result.finish_reason = meta_str(_first_choice(self.data).get("finish_reason"))
         return result
 
 
@@ -106,6 +106,12 @@ def _as_int(value: Any) -> Optional[int]:
 
 def _as_str(value: Any) -> Optional[str]:
     return clean_text(value) if isinstance(value, str) else None
+
+
+def meta_str(value: Any) -> Optional[str]:
+    """A short label a server sent (model, id, provider, ...): cleaned, redacted (a server may echo
+    the key anywhere), at most 300 characters; None when it is not a string."""
+    return bounded(value, _SNIPPET) if isinstance(value, str) else None
 
 
 def apply_usage(result: ExecutionResult, data: Mapping[str, Any]) -> None:
@@ -120,8 +126,11 @@ def apply_usage(result: ExecutionResult, data: Mapping[str, Any]) -> None:
     result.tokens_used = prompt + completion if prompt is not None and completion is not None \
         else _as_int(usage.get("total_tokens"))
     cost = usage.get("cost")
-    if isinstance(cost, (int, float)) and not isinstance(cost, bool) and cost == cost:
-        result.cost = float(cost)
+    if isinstance(cost, (int, float)) and not isinstance(cost, bool):
+        try:
+            result.cost = float(cost) if math.isfinite(cost) else None
+        except OverflowError:  # an integer too large for a float: no usable cost
+            result.cost = None
     details = usage.get("prompt_tokens_details")
     if isinstance(details, dict):
         result.cached_tokens = _as_int(details.get("cached_tokens"))
@@ -168,10 +177,10 @@ class Completion:
         data = self.data
         result = ExecutionResult(
             success=True, stdout=self.text, stderr="", duration_seconds=duration, exit_code=0,
-            started_at=started_at, model=_as_str(data.get("model")) or requested_model,
-            finish_reason=self.finish_reason, generation_id=_as_str(data.get("id")) or generation_id,
-            provider=_as_str(data.get("provider")), reasoning=self.reasoning, status_code=200,
-            system_fingerprint=_as_str(data.get("system_fingerprint")),
+            started_at=started_at, model=meta_str(data.get("model")) or requested_model,
+            finish_reason=self.finish_reason, generation_id=meta_str(data.get("id")) or meta_str(generation_id),
+            provider=meta_str(data.get("provider")), reasoning=self.reasoning, status_code=200,
+            system_fingerprint=meta_str(data.get("system_fingerprint")),
         )
         apply_usage(result, data)
         return result
@@ -186,7 +195,7 @@ def parse_completion(data: Mapping[str, Any]) -> Optional[Completion]:
     text = message_text(message.get("content"))
     if text is None:
         return None
-    return Completion(data, text, _as_str(message.get("reasoning")), _as_str(choice.get("finish_reason")))
+    return Completion(data, text, _as_str(message.get("reasoning")), meta_str(choice.get("finish_reason")))
 
 
 def error_detail(data: Any) -> str:
@@ -289,13 +298,14 @@ def _classify_ok(headers: Mapping[str, str], content: bytes, generation_id: Opti
     if error and not choice:
         return provider_error(error, data, "", generation_id, headers)
     if choice.get("finish_reason") == "error" or choice.get("error"):
-        message = choice.get("message")
-        partial = message_text(message.get("content")) if isinstance(message, dict) else ""
+        said = choice.get("message")
+        partial = message_text(said.get("content")) if isinstance(said, dict) else None
         return provider_error(choice.get("error") or error or {}, data, partial or "", generation_id, headers)
-    if parse_completion(data) is None:
+    completion = parse_completion(data)
+    if completion is None:
         return Outcome(ErrorType.INVALID_RESPONSE, 502, f"HTTP 200 but not a completion: {snippet(content)}", 200,
                        generation_id=generation_id)
-    return Outcome(None, 0, status=200, data=data, generation_id=generation_id)
+    return Outcome(None, 0, status=200, data=data, generation_id=generation_id, completion=completion)
 
 
 def error_code(error: Any) -> tuple[Any, int]:

@@ -15,13 +15,13 @@ and nothing is sent.
 
 from __future__ import annotations
 
-import contextlib
 import heapq
+import http.client
 import itertools
 import socket
 import threading
 import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -37,7 +37,7 @@ class DeadlinePassed(TimeoutError):
 class Deadline:
     """One attempt's deadline: ``activate()`` it around each piece of network I/O it bounds."""
 
-    __slots__ = ("when", "tag", "fired", "sent", "_sock", "_done", "_clock")
+    __slots__ = ("when", "tag", "fired", "sent", "_sock", "_connecting", "_done", "_clock", "_previous")
 
     def __init__(self, when: float, tag: object = None, clock: Clock = time.monotonic) -> None:
         self.when = when
@@ -45,8 +45,10 @@ class Deadline:
         self.fired = False  # the watchdog cut (or was about to cut) this attempt
         self.sent = False  # the whole request reached the socket: the server may act on it
         self._sock: Optional[socket.socket] = None
+        self._connecting: Any = None  # a connection still connecting (e.g. through a proxy tunnel)
         self._done = False
         self._clock = clock
+        self._previous: Optional[Deadline] = None
 
     @classmethod
     def after(cls, seconds: float, tag: object = None, clock: Clock = time.monotonic) -> Deadline:
@@ -63,21 +65,24 @@ class Deadline:
         """True once the deadline has fired or its time is up."""
         return self.fired or self.remaining() <= 0
 
-    @contextlib.contextmanager
-    def activate(self) -> Iterator[Deadline]:
-        """Make this the running thread's deadline (the connection classes report to it)."""
-        previous = getattr(_current, "deadline", None)
+    def activate(self) -> Deadline:
+        """Use as ``with deadline.activate():`` to make this the running thread's deadline (the
+        connection classes report to it) for the block."""
+        return self
+
+    def __enter__(self) -> Deadline:
+        self._previous = getattr(_current, "deadline", None)
         _current.deadline = self
-        try:
-            yield self
-        finally:
-            _current.deadline = previous
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _current.deadline, self._previous = self._previous, None
 
     def finish(self) -> None:
         """Disarm: the attempt is over and its socket is no longer ours to cut."""
         with _watchdog.lock:
             self._done = True
-            self._sock = None
+            self._sock = self._connecting = None
 
     def attach(self, sock: Optional[socket.socket]) -> None:
         """Record the socket this attempt uses; cut it at once if the deadline already fired."""
@@ -91,6 +96,12 @@ class Deadline:
         if fired:
             _shutdown(sock)
 
+    def connecting(self, conn: Any) -> None:
+        """A connection is being set up for this attempt: while it is, cut whatever socket it has."""
+        with _watchdog.lock:
+            if not self._done:
+                self._connecting = conn
+
     def fire(self) -> None:
         """Cut the attempt now (the watchdog calls this when time is up; a cancelled run calls it early)."""
         with _watchdog.lock:
@@ -100,8 +111,9 @@ class Deadline:
         if self._done:
             return
         self.fired = True
-        if self._sock is not None:
-            _shutdown(self._sock)
+        sock = self._sock if self._sock is not None else getattr(self._connecting, "sock", None)
+        if sock is not None:
+            _shutdown(sock)
 
 
 def _shutdown(sock: socket.socket) -> None:
@@ -181,15 +193,21 @@ def abort_tagged(tag: object) -> int:
 class _DeadlineAware:
     """Mixin for urllib3 connections: report the socket to the running attempt's deadline.
 
-    Uses only urllib3's public connection API: ``connect()`` (after which the socket exists) and
-    ``request()`` (which sends the whole request, connecting first if needed).
+    Uses only the public connection API: ``connect()`` (after which the socket exists),
+    ``request()`` (which sends the whole request, connecting first if needed) and ``send()``.
+    ``send`` also holds a request's head back until its body follows, so both leave in one
+    segment and one system call (http.client writes them separately).
     """
 
     sock: Optional[socket.socket]
+    _held: Optional[bytes] = None
+    _hold_head = False
 
     def connect(self) -> None:
-        super().connect()  # type: ignore[misc]
         deadline = current()
+        if deadline is not None:
+            deadline.connecting(self)  # a proxy tunnel is read on self.sock before connect() returns
+        super().connect()  # type: ignore[misc]
         if deadline is not None:
             deadline.attach(self.sock)
             if deadline.passed:  # the time went on DNS or the connect itself: send nothing
@@ -201,17 +219,47 @@ class _DeadlineAware:
             if deadline.passed:
                 raise DeadlinePassed("the deadline passed before the request was sent")
             deadline.attach(self.sock)  # a reused connection; a new one attaches in connect()
-        super().request(method, url, body=body, headers=headers, **kwargs)  # type: ignore[misc]
+        self._hold_head = isinstance(body, bytes) and bool(body)
+        try:
+            super().request(method, url, body=body, headers=headers, **kwargs)  # type: ignore[misc]
+        finally:
+            self._hold_head = False
+            self._flush_held()
         if deadline is not None:
             deadline.sent = True
 
+    def send(self, data: Any) -> None:
+        if self._hold_head and self._held is None and isinstance(data, bytes):
+            self._held = data  # the head: it goes with the body, in the next send
+            return
+        if self._held is not None and isinstance(data, bytes):
+            data, self._held = self._held + data, None
+        self._flush_held()
+        super().send(data)  # type: ignore[misc]
+
+    def _flush_held(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            super().send(held)  # type: ignore[misc]
+
+
+class FinalResponse(http.client.HTTPResponse):
+    """An ``http.client`` response that skips interim 1xx answers (``103 Early Hints``, ``102``),
+    as RFC 9110 asks; http.client itself only skips ``100 Continue``."""
+
+    def begin(self) -> None:
+        super().begin()
+        while 100 < self.status < 200 and self.status != 101:
+            self.headers = self.msg = None  # type: ignore[assignment]
+            super().begin()
+
 
 class DeadlineHTTPConnection(_DeadlineAware, HTTPConnection):
-    pass
+    response_class = FinalResponse
 
 
 class DeadlineHTTPSConnection(_DeadlineAware, HTTPSConnection):
-    pass
+    response_class = FinalResponse
 
 
 class DeadlineHTTPConnectionPool(HTTPConnectionPool):

@@ -1,18 +1,20 @@
-"""HTML views for Jupyter: one result, or a run's results as a compact table."""
+"""HTML views for Jupyter: one result, or a run's results as a compact table.
+
+A leaf module: it reads results and summaries by attribute and imports neither (``result.py``
+imports it for ``_repr_html_``), so there is no import cycle.
+"""
 
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import Any, Iterable, Optional
 
-if TYPE_CHECKING:
-    from .result import ExecutionResult
-    from .summary import RunSummary
+from ._log import redact
 
 _PREVIEW = 80
 
 
-def _row(index: Optional[int], result: ExecutionResult) -> str:
+def _row(index: Optional[int], result: Any) -> str:
     if not result.success:
         status, colour = f"{result.error_type} ({result.exit_code})", "#c62828"
     elif result.finish_reason == "length":  # an answer cut by the token limit: usable, but say so
@@ -41,16 +43,12 @@ _HEAD = ("<tr>" + "".join(f"<th style='text-align:left'>{h}</th>" for h in
                           ("#", "sheet", "status", "model", "tokens", "cost", "time", "answer")) + "</tr>")
 
 
-def result_html(result: ExecutionResult) -> str:
-    from ._log import redact
-
+def result_html(result: Any) -> str:
     return redact(f"<table>{_HEAD}{_row(None, result)}</table>")
 
 
-def results_html(results: Iterable[Optional[ExecutionResult]], summary: Optional[RunSummary] = None,
+def results_html(results: Iterable[Any], summary: Optional[object] = None,
                  limit: int = 200) -> str:
-    from ._log import redact
-
     rows = []
     for index, result in enumerate(results):
         if index >= limit:

@@ -4,6 +4,7 @@ with small typed records for their answers."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
@@ -24,14 +25,15 @@ def _number(value: Any) -> Optional[float]:
     if value is None or isinstance(value, bool):
         return None
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if math.isfinite(number) else None
 
 
 def _int(value: Any) -> Optional[int]:
     number = _number(value)
-    return None if number is None or number != number or abs(number) == float("inf") else int(number)
+    return None if number is None else int(number)
 
 
 def _text(value: Any) -> Optional[str]:

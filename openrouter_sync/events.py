@@ -8,13 +8,14 @@ error mapping and the attempt's deadline.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Optional
+from collections import deque
+from typing import Any, Deque, Iterable, Optional
 
 from ._log import logger
-from .classify import Outcome, clean_text, network_outcome, provider_error
+from .classify import Outcome, classify_response, clean_text, network_outcome, provider_error
 from .error_types import ErrorType
 from .sse import SSEDecoder
-from .transport import Response
+from .transport import Response, TransportError
 
 MAX_EVENT_BYTES = 1 << 20
 
@@ -149,7 +150,11 @@ def outcome_of_event_stream(chunks: Iterable[bytes]) -> Outcome:
 class EventStream:
     """An open streamed answer: ``next_delta()`` until None, then ``outcome()``.
 
-    Network failures surface as ``TransportError`` from ``next_delta`` (mapped by the transport)."""
+    Network failures surface as ``TransportError`` from ``next_delta`` (mapped by the transport);
+    the deadline is also checked between events, since folding many tiny events is CPU work the
+    watchdog cannot cut. A body that holds no event at all but parses as JSON (a server that
+    labels a plain answer or error as an event stream) is judged as that JSON.
+    """
 
     def __init__(self, response: Response) -> None:
         self.response = response
@@ -157,8 +162,9 @@ class EventStream:
         self.folder.generation_id = response.headers.get("X-Generation-Id")
         self._decoder = SSEDecoder(MAX_EVENT_BYTES)
         self._chunks = response.chunks()
-        self._ready: list[str] = []
+        self._ready: Deque[str] = deque()
         self._pushed: Optional[str] = None
+        self._head: Optional[bytearray] = bytearray()  # the body while no event came (None after one did)
         self.ended = False
         self.overflow = False
 
@@ -175,27 +181,42 @@ class EventStream:
         if self._pushed is not None:
             delta, self._pushed = self._pushed, None
             return delta
-        folder = self.folder
+        folder, ready, deadline = self.folder, self._ready, self.response.deadline
         while not self.ended:
-            while self._ready and not folder.done:
-                delta = folder.fold(self._ready.pop(0))
+            folded = 0
+            while ready and not folder.done:
+                delta = folder.fold(ready.popleft())
                 if delta:
                     return delta
+                folded += 1
+                if folded % 256 == 0 and deadline.passed:
+                    raise TransportError(ErrorType.TIMEOUT, "the deadline passed while reading the stream", True)
             if folder.done:
                 self.ended = True
                 break
             chunk = next(self._chunks, None)
-            if chunk is None:
-                self._ready.extend(self._decoder.close())
-                if not self._ready:
-                    self.ended = True
-                continue
-            self._ready.extend(self._decoder.feed(chunk))
+            events = self._decoder.close() if chunk is None else self._decoder.feed(chunk)
+            self._keep_head(chunk, bool(events))
+            ready.extend(events)
             if self._decoder.overflow:
                 self.overflow = self.ended = True
+            elif chunk is None and not ready:
+                self.ended = True
         return None
 
+    def _keep_head(self, chunk: Optional[bytes], evented: bool) -> None:
+        head = self._head
+        if head is None:
+            return
+        if evented or (chunk is not None and len(head) + len(chunk) > MAX_EVENT_BYTES):
+            self._head = None
+        elif chunk is not None:
+            head += chunk
+
     def outcome(self) -> Outcome:
+        head = self._head
+        if head is not None and not self.folder.chunks and bytes(head.strip()[:1]) in (b"{", b"["):
+            return classify_response(self.response.status, {}, bytes(head))
         return self.folder.outcome(self.overflow)
 
     def close(self) -> None:

@@ -94,6 +94,10 @@ def check_base_url(url: Any) -> str:
         raise ValueError("base_url must not contain a query string or a fragment")
     if not parts.hostname:
         raise ValueError(f"base_url has no host: {url!r:.80}")
+    try:
+        parts.port  # noqa: B018 (raises for a port that is not a number from 0 to 65535)
+    except ValueError:
+        raise ValueError(f"base_url has an invalid port: {url!r:.80}") from None
     return url.rstrip("/")
 
 

@@ -26,12 +26,23 @@ class SSEDecoder:
         self._skip_line = False  # dropping the rest of an over-long line
         self._skip_event = False  # dropping the rest of an oversized event, up to its blank line
         self._after_cr = False  # the last chunk ended with CR: a leading LF is its pair
+        self._at_start = True  # a UTF-8 byte order mark may open the stream (the spec strips one)
 
     def feed(self, chunk: bytes) -> list[str]:
         """The ``data`` of every event this chunk completes, in order."""
         events: list[str] = []
         if not chunk:
             return events
+        if self._at_start:
+            if len(self._line) + len(chunk) < 3 and b"\xef\xbb\xbf".startswith(bytes(self._line) + chunk):
+                self._line += chunk  # could still be the start of a BOM
+                return events
+            pending = bytes(self._line) + chunk
+            self._line.clear()
+            self._at_start = False
+            chunk = pending[3:] if pending.startswith(b"\xef\xbb\xbf") else pending
+            if not chunk:
+                return events
         start = 0
         if self._after_cr and chunk[:1] == b"\n":
             start = 1
@@ -52,6 +63,7 @@ class SSEDecoder:
     def close(self) -> list[str]:
         """At the end of the stream: the last event, if the server did not end it with a blank line."""
         events: list[str] = []
+        self._at_start = False
         if self._line or self._skip_line:
             self._end_line(events)
         self._dispatch(events)

@@ -13,7 +13,7 @@ import time
 from typing import Callable, Optional
 
 from .call import CallRecord
-from .classify import Outcome, network_outcome
+from .classify import Outcome, meta_str, network_outcome
 from .error_types import ErrorType
 from .events import EventStream, outcome_of_event_stream
 from .reporting import StreamLog
@@ -45,6 +45,7 @@ class Stream:
         self._reader: Optional[EventStream] = None
         self._log: Optional[StreamLog] = None
         self._t0 = time.monotonic()
+        self._whole: Optional[str] = None  # a server that ignored "stream" answered at once: one delta
         self.result: Optional[ExecutionResult] = None
 
     @classmethod
@@ -65,12 +66,14 @@ class Stream:
         return self
 
     def __next__(self) -> str:
+        if self._record is None and self.result is None:
+            self._start()
+        if self._whole is not None:
+            whole, self._whole = self._whole, None
+            if whole:
+                return whole
         if self.result is not None:
             raise StopIteration
-        if self._record is None:
-            self._start()
-            if self.result is not None:
-                raise StopIteration
         reader = self._reader
         assert reader is not None
         try:
@@ -98,6 +101,8 @@ class Stream:
         self._reader = record.outcome.reader
         if self._reader is None:  # failed, or the whole answer came at once
             self._finish(record.outcome)
+            assert self.result is not None
+            self._whole = self.result.stdout if self.result.success else None
             return
         self._log = StreamLog(self._spec.stdout_log)
 
@@ -118,9 +123,9 @@ class Stream:
         if reader is not None and not result.success:
             result.stdout = reader.text  # the partial answer
             folded = reader.folder
-            result.model = folded.model or result.model
-            result.generation_id = folded.generation_id or result.generation_id
-            result.finish_reason = folded.finish_reason or result.finish_reason
+            result.model = meta_str(folded.model) or result.model
+            result.generation_id = meta_str(folded.generation_id) or result.generation_id
+            result.finish_reason = meta_str(folded.finish_reason) or result.finish_reason
         self.result = result
         self._on_finish(result, self._spec, reader is not None)
 

@@ -32,6 +32,7 @@ from .error_types import ErrorType
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 READ_SIZE = 65536
+INFLATE_STEP = 1 << 20
 
 
 class TransportError(Exception):
@@ -103,15 +104,19 @@ class BodyDecoder:
                                  f"the answer is encoded with {encoding!r}, which was not asked for", True)
 
     def decode(self, data: bytes) -> bytes:
+        """Decode ``data``; a compressed body yields at most ``INFLATE_STEP`` bytes a call, the rest
+        waits in ``pending`` (so a small read can never become a huge allocation)."""
         if self._inflate is not None:
-            room = self.limit - self.size + 1
-            data = self._inflate.decompress(data, room)
-            if self._inflate.unconsumed_tail:
-                self._too_large()
+            data = self._inflate.decompress(self._inflate.unconsumed_tail + data, INFLATE_STEP)
         self.size += len(data)
         if self.size > self.limit:
             self._too_large()
         return data
+
+    @property
+    def pending(self) -> bool:
+        """Compressed input is waiting to be inflated (call ``decode(b"")``)."""
+        return self._inflate is not None and bool(self._inflate.unconsumed_tail)
 
     def flush(self) -> bytes:
         return self.decode(b"") if self._inflate is None else self.decode_tail(self._inflate.flush())
@@ -121,6 +126,10 @@ class BodyDecoder:
         if self.size > self.limit:
             self._too_large()
         return data
+
+    @property
+    def identity(self) -> bool:
+        return self._inflate is None
 
     def check_declared(self, content_length: str) -> None:
         """Fail before reading when an identity body declares more than the cap."""
@@ -181,6 +190,12 @@ class Response:
                 piece = self._decoder.decode(data) if data else self._decoder.flush()
             if piece:
                 yield piece
+            while self._decoder.pending:
+                if self.deadline.passed:
+                    raise TransportError(ErrorType.TIMEOUT, "the deadline passed while decoding the answer", True)
+                with map_network_errors(self.deadline, reading=True):
+                    piece = self._decoder.decode(b"")
+                yield piece
             if not data:
                 if self.deadline.fired:  # the watchdog shut the socket: this end of file is ours, not the server's
                     raise TransportError(ErrorType.TIMEOUT, "the deadline passed before the answer was complete", True)
@@ -190,6 +205,13 @@ class Response:
 
     def read(self) -> bytes:
         """The whole decoded body."""
+        length = self._raw.headers.get("Content-Length", "")
+        if self._decoder.identity and length.isdigit():  # the common case: one read of a known length
+            with map_network_errors(self.deadline, reading=True):
+                data: bytes = self._raw.raw.read(decode_content=False)  # urllib3 enforces the length
+            if len(data) != int(length):
+                raise TransportError(ErrorType.TRUNCATED_RESPONSE, "the answer was cut off", True)
+            return data
         return b"".join(self.chunks())
 
     def close(self) -> None:
@@ -256,19 +278,20 @@ class Transport:
         """Send one request and wait for the answer's head. Raises ``TransportError``."""
         if self._closed:  # used again after close(): open a fresh pool, as the reference's lazy client did
             self._reopen()
-        if params:
-            prepared = requests.Request(method, self.base_url + path, headers=self._template(method, path, key).headers,
-                                        params=params).prepare()
-        else:
-            prepared = self._template(method, path, key).copy()
-        if headers:
-            prepared.headers.update(headers)
-        if body is not None:
-            prepared.prepare_body(body, None)
         timeout = max(0.001, min(self.connect_timeout, deadline.remaining())), max(0.001, deadline.remaining())
         env = self._env
         verify = True if env["verify"] is None else env["verify"]
         with map_network_errors(deadline):
+            if params:
+                template = self._template(method, path, key)
+                prepared = requests.Request(method, self.base_url + path, headers=template.headers,
+                                            params=params).prepare()
+            else:
+                prepared = self._template(method, path, key).copy()
+            if headers:
+                prepared.headers.update(headers)
+            if body is not None:
+                prepared.prepare_body(body, None)
             raw = self._session.send(prepared, stream=True, timeout=timeout, verify=verify, cert=env["cert"],
                                      proxies=env["proxies"], allow_redirects=False)
         return Response(raw, deadline, self.max_response_bytes)

@@ -25,6 +25,14 @@ def _unit_seconds(unit: str) -> float:
     return 1.0
 
 
+def _as_float(value: float) -> float:
+    """A JSON number as a float; an integer too large for one is as good as infinite."""
+    try:
+        return float(value)
+    except OverflowError:
+        return float("inf") if value > 0 else float("-inf")
+
+
 def _clamp(seconds: float) -> float:
     if seconds != seconds:  # NaN
         return 0.0
@@ -117,7 +125,7 @@ def wait_from_body(data: Any, now: Optional[float] = None) -> Optional[Tuple[flo
         for key in ("retry_after_seconds", "retry_after"):
             value = holder.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return _clamp(float(value)), "body"
+                return _clamp(_as_float(value)), "body"
     inner = metadata.get("headers")
     if isinstance(inner, dict):
         found = wait_from_headers(inner, now)

@@ -105,7 +105,7 @@ def test_each_attempt_timeout_is_cut_to_the_budget_left() -> None:
     responses.add(**reply(503, headers={"Retry-After": "3"}))
     responses.add(**reply())
     make(POLICY.replace(max_elapsed_seconds=5.0), clock).run(spec(timeout=4.0), "key")
-    connect, read = responses.calls[1].request.req_kwargs["timeout"]
+    _connect, read = responses.calls[1].request.req_kwargs["timeout"]
     assert read <= 2.0 + 1e-6  # 5 s budget - 3 s already waited
 
 
@@ -144,3 +144,17 @@ def test_bad_option_values_raise_before_anything_is_sent() -> None:
     bad = CallSpec("m/x", 0.5, 10, 5.0, ({"role": "user", "content": "q"},), {"top_p": float("nan")})
     with pytest.raises(ValueError, match="top_p"):
         make(POLICY, FakeClock()).run(bad, "key")
+
+
+def test_backends_for_one_endpoint_and_key_share_one_throttle() -> None:
+    from openrouter_sync import OpenRouterBackend
+
+    a = OpenRouterBackend(base_url=URL, api_key="sk-or-v1-shared-0123456789")
+    b = OpenRouterBackend(base_url=URL + "/", api_key="sk-or-v1-shared-0123456789", model="other/model")
+    other_key = OpenRouterBackend(base_url=URL, api_key="sk-or-v1-other-0123456789")
+    own = OpenRouterBackend(base_url=URL, api_key="sk-or-v1-shared-0123456789", share_throttle=False)
+    assert a.throttle is b.throttle
+    assert other_key.throttle is not a.throttle and own.throttle is not a.throttle
+    mine = Throttle()
+    assert OpenRouterBackend(base_url=URL, api_key="k" * 20, throttle=mine).throttle is mine
+    assert "shared-0123456789" not in repr(a.throttle) + repr(a.throttle.status())
