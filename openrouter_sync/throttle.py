@@ -1,209 +1,528 @@
-"""One pace for every thread that talks to an endpoint.
+"""One rate-limit state for every thread (and, by default, every backend) that uses an endpoint and key.
 
-A ``Throttle`` is shared by all threads that use a backend (pass one ``Throttle`` to several
-backends to share it across them, e.g. all backends on one account):
+``acquire`` before each send, then report the answer with the ticket it returned: ``on_answer``
+for anything but a 429, ``on_rate_limited`` for a 429. The state is split in *lanes*, one per
+scope a limit applies to:
 
-- a gate: when any call is told to wait (``Retry-After`` and friends), no thread sends until
-  the wait is over;
-- pacing: an optional fixed ``requests_per_minute``, and an adaptive rate learned from 429s.
-  Threads leave in slots one interval apart, so the end of a wait is never a stampede.
+- ``"key"``: the whole endpoint and key (OpenRouter's per-account limits); every request goes
+  through it;
+- ``"model:<id>"``: one model (an upstream provider's limit);
+- ``"free"``: the ``:free`` model family's quota.
 
-How the adaptive rate is learned. Before any 429 nothing is paced. The first 429 sets a
-first guess: a token bucket's wait is at most one token's interval, so ``1 / Retry-After``
-(tightened by the other 429s of the same burst) bounds the server's rate; what it accepted in
-the last second is another bound. Each later 429 "event" (a 429 to a request sent after the
-last adjustment) measures the rate: between two 429 events the server went from "no capacity"
-to "no capacity", so the requests it accepted of those sent in between, per second, are its
-sustained rate. The new rate is 98% of the lower of that and the current one. While no 429
-comes, a guessed rate doubles every second (probing) and a measured one creeps up 5% a second
-(to follow a raised limit); far above any demand, pacing stops.
+A 429 shuts and slows only the lane its scope names, so a paid model is never held by a
+``:free`` quota or by another model's limit. Each lane is a gate, a pacer and an adaptive rate:
+see :mod:`openrouter_sync.ratelimit` for how they learn. No gate holds the others back longer
+than ``max_gate_seconds``: the request that was told to wait longer handles that wait itself.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+import os
 import threading
 import time
-from collections import deque
-from typing import Callable, Deque, Optional, Tuple
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from .ratelimit.lane import Lane, finite_positive
+from .ratelimit.shared import SharedState, State
+
+__all__ = ["KEY_SCOPE", "ScopeStatus", "Throttle", "ThrottleStatus", "Ticket"]
 
 Sleep = Callable[[float], None]
 
-_MIN_RATE = 0.05  # requests per second: never slower than one per 20 s
-# Growth while no 429 arrives, as (seconds of quiet before it starts, growth per second):
-_PROBE = (0.2, 1.0)
-_CRUISE = (1.5, 0.05)
-_GRACE = 0.1  # a 429 to a request sent this soon after an adjustment is not a new event
-_UNLIMITED = 500.0  # a learned rate above this many requests a second no longer paces anything
-_MARGIN = 0.98  # pace this much below the measured rate, so the server's bucket is never quite empty
+#: The name of the lane every request goes through (the whole endpoint and key).
+KEY_SCOPE = "key"
+#: Set to a directory (or a file) to share every endpoint's key-wide state between processes.
+SHARED_STATE_ENV = "OPENROUTER_SYNC_SHARED_STATE"
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """What ``acquire`` hands out; give it back with the answer."""
+
+    sent_at: Optional[float]  #: clock time the request was let go; None: not admitted
+    waited: float  #: seconds this acquire spent waiting
+    refused_for: float = 0.0  #: when not admitted: how long the gate stays shut
+    scopes: Tuple[str, ...] = ()  #: the scopes this request went through (the key-wide lane is implied)
+
+    @property
+    def admitted(self) -> bool:
+        """Whether the request may be sent."""
+        return self.sent_at is not None
+
+
+@dataclass(frozen=True)
+class ScopeStatus:
+    """One lane's state at the time of the snapshot."""
+
+    scope: str  #: ``"key"``, ``"model:<id>"`` or ``"free"``
+    blocked_for: float  #: seconds until its gate opens (0: open)
+    rate: Optional[float]  #: requests per second it paces to now (None: not paced)
+    measured: bool  #: whether ``rate`` was measured (else a guess that grows quickly, or a fixed rate)
+    rate_limited_count: int  #: 429s attributed to this scope
+
+
+@dataclass(frozen=True)
+class ThrottleStatus:
+    """A public, frozen snapshot of a ``Throttle``."""
+
+    scopes: Tuple[ScopeStatus, ...]
+    rate_limited_count: int
+    requests_per_minute: Optional[float]
+
+    def scope(self, name: Optional[str] = None) -> Optional[ScopeStatus]:
+        """The status of one scope (None: the key-wide lane), or None when it was never used."""
+        wanted = KEY_SCOPE if name is None else name
+        return next((s for s in self.scopes if s.scope == wanted), None)
+
+    @property
+    def blocked(self) -> bool:
+        """Whether any gate is shut."""
+        return any(s.blocked_for > 0 for s in self.scopes)
+
+
+def _check_rpm(value: Optional[float]) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"requests_per_minute must be > 0, got {value!r}")
+    return float(value)
+
+
+def _normalize_scopes(scopes: Sequence[str]) -> Tuple[str, ...]:
+    if isinstance(scopes, str):
+        scopes = (scopes,)
+    seen: List[str] = []
+    for scope in scopes:
+        if not isinstance(scope, str) or not scope or scope == KEY_SCOPE:
+            raise ValueError(f"scope must be a non-empty string other than {KEY_SCOPE!r}, got {scope!r}")
+        if scope not in seen:
+            seen.append(scope)
+    return tuple(seen)
 
 
 class Throttle:
-    """Shared gate and pacer. ``acquire`` before each send; report each answer with its ticket."""
+    """Shared gates and pacers for one endpoint and key. Thread-safe.
+
+    ``requests_per_minute``: a fixed pace for every request (None: none). ``adaptive``: learn the
+    server's rate from 429s (False: only the server's named waits shut the gates, for their
+    full length). ``clock``: seconds, monotonic. ``max_gate_seconds``: the longest any 429 holds
+    the *other* requests back.
+    """
+
+    _registry: ClassVar[Dict[Tuple[str, str], "Throttle"]] = {}
+    _shared_registry: ClassVar[Dict[str, "Throttle"]] = {}
+    _registry_lock: ClassVar[threading.Lock] = threading.Lock()
+    _all: ClassVar["weakref.WeakSet[Throttle]"] = weakref.WeakSet()
 
     def __init__(self, requests_per_minute: Optional[float] = None, *, adaptive: bool = True,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        if requests_per_minute is not None and requests_per_minute <= 0:
-            raise ValueError(f"requests_per_minute must be > 0, got {requests_per_minute}")
+                 clock: Callable[[], float] = time.monotonic, max_gate_seconds: float = 60.0) -> None:
+        rpm = _check_rpm(requests_per_minute)
+        if isinstance(max_gate_seconds, bool) or not isinstance(max_gate_seconds, (int, float)) \
+                or not math.isfinite(max_gate_seconds) or max_gate_seconds <= 0:
+            raise ValueError(f"max_gate_seconds must be > 0, got {max_gate_seconds!r}")
         self._clock = clock
         self._lock = threading.Lock()
-        self._fixed_interval = 60.0 / requests_per_minute if requests_per_minute else 0.0
-        self.adaptive = adaptive
-        self._rate: Optional[float] = None  # learned requests per second; None: not limited
-        self._measured = False  # whether the rate was measured, not guessed
-        self._blocked_until = 0.0
-        self._next_slot = 0.0
-        self._generation = 0  # bumped when the rate drops: slots reserved before are void
-        self._adjusted_at = -1e9  # when the rate last changed because of a 429
-        self._last_growth = 0.0
-        self._answered: Deque[float] = deque(maxlen=512)  # when recent accepted answers came
-        self._accepted_sent: Deque[float] = deque(maxlen=2048)  # when accepted requests were sent
-        self._latencies: Deque[float] = deque(maxlen=64)
-        self._sends: Deque[float] = deque(maxlen=512)
-        self._regime_start = 0.0  # when the server first pushed back (since pacing last started)
-        self._first_guess_only = False  # the rate is still the first guess (later 429s of its burst may tighten it)
-        self.rate_limited_count = 0
+        self._adaptive = bool(adaptive)
+        self._max_gate = float(max_gate_seconds)
+        self._rpm = rpm
+        self._lanes: Dict[str, Lane] = {}
+        self._key = self._lane(KEY_SCOPE)
+        self._key.fixed_interval = 60.0 / rpm if rpm else 0.0
+        self._rate_limited = 0
+        self._shared: Optional[SharedState] = None
+        self._seen_rate = 0.0  # stamp of the shared rate last taken over or written
+        self._slot_gen = 0  # generation of the shared chain of send slots last seen
+        self._restarts_seen = self._key.pacer.restarts
+        Throttle._all.add(self)
+
+    @classmethod
+    def for_endpoint(cls, base_url: str, api_key: Optional[str]) -> Throttle:
+        """The process-wide throttle for this endpoint and key: the same object on every call.
+
+        Only a hash of the key is kept (never the key itself). With ``$OPENROUTER_SYNC_SHARED_STATE``
+        set, it shares its key-wide state with other processes (see :meth:`shared`): in a file named
+        after the endpoint and key's hash when the variable names a directory, else in that file."""
+        url = str(base_url).rstrip("/")
+        digest = hashlib.sha256((api_key or "").encode("utf-8")).hexdigest()
+        key = (url, digest)
+        with cls._registry_lock:
+            throttle = cls._registry.get(key)
+            if throttle is None:
+                throttle = cls._registry[key] = cls()
+                where = os.environ.get(SHARED_STATE_ENV, "").strip()
+                if where:
+                    if os.path.isdir(where) or where.endswith(os.sep):
+                        name = hashlib.sha256(f"{url}\n{digest}".encode()).hexdigest()[:32]
+                        where = os.path.join(where, f"{name}.state")
+                    throttle._shared = SharedState(where)
+            return throttle
+
+    @classmethod
+    def shared(cls, path: str, requests_per_minute: Optional[float] = None, *, adaptive: bool = True,
+               max_gate_seconds: float = 60.0) -> Throttle:
+        """A throttle whose key-wide send slots and measured rate live in the file ``path``
+        (created if missing), shared by every process on this machine that uses the same path:
+        e.g. ``Throttle.shared("~/.cache/openrouter-sync/<key-hash>.state")``. One object per path in
+        a process. Standard library only (``fcntl.flock``); where the file cannot be locked, the
+        state stays per process (with a warning). Gates, scoped lanes (a model, ``:free``) and
+        concurrency caps stay per process."""
+        where = os.path.abspath(os.path.expanduser(path))
+        with cls._registry_lock:
+            throttle = cls._shared_registry.get(where)
+            if throttle is None:
+                throttle = cls(requests_per_minute, adaptive=adaptive, max_gate_seconds=max_gate_seconds)
+                throttle._shared = SharedState(where)
+                cls._shared_registry[where] = throttle
+            return throttle
+
+    @property
+    def shared_state(self) -> Optional[str]:
+        """The path of the state file shared with other processes, or None."""
+        return None if self._shared is None else self._shared.path
+
+    def shared_cost(self) -> Optional[float]:
+        """Mean seconds per access to the shared state file so far (its cost), or None."""
+        shared = self._shared
+        if shared is None or not shared.lock_count:
+            return None
+        return shared.lock_seconds / shared.lock_count
+
+    def __repr__(self) -> str:
+        rate = self.learned_rate
+        return (f"Throttle(requests_per_minute={self._rpm!r}, adaptive={self._adaptive}, "
+                f"learned_rate={None if rate is None else round(rate, 3)}, rate_limited_count={self._rate_limited})")
+
+    def _lane(self, scope: str) -> Lane:
+        lane = self._lanes.get(scope)
+        if lane is None:
+            lane = self._lanes[scope] = Lane(scope, adaptive=self._adaptive)
+        return lane
 
     # ----- configuration and introspection -----
     @property
+    def adaptive(self) -> bool:
+        """Whether rates are learned from 429s (settable; turning it off forgets what was learned)."""
+        return self._adaptive
+
+    @adaptive.setter
+    def adaptive(self, value: bool) -> None:
+        with self._lock:
+            self._adaptive = bool(value)
+            for lane in self._lanes.values():
+                if lane.adaptive != self._adaptive:
+                    lane.adaptive = self._adaptive
+                    lane.forget()
+
+    @property
     def requests_per_minute(self) -> Optional[float]:
-        return 60.0 / self._fixed_interval if self._fixed_interval else None
+        """The fixed pace for every request, or None."""
+        return self._rpm
 
     def set_requests_per_minute(self, value: Optional[float]) -> None:
-        if value is not None and value <= 0:
-            raise ValueError(f"requests_per_minute must be > 0, got {value}")
+        """Change the fixed pace (None: no fixed pace). Raises ``ValueError`` unless None or finite and > 0."""
+        rpm = _check_rpm(value)
         with self._lock:
-            self._fixed_interval = 60.0 / value if value else 0.0
+            self._rpm = rpm
+            self._key.fixed_interval = 60.0 / rpm if rpm else 0.0
 
     @property
     def learned_rate(self) -> Optional[float]:
-        """The adaptive rate in requests per second, or None while nothing is paced."""
-        return self._rate
+        """The key-wide adaptive rate in requests per second, or None while nothing is paced."""
+        with self._lock:
+            return self._key.current_rate(self._clock())
 
-    def blocked_for(self) -> float:
-        """Seconds until the gate opens (0 when open)."""
-        return max(0.0, self._blocked_until - self._clock())
+    @property
+    def rate_limited_count(self) -> int:
+        """429s reported so far, all scopes."""
+        return self._rate_limited
+
+    def blocked_for(self, scope: Optional[str] = None) -> float:
+        """Seconds until the gate of ``scope`` (None: the key-wide one) opens; 0 when open."""
+        with self._lock:
+            lane = self._lanes.get(KEY_SCOPE if scope is None else scope)
+            return 0.0 if lane is None else lane.gate.remaining(self._clock())
+
+    def status(self) -> ThrottleStatus:
+        """A snapshot: per scope, how long its gate stays shut and the rate it paces to."""
+        with self._lock:
+            now = self._clock()
+            scopes = tuple(
+                ScopeStatus(scope=name, blocked_for=lane.gate.remaining(now), rate=lane.status_rate(now),
+                            measured=lane.measured and lane.rate is not None,
+                            rate_limited_count=lane.rate_limited_count)
+                for name, lane in self._lanes.items())
+            return ThrottleStatus(scopes=scopes, rate_limited_count=self._rate_limited,
+                                  requests_per_minute=self._rpm)
+
+    def reset(self, scope: Optional[str] = None) -> None:
+        """Forget learned rates and open the gates: of one scope (``"key"`` for the key-wide lane),
+        or of all (None). The fixed ``requests_per_minute`` and the counts stay."""
+        with self._lock:
+            if scope is None:
+                lanes = list(self._lanes.values())
+            else:
+                lane = self._lanes.get(scope)
+                lanes = [] if lane is None else [lane]
+            for lane in lanes:
+                lane.forget()
+
+    def block(self, seconds: float, scope: Optional[str] = None) -> None:
+        """Shut a gate by hand for ``seconds`` (not capped, not learned from): e.g. a planned pause."""
+        hold = finite_positive(seconds)
+        if hold is None:
+            return
+        with self._lock:
+            lane = self._lane(KEY_SCOPE if scope is None else scope)
+            now = self._clock()
+            if lane.gate.until > now:
+                lane.gate.extend(now + hold)
+            else:
+                lane.gate.shut(now + hold, None, trusted=True)
+            lane.epoch += 1
 
     # ----- the send side -----
-    def acquire(self, sleep: Sleep, max_wait: float, gate: bool = True) -> Tuple[Optional[float], float]:
-        """Wait for this thread's turn to send.
+    def acquire(self, sleep: Sleep, max_wait: float, *, gate: bool = True, scopes: Sequence[str] = ()) -> Ticket:
+        """Wait for this request's turn; return its ticket.
 
-        Returns ``(ticket, waited)``; hand the ticket back with the answer. When the gate stays
-        shut longer than ``max_wait`` seconds it does not wait: it returns ``(None, seconds)``.
-        ``gate=False`` ignores the gate (the caller does not retry) but keeps the pacing.
+        When a gate that applies stays shut longer than ``max_wait`` seconds, return at once with
+        ``sent_at=None`` and ``refused_for`` the seconds it stays shut (once the server confirmed
+        a long wait, the seconds it named, beyond the ``max_gate_seconds`` cap). A request that
+        may be a gate's early probe within ``max_wait`` is let go instead. ``gate=False`` ignores the
+        gates (for a caller that never retries) but keeps the pacing. ``scopes``: the scopes besides
+        the key-wide one that this request goes through, e.g. ``("model:x/y",)`` or
+        ``("model:x/y:free", "free")``. ``sleep`` may raise (cancellation): it propagates.
         """
+        names = _normalize_scopes(scopes)
         waited = 0.0
         while True:
-            with self._lock:
+            with self._lock, self._synced() as state:
                 now = self._clock()
-                blocked_until = self._blocked_until if gate else 0.0
-                if blocked_until - now > max_wait:
-                    return None, blocked_until - now
-                start = max(now, blocked_until)
-                interval = self._fixed_interval
-                if self._rate is not None:
-                    interval = max(interval, 1.0 / self._rate)
-                if interval:
-                    start = max(start, self._next_slot)
-                    self._next_slot = start + interval
-                self._sends.append(start)
-                generation = self._generation
-            delay = start - now
-            if delay <= 0:
-                return start, waited
-            sleep(delay)
-            waited += delay
-            # Go unless, while we slept, the gate shut again or the rate dropped (then queue anew).
-            if (not gate or self._clock() >= self._blocked_until) and generation == self._generation:
-                return start, waited
+                lanes = [self._key, *(self._lane(name) for name in names)]
+                plan = self._plan(lanes, now, gate, max_wait)
+                if isinstance(plan, float):
+                    return Ticket(None, waited, refused_for=plan, scopes=names)
+                start, wake, probes = plan
+                if wake is None:
+                    for lane in lanes:
+                        lane.pacer.commit(start, lane.interval(now))
+                    claim = start + self._probe_hold()
+                    for lane in probes:
+                        lane.gate.claim_probe(claim)
+                    self._commit_shared(state)
+                    if start <= now:
+                        return self._send(lanes, probes, now, waited, names, self._count_send(state))
+                    epochs = [lane.epoch for lane in lanes]
+                    delay = start - now
+                    step = max(0.05, 2.0 * max(lane.interval(now) for lane in lanes))
+                else:
+                    claim, epochs, delay, step = 0.0, [], wake - now, 0.0
+            if not epochs:
+                sleep(delay)
+                waited += delay
+                continue
+            # Sleep towards the slot in pieces (two pacing intervals, at least 50 ms): a rate that
+            # rose meanwhile voids the reservation (the epoch changes) and this request plans again.
+            try:
+                while True:
+                    piece = min(delay, step)
+                    sleep(piece)
+                    waited += piece
+                    delay -= piece
+                    with self._lock, self._synced() as state:
+                        self._restart_stale(lanes, self._clock())
+                        current = all(lane.epoch == epoch for lane, epoch in zip(lanes, epochs))
+                        if current and delay <= 1e-9:
+                            return self._send(lanes, probes, self._clock(), waited, names, self._count_send(state))
+                    if not current:
+                        break
+            except BaseException:
+                self._release(probes, claim)
+                raise
+            self._release(probes, claim)
 
-    def block(self, seconds: float) -> None:
-        """Shut the gate for ``seconds`` (the server asked every client to wait)."""
+    def _plan(self, lanes: List[Lane], now: float, gate: bool,
+              max_wait: float) -> float | Tuple[float, Optional[float], List[Lane]]:
+        """Seconds to refuse for; or (send time, None, lanes to probe); or (_, time to look again, [])."""
+        start = now
+        wake: Optional[float] = None
+        probes: List[Lane] = []
+        refuse = 0.0
+        for lane in lanes:
+            g = lane.gate
+            look: Optional[float] = None
+            if gate and g.until > now:
+                if g.probe_at is not None and g.probe_free(now) and g.probe_at - now <= max_wait:
+                    start = max(start, g.probe_at)
+                    probes.append(lane)
+                    continue
+                # Longer than this caller may wait: refuse. Once no probe is pending (the wait was
+                # confirmed, or is short), the server's own word counts, not the cap.
+                named = g.named_until - now if g.probe_at is None else 0.0
+                refuse = max(refuse, named if named > max_wait else g.until - now)
+                if g.probe_at is None:
+                    look = g.until
+                elif g.probe_sent is None:  # the probe has yet to go: look again once it could be answered
+                    look = min(g.until, max(now, g.probe_at) + lane.typical_latency() + self._look_again(lane))
+                else:
+                    look = min(g.until, now + self._look_again(lane))
+            elif lane.full(now):  # a concurrency cap, kept like pacing even with gate=False
+                look = lane.next_free(now)
+            elif gate and lane.budget_spent():  # a window's worth went: one at a time
+                if g.probe_free(now):
+                    probes.append(lane)
+                else:
+                    look = now + self._look_again(lane)
+            if look is not None:
+                wake = look if wake is None else max(wake, look)
+        if refuse > max_wait:
+            return refuse
+        if wake is not None:
+            return now, wake, []
+        self._restart_stale(lanes, now)
+        for lane in lanes:
+            start = lane.pacer.earliest(start)
+        return start, None, probes
+
+    @staticmethod
+    def _restart_stale(lanes: List[Lane], now: float) -> None:
+        """Void reservations made at a much slower pace than the lane's rate now."""
+        for lane in lanes:
+            if lane.pacer.stale(lane.interval(now)):
+                lane.pacer.restart(now)
+                lane.epoch += 1
+
+    def _look_again(self, lane: Lane) -> float:
+        """How soon a request held while a probe is out looks again (about half an answer time)."""
+        return min(0.05, max(0.005, self._key.typical_latency() / 2.0))
+
+    def _probe_hold(self) -> float:
+        """How long a probe's claim lasts without an answer before another request may probe."""
+        return max(1.0, 3.0 * self._key.typical_latency())
+
+    def _send(self, lanes: List[Lane], probes: List[Lane], now: float, waited: float,
+              names: Tuple[str, ...], seq: Optional[int]) -> Ticket:
+        self._key.sent(now, seq)
+        for lane in lanes[1:]:
+            lane.sent(now)
+        for lane in probes:
+            lane.gate.probe_sent = now
+        return Ticket(now, waited, scopes=names)
+
+    def _release(self, probes: List[Lane], claim: float) -> None:
         with self._lock:
-            self._blocked_until = max(self._blocked_until, self._clock() + seconds)
+            for lane in probes:
+                if lane.gate.probe_busy_until == claim and lane.gate.probe_sent is None:
+                    lane.gate.free_probe()
 
     # ----- the answer side -----
-    def on_answer(self, ticket: Optional[float]) -> None:
-        """An answer that was not a 429: the server accepted the request."""
+    def on_answer(self, ticket: Ticket) -> None:
+        """Any answer that is not a 429, errors and network failures included."""
+        if ticket.sent_at is None:
+            return
         with self._lock:
             now = self._clock()
-            self._answered.append(now)
-            if ticket is not None:
-                self._accepted_sent.append(ticket)
-                self._latencies.append(now - ticket)
-            rate = self._rate
-            if rate is None or not self.adaptive:
-                return
-            after, per_second = _CRUISE if self._measured else _PROBE
-            quiet_since = self._adjusted_at + after
-            if now >= quiet_since:
-                since = now - max(self._last_growth, quiet_since)
-                if since > 0.05:
-                    rate *= 1.0 + per_second * since
-                    self._last_growth = now
-                    if rate > _UNLIMITED:
-                        self._rate, self._measured = None, False
-                    else:
-                        self._rate = rate
+            before = self._key_snapshot()
+            for name in (KEY_SCOPE, *ticket.scopes):
+                self._lane(name).answered(ticket.sent_at, now)
+            self._publish(before, now)
 
-    def on_rate_limited(self, ticket: Optional[float], wait: Optional[float]) -> None:
-        """A 429. ``wait`` is the server's, if it named one."""
+    def on_rate_limited(self, ticket: Ticket, wait: Optional[float], scope: Optional[str] = None) -> None:
+        """A 429. ``wait``: the seconds the server named, or None. ``scope``: what the limit applies to:
+        None for the whole endpoint and key, ``"model:<id>"`` for one model, ``"free"`` for the
+        ``:free`` family's quota."""
+        target = KEY_SCOPE if scope is None else scope
         with self._lock:
             now = self._clock()
-            if wait is not None and wait > 0:
-                self._blocked_until = max(self._blocked_until, now + wait)
-            self.rate_limited_count += 1
-            if not self.adaptive or ticket is None:
+            self._rate_limited += 1
+            hint = finite_positive(wait)
+            before = self._key_snapshot()
+            for name in (KEY_SCOPE, *ticket.scopes):
+                if name != target and ticket.sent_at is not None:
+                    self._lane(name).refused_elsewhere(ticket.sent_at, now)
+            self._lane(target).refused(ticket.sent_at, now, hint, self._max_gate)
+            self._publish(before, now)
+
+    # ----- sharing with other processes -----
+    @contextmanager
+    def _synced(self) -> Iterator[Optional[State]]:
+        """The shared state under its file lock, taken over into the key-wide lane first (None: not shared)."""
+        if self._shared is None:
+            yield None
+            return
+        with self._shared.locked() as state:
+            if state is not None:
+                try:
+                    self._take_over(state, self._clock())
+                except (TypeError, ValueError):
+                    state.clear()  # not a state this library wrote: start afresh
+            yield state
+
+    def _take_over(self, state: State, now: float) -> None:
+        """Adopt what other processes wrote: a newer rate, and the chain of send slots (restarted
+        by whichever process last found it stale or cut its rate)."""
+        key = self._key
+        rate_at = float(state.get("rate_at", 0.0))
+        if rate_at > self._seen_rate:
+            self._seen_rate = rate_at
+            key.adopt(state.get("rate"), bool(state.get("measured")), float(state.get("grow_from", now)), now)
+        shared_slot = float(state.get("next_slot", float("-inf")))
+        generation = int(state.get("slot_gen", 0))
+        if key.pacer.restarts != self._restarts_seen:
+            return  # restarted here: the commit writes the new chain
+        if generation != self._slot_gen:
+            key.pacer.next_slot, self._slot_gen = shared_slot, generation
+        else:
+            key.pacer.next_slot = max(key.pacer.next_slot, shared_slot)
+
+    def _commit_shared(self, state: Optional[State]) -> None:
+        """Write the key-wide lane's next send slot (a new chain when the pacer restarted here)."""
+        if state is None:
+            return
+        key = self._key
+        if key.pacer.restarts != self._restarts_seen:
+            self._restarts_seen = key.pacer.restarts
+            self._slot_gen = int(state.get("slot_gen", 0)) + 1
+            state["slot_gen"] = self._slot_gen
+        state["next_slot"] = key.pacer.next_slot
+
+    @staticmethod
+    def _count_send(state: Optional[State]) -> Optional[int]:
+        """Count a send among all processes' sends; its number (None: not shared)."""
+        if state is None:
+            return None
+        seq = int(state.get("sends", 0)) + 1
+        state["sends"] = seq
+        return seq
+
+    def _key_snapshot(self) -> Tuple[Any, ...]:
+        key = self._key
+        return key.rate, key.measured, key.grow_from
+
+    def _publish(self, before: Tuple[Any, ...], now: float) -> None:
+        """Write the key-wide lane's measured rate for the other processes, when it changed here."""
+        key = self._key
+        if self._shared is None or self._key_snapshot() == before or not key.measured:
+            return  # only measurements are shared (a cut before its measurement, or a guess, stays here)
+        with self._shared.locked() as state:
+            if state is None:
                 return
-            if ticket <= self._adjusted_at + _GRACE:
-                # Sent before (or just after) the last adjustment: not news. But while the rate is
-                # a first guess, a longer token-bucket wait tightens it.
-                if self._rate is not None and self._first_guess_only and wait is not None and 0.0 < wait < 1.0:
-                    self._rate = max(_MIN_RATE, min(self._rate, 1.0 / wait))
-                return
-            self._rate = self._estimate(now, ticket, wait)
-            self._adjusted_at = now
-            self._last_growth = now
-            self._generation += 1
-            self._next_slot = now  # void the old reservations; the gate, if shut, still comes first
+            stamp = max(now, float(state.get("rate_at", 0.0)) + 1e-6)
+            state.update(rate=key.rate, measured=key.measured, grow_from=key.grow_from, rate_at=stamp)
+            self._seen_rate = stamp
+            self._commit_shared(state)
 
-    def _estimate(self, now: float, ticket: float, wait: Optional[float]) -> float:
-        rate = self._rate
-        if rate is None:
-            return self._first_guess(now, wait)
-        self._measured = True  # the server pushed back at this rate: it is an upper bound
-        self._first_guess_only = False
-        # While we send faster than the server accepts, what it accepted of the requests sent in
-        # the last second (since its bucket first ran dry, and not so recently that their answers
-        # may still be on the way) is its sustained rate.
-        start = max(ticket - 1.0, self._regime_start)
-        end = ticket - self._typical_latency() * 1.5
-        if end - start >= 0.05:
-            accepted = sum(1 for t in self._accepted_sent if start < t <= end)
-            if accepted >= 3:
-                measured = accepted / (end - start)
-                if end - start < 0.5:  # a short window is noisy: only let it slow us down, gently
-                    return max(_MIN_RATE, rate * 0.5, min(rate, measured) * _MARGIN)
-                return max(_MIN_RATE, measured * _MARGIN)
-        return max(_MIN_RATE, rate * 0.9)
 
-    def _typical_latency(self) -> float:
-        """The median time an accepted answer took lately (robust to a slow first connection)."""
-        latencies = sorted(self._latencies)
-        return latencies[len(latencies) // 2] if latencies else 0.0
+def _after_fork_in_child() -> None:
+    """A forked child starts with fresh locks (a parent thread may have held one at the fork)."""
+    Throttle._registry_lock = threading.Lock()
+    for throttle in list(Throttle._all):
+        throttle._lock = threading.Lock()
 
-    def _first_guess(self, now: float, wait: Optional[float]) -> float:
-        self._regime_start = max(now, self._blocked_until)  # measurements start when sending resumes
-        self._first_guess_only = True
-        self._measured = False
-        candidates = []
-        if wait is not None and 0.0 < wait < 1.0:
-            candidates.append(1.0 / wait)
-            self._measured = True  # a bound from the server itself
-        recent = [t for t in self._answered if t > now - 1.0]
-        if len(recent) >= 5:
-            candidates.append(len(recent) / max(now - recent[0], 0.05))
-        if candidates:
-            return max(_MIN_RATE, min(candidates))
-        # Nothing to go on: the rate we were sending at, a guess that the next 429s correct.
-        sent = [t for t in self._sends if t > now - 1.0]
-        return max(1.0, len(sent) / max(0.1, now - sent[0])) if sent else 1.0
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

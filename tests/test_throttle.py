@@ -1,205 +1,465 @@
-"""The shared gate and pacer: unit tests on an injected clock, then threads against the fake server."""
+"""The throttle through its public surface: unit tests on an injected clock, the pure pieces,
+real threads, and two checks against the fake server. The controller's behaviour against whole
+server models is judged in ``test_rate_simulator.py``."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Dict, List
 
 import pytest
 
-from openrouter_sync import OpenRouterBackend, RetryPolicy, run_sheets
-from openrouter_sync.testing import FakeOpenRouter, RateLimit, Reply, fake_reply
-from openrouter_sync.throttle import Throttle
+from openrouter_sync import OpenRouterBackend, RetryPolicy
+from openrouter_sync.ratelimit import estimator as est
+from openrouter_sync.ratelimit.gate import Gate
+from openrouter_sync.ratelimit.pacer import Pacer
+from openrouter_sync.testing import FakeOpenRouter
+from openrouter_sync.throttle import ScopeStatus, Throttle, ThrottleStatus, Ticket
 
 
 class Clock:
     def __init__(self) -> None:
         self.now = 100.0
+        self.slept: List[float] = []
 
     def __call__(self) -> float:
         return self.now
 
     def sleep(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.slept.append(seconds)
         self.now += seconds
 
 
+# ----- the basics -----
 def test_open_gate_does_not_wait() -> None:
     clock = Clock()
     t = Throttle(clock=clock)
-    ticket, waited = t.acquire(clock.sleep, 60)
-    assert ticket == 100.0 and waited == 0
+    ticket = t.acquire(clock.sleep, 60)
+    assert ticket == Ticket(sent_at=100.0, waited=0.0, refused_for=0.0, scopes=())
+    assert ticket.admitted
+    t.on_answer(ticket)
+    assert t.learned_rate is None and t.rate_limited_count == 0
 
 
-def test_told_wait_shuts_the_gate_for_everyone() -> None:
-    clock = Clock()
-    t = Throttle(clock=clock, adaptive=False)
-    t.on_rate_limited(100.0, 5.0)
-    assert t.blocked_for() == 5.0
-    _, waited = t.acquire(clock.sleep, 60)
-    assert waited == pytest.approx(5.0)
-    t.block(3.0)
-    _, waited = t.acquire(clock.sleep, 60)
-    assert waited == pytest.approx(3.0)
-
-
-def test_gate_longer_than_max_wait_is_not_waited() -> None:
+def test_scopes_are_named_on_the_ticket() -> None:
     clock = Clock()
     t = Throttle(clock=clock)
-    t.block(3600)
-    ticket, remaining = t.acquire(clock.sleep, 60)
-    assert ticket is None and remaining == pytest.approx(3600)
-    assert clock.now == 100.0
+    ticket = t.acquire(clock.sleep, 60, scopes=("model:a/b:free", "free", "free"))
+    assert ticket.scopes == ("model:a/b:free", "free")
+    with pytest.raises(ValueError, match="scope"):
+        t.acquire(clock.sleep, 60, scopes=("",))
 
 
-def test_fixed_pacing_spaces_sends() -> None:
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), -float("inf"), True])
+def test_requests_per_minute_must_be_finite_and_positive(bad: float) -> None:
+    with pytest.raises(ValueError, match="requests_per_minute must be > 0"):
+        Throttle(requests_per_minute=bad)
+    t = Throttle()
+    with pytest.raises(ValueError, match="requests_per_minute must be > 0"):
+        t.set_requests_per_minute(bad)
+    assert t.requests_per_minute is None
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf")])
+def test_max_gate_seconds_must_be_finite_and_positive(bad: float) -> None:
+    with pytest.raises(ValueError, match="max_gate_seconds"):
+        Throttle(max_gate_seconds=bad)
+
+
+def test_fixed_pacing_spaces_sends_and_can_be_changed() -> None:
     clock = Clock()
     t = Throttle(requests_per_minute=120, clock=clock)
-    starts = [t.acquire(lambda s: None, 60)[0] for _ in range(5)]
+    starts = [t.acquire(clock.sleep, 60).sent_at for _ in range(5)]
     assert starts == pytest.approx([100.0, 100.5, 101.0, 101.5, 102.0])
-    with pytest.raises(ValueError, match="requests_per_minute must be > 0"):
-        Throttle(requests_per_minute=0)
+    assert t.requests_per_minute == 120
+    assert t.status().requests_per_minute == 120
+    t.set_requests_per_minute(None)
+    assert t.requests_per_minute is None
 
 
-def test_adaptive_rate_slows_on_429_and_recovers() -> None:
+def test_a_named_wait_shuts_the_gate_for_everyone_when_not_adaptive() -> None:
     clock = Clock()
-    t = Throttle(clock=clock)
-    assert t.learned_rate is None
-    for _ in range(10):  # a burst of answers in the last second
-        clock.now += 0.05
-        t.on_answer(clock.now - 0.01)
-    t.on_rate_limited(clock.now - 0.01, 0.1)  # a token bucket: at most one token's interval
-    first = t.learned_rate
-    assert first is not None and first <= 10.0 + 1e-9
-    # A 429 to a request sent before that adjustment is not a new event.
-    t.on_rate_limited(clock.now - 0.02, None)
-    assert t.learned_rate == first
-    # Quiet: answers keep coming without 429s; a rate bounded by the server creeps back up.
-    for _ in range(40):
-        clock.now += 0.1
-        t.on_answer(clock.now - 0.05)
-    assert first < t.learned_rate < first * 1.5  # type: ignore[operator]
+    t = Throttle(clock=clock, adaptive=False)
+    first = t.acquire(clock.sleep, 60)
+    t.on_rate_limited(first, 5.0)
+    assert t.blocked_for() == 5.0
+    assert t.rate_limited_count == 1
+    ticket = t.acquire(clock.sleep, 60)
+    assert ticket.waited == pytest.approx(5.0) and ticket.sent_at == pytest.approx(105.0)
 
 
-def test_a_guessed_rate_is_probed_upwards_quickly() -> None:
+def test_a_gate_longer_than_max_wait_is_not_waited() -> None:
     clock = Clock()
-    t = Throttle(clock=clock)
-    for _ in range(4):
-        t.acquire(clock.sleep, 60)
-        clock.now += 0.25
-    t.on_rate_limited(clock.now - 0.01, None)  # no hint: a guess from what was being sent
-    guess = t.learned_rate
-    assert guess is not None
-    for _ in range(40):
-        clock.now += 0.1
-        t.on_answer(clock.now - 0.05)
-    assert t.learned_rate is None or t.learned_rate > guess * 2
+    t = Throttle(clock=clock, adaptive=False)
+    t.on_rate_limited(t.acquire(clock.sleep, 60), 30.0)
+    ticket = t.acquire(clock.sleep, 10)
+    assert not ticket.admitted and ticket.sent_at is None
+    assert ticket.refused_for == pytest.approx(30.0)
+    assert clock.now == 100.0  # returned at once
 
 
-def test_measured_rate_converges_on_the_server_rate() -> None:
-    """Simulated: a server accepting 20/s; the client paced at 40/s; then a 429 event."""
+def test_gates_are_capped() -> None:
+    """A 429 naming a day holds the others at most max_gate_seconds: the request that got it handles it."""
     clock = Clock()
-    t = Throttle(clock=clock)
-    t._rate, t._measured = 40.0, True
-    t._regime_start = t._adjusted_at = clock.now
-    for i in range(41):  # 2 seconds in which the server accepted 20 requests a second
-        t.on_answer(clock.now + i * 0.05)
-    clock.now += 2.0
-    t._latencies.clear()
-    t.on_rate_limited(clock.now, None)
-    assert t.learned_rate == pytest.approx(20.0 * 0.98, rel=0.06)
+    t = Throttle(clock=clock, max_gate_seconds=60.0)
+    t.on_rate_limited(t.acquire(clock.sleep, 120), 86400.0)
+    assert 0 < t.blocked_for() <= 60.0
+    ticket = t.acquire(clock.sleep, 120)
+    assert ticket.admitted and ticket.waited <= 60.0
 
 
 def test_gate_can_be_ignored_but_pacing_cannot() -> None:
     clock = Clock()
-    t = Throttle(requests_per_minute=60, clock=clock)
-    t.block(30)
-    first, waited = t.acquire(clock.sleep, 60, gate=False)
-    assert first == 100.0 and waited == 0
-    second, waited = t.acquire(clock.sleep, 60, gate=False)
-    assert second == 101.0 and waited == pytest.approx(1.0)
+    t = Throttle(requests_per_minute=60, clock=clock, adaptive=False)
+    t.on_rate_limited(t.acquire(clock.sleep, 60), 30.0)
+    clock.now = 101.0
+    first = t.acquire(clock.sleep, 60, gate=False)
+    assert first.sent_at == 101.0 and first.waited == 0
+    second = t.acquire(clock.sleep, 60, gate=False)
+    assert second.sent_at == 102.0 and second.waited == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("wait", [None, 0.0, -3.0, float("nan"), float("inf")])
+def test_unusable_waits_shut_no_gate(wait: float) -> None:
+    clock = Clock()
+    t = Throttle(clock=clock, adaptive=False)
+    t.on_rate_limited(t.acquire(clock.sleep, 60), wait)
+    assert t.blocked_for() == 0.0 and t.rate_limited_count == 1
+
+
+def test_a_whole_second_wait_is_probed_not_believed() -> None:
+    """Retry-After: 1 from a bucket that refills every 20 ms: one probe goes early; accepted, the gate opens."""
+    clock = Clock()
+    t = Throttle(clock=clock)
+    tickets = [t.acquire(clock.sleep, 60) for _ in range(20)]
+    for ticket in tickets[:10]:
+        t.on_answer(ticket)
+    clock.now += 0.002
+    for ticket in tickets[10:]:
+        t.on_rate_limited(ticket, 1.0)
+    assert t.blocked_for() == pytest.approx(1.0)
+    probe = t.acquire(clock.sleep, 60)
+    assert probe.admitted and probe.waited < 0.5  # the probe went long before the named second
+    clock.now += 0.05
+    t.on_answer(probe)
+    assert t.blocked_for() == 0.0
+    assert t.learned_rate is not None  # paced from now on
+
+
+def test_a_refused_probe_makes_the_rest_of_the_wait_real() -> None:
+    """A fixed window: the probe is refused too, so everyone waits the window out."""
+    clock = Clock()
+    t = Throttle(clock=clock)
+    first = [t.acquire(clock.sleep, 60) for _ in range(12)]
+    for ticket in first[:10]:
+        t.on_answer(ticket)
+    window_end = 110.0
+    for ticket in first[10:]:
+        t.on_rate_limited(ticket, window_end - clock.now)
+    probe = t.acquire(clock.sleep, 60)
+    assert probe.admitted and probe.sent_at is not None and probe.sent_at < window_end
+    t.on_rate_limited(probe, window_end - clock.now)
+    after = t.acquire(clock.sleep, 60)
+    assert after.sent_at == pytest.approx(window_end)
+
+
+# ----- scopes -----
+def test_a_free_quota_does_not_hold_paid_models() -> None:
+    clock = Clock()
+    t = Throttle(clock=clock)
+    free = t.acquire(clock.sleep, 60, scopes=("model:x/y:free", "free"))
+    t.on_rate_limited(free, 9 * 3600.0, scope="free")
+    assert t.blocked_for("free") > 0 and t.blocked_for() == 0.0
+    paid = t.acquire(clock.sleep, 60, scopes=("model:a/b",))
+    assert paid.admitted and paid.waited == 0.0
+    held = t.acquire(clock.sleep, 1.0, scopes=("model:x/z:free", "free"))
+    assert not held.admitted and held.refused_for == pytest.approx(60.0)  # capped, not 9 h
+    probe = t.acquire(clock.sleep, 60, scopes=("model:x/z:free", "free"))  # one may go early to look
+    assert probe.admitted and probe.waited < 60.0
+    t.on_rate_limited(probe, 9 * 3600.0 - clock.now + 100.0, scope="free")  # the quota is real
+    after = t.acquire(clock.sleep, 120, scopes=("model:x/z:free", "free"))
+    assert not after.admitted and after.refused_for > 8 * 3600  # refused at once: no one waits 9 h
+    assert t.blocked_for("free") <= 60.0
+
+
+def test_a_model_limit_does_not_hold_another_model() -> None:
+    clock = Clock()
+    t = Throttle(clock=clock, adaptive=False)
+    t.on_rate_limited(t.acquire(clock.sleep, 60, scopes=("model:a/x",)), 20.0, scope="model:a/x")
+    assert t.blocked_for("model:a/x") == pytest.approx(20.0)
+    other = t.acquire(clock.sleep, 60, scopes=("model:b/y",))
+    assert other.admitted and other.waited == 0.0
+    same = t.acquire(clock.sleep, 60, scopes=("model:a/x",))
+    assert same.waited == pytest.approx(20.0)
+
+
+def test_a_key_wide_limit_holds_every_model() -> None:
+    clock = Clock()
+    t = Throttle(clock=clock, adaptive=False)
+    t.on_rate_limited(t.acquire(clock.sleep, 60, scopes=("model:a/x",)), 3.0)
+    assert t.acquire(clock.sleep, 60, scopes=("model:b/y",)).waited == pytest.approx(3.0)
+
+
+# ----- status and reset -----
+def test_status_is_a_frozen_snapshot_and_reset_forgets() -> None:
+    clock = Clock()
+    t = Throttle(clock=clock, adaptive=False)
+    t.on_rate_limited(t.acquire(clock.sleep, 60, scopes=("model:a/x",)), 20.0, scope="model:a/x")
+    t.on_rate_limited(t.acquire(clock.sleep, 60), 5.0)
+    status = t.status()
+    assert isinstance(status, ThrottleStatus)
+    assert status.rate_limited_count == 2 and status.blocked
+    model = status.scope("model:a/x")
+    assert isinstance(model, ScopeStatus) and model.blocked_for == pytest.approx(20.0)
+    assert model.rate_limited_count == 1
+    key = status.scope()
+    assert key is not None and key.scope == "key" and key.blocked_for == pytest.approx(5.0)
+    assert status.scope("never-used") is None
+    with pytest.raises(AttributeError):
+        status.rate_limited_count = 0  # type: ignore[misc]
+    t.reset("model:a/x")
+    assert t.blocked_for("model:a/x") == 0.0 and t.blocked_for() == pytest.approx(5.0)
+    t.reset()
+    assert not t.status().blocked
+    assert t.rate_limited_count == 2  # counts stay
+
+
+def test_reset_forgets_a_learned_rate() -> None:
+    clock = Clock()
+    t = Throttle(clock=clock)
+    tickets = [t.acquire(clock.sleep, 60) for _ in range(10)]
+    t.on_rate_limited(tickets[-1], 0.05)
+    assert t.learned_rate is not None
+    assert t.status().scope() is not None
+    t.reset("key")
+    assert t.learned_rate is None
+
+
+# ----- the registry -----
+def test_registry_shares_per_endpoint_and_key() -> None:
+    url, key = "https://example.invalid/api/v1", "sk-or-v1-registry-test"
+    one = Throttle.for_endpoint(url, key)
+    assert Throttle.for_endpoint(url, key) is one
+    assert Throttle.for_endpoint(url + "/", key) is one
+    assert Throttle.for_endpoint(url, key + "x") is not one
+    assert Throttle.for_endpoint("https://other.invalid/api/v1", key) is not one
+    assert key not in repr(one) and key not in repr(vars(one)) and key not in repr(Throttle._registry)
+
+
+# ----- cancellation and threads -----
+def test_a_sleep_that_raises_propagates_and_leaves_no_claim() -> None:
+    clock = Clock()
+    t = Throttle(clock=clock)
+    tickets = [t.acquire(clock.sleep, 60) for _ in range(30)]
+    clock.now += 0.002
+    t.on_rate_limited(tickets[-1], 1.0)
+
+    def cancelled(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        t.acquire(cancelled, 60)
+    ticket = t.acquire(clock.sleep, 60)  # the probe the cancelled call had claimed is free again
+    assert ticket.admitted and ticket.waited < 0.5
+
+
+def test_threads_share_the_pace_and_the_lock_is_not_held_while_sleeping() -> None:
+    t = Throttle(requests_per_minute=1200)  # one send every 50 ms
+    sent: List[float] = []
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(t.acquire, time.sleep, 60) for _ in range(8)]
+        time.sleep(0.1)
+        started = time.monotonic()
+        t.status()  # answers at once while the others sleep
+        assert time.monotonic() - started < 0.05
+        sent = sorted(f.result().sent_at or 0.0 for f in futures)
+    gaps = [b - a for a, b in zip(sent, sent[1:])]
+    assert min(gaps) >= 0.045
+
+
+# ----- the pure pieces -----
+def test_the_estimator_measures_a_bucket_between_two_refusals() -> None:
+    """Sends every 10 ms to a bucket of 50/s: refused at 0 and 1 s, 50 accepted in between."""
+    records = [(0.0, est.LIMITED)]
+    accepted = {round(i * 0.02, 3) for i in range(1, 51)}
+    for i in range(1, 100):
+        t = round(i * 0.01, 3)
+        records.append((t, est.ACCEPTED if t in accepted else est.LIMITED))
+    records.append((1.0, est.LIMITED))
+    measured = est.measure(records, 1.0)
+    assert measured is not None and measured.rate == pytest.approx(50.0, rel=0.05)
+    assert measured.saturated
+    assert est.measure(records, 1.0, since=0.95) is None  # too short after the barrier
+
+
+def test_the_estimator_counts_nothing_before_the_barrier_and_waits_for_answers() -> None:
+    records = [(0.0, est.LIMITED), (0.5, est.ACCEPTED), (0.6, est.PENDING), (1.0, est.LIMITED)]
+    assert est.unanswered_before(records, 1.0)
+    assert not est.unanswered_before(records, 0.55)
+    assert est.let_through(records, 0.0, 1.0) == 2
+    assert est.measure(records, 1.0, since=0.2) is None
+
+
+def test_gate_and_pacer() -> None:
+    gate = Gate()
+    assert gate.remaining(5.0) == 0.0
+    gate.shut(10.0, probe_at=6.0, trusted=False)
+    assert gate.remaining(5.0) == 5.0 and gate.probe_free(5.0)
+    gate.claim_probe(busy_until=8.0)
+    assert not gate.probe_free(7.0) and gate.probe_free(8.0)
+    gate.open(7.0)
+    assert gate.remaining(7.0) == 0.0 and gate.opened_early
+    pacer = Pacer()
+    assert pacer.earliest(1.0) == 1.0
+    pacer.commit(1.0, 0.5)
+    assert pacer.earliest(1.0) == 1.5
+    assert pacer.stale(0.1) and not pacer.stale(0.45)
+    pacer.restart(2.0)
+    assert pacer.earliest(1.0) == 2.0 and not math.isinf(pacer.next_slot)
+
+
+# ----- against the fake server -----
 @pytest.mark.socket
-def test_one_429_delays_every_thread(fake: FakeOpenRouter, key: str) -> None:
-    """Thread A is told to wait 0.6 s; threads B..E, sending after that, wait too."""
-    fake.script(Reply(429, {"Retry-After": "0.6"}))
-    with OpenRouterBackend(base_url=fake.base_url, api_key=key, adaptive_rate=False) as b:
-        first = b.execute("A")
-        assert first.success and first.attempts == 2
-    # The gate was shut when A got its 429; calls started meanwhile wait for it.
-    fake.reset_counts()
-    fake.script(Reply(429, {"Retry-After": "0.6"}))
-    with OpenRouterBackend(base_url=fake.base_url, api_key=key + "x", adaptive_rate=False) as b:
-        times: dict[str, float] = {}
-        start = time.monotonic()
-
-        def call(prompt: str) -> None:
-            b.execute(prompt)
-            times[prompt] = time.monotonic() - start
-
-        a = threading.Thread(target=call, args=("A",))
-        a.start()
-        deadline = time.monotonic() + 2
-        while b.throttle.blocked_for() == 0 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert b.throttle.blocked_for() > 0.3
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(call, ["B", "C", "D", "E"]))
-        a.join()
-    assert all(times[p] >= 0.55 for p in "BCDE"), times
-    assert fake.status_counts[429] == 1
+def test_backends_for_one_endpoint_and_key_share_a_throttle(fake: FakeOpenRouter, key: str) -> None:
+    with OpenRouterBackend(base_url=fake.base_url, api_key=key) as a, \
+            OpenRouterBackend(base_url=fake.base_url, api_key=key, model="b/b") as b, \
+            OpenRouterBackend(base_url=fake.base_url, api_key=key, share_throttle=False) as c:
+        assert a.throttle is b.throttle is Throttle.for_endpoint(fake.base_url, key)
+        assert c.throttle is not a.throttle
 
 
 @pytest.mark.socket
 def test_requests_per_minute_is_shared_by_threads(fake: FakeOpenRouter, key: str) -> None:
-    with OpenRouterBackend(base_url=fake.base_url, api_key=key, requests_per_minute=600) as b:
+    with OpenRouterBackend(base_url=fake.base_url, api_key=key, requests_per_minute=600,
+                           share_throttle=False, retry_policy=RetryPolicy(max_attempts=1)) as b:
         start = time.monotonic()
+        done = threading.Barrier(9)
+
+        def call(prompt: str) -> bool:
+            ok = b.execute(prompt).success
+            done.wait()
+            return ok
+
         with ThreadPoolExecutor(8) as pool:
-            results = list(pool.map(b.execute, [f"p{i}" for i in range(8)]))
+            results = [pool.submit(call, f"p{i}") for i in range(8)]
+            done.wait()
         elapsed = time.monotonic() - start
-    assert all(r.success for r in results)
+    assert all(r.result() for r in results)
     assert elapsed >= 0.65  # 8 sends, 0.1 s apart
 
 
-@pytest.mark.socket
-def test_short_storm_loses_nothing(key: str) -> None:
-    """60 prompts, 12 threads, a server allowing 40/s with burst 5: every prompt answered once, few 429s."""
-    with FakeOpenRouter(rate_limit=RateLimit(rate=40, burst=5), latency=0.01) as server, \
-            OpenRouterBackend(base_url=server.base_url, api_key=key,
-                              retry_policy=RetryPolicy(max_attempts=20, max_wait_seconds=5)) as b:
-        prompts = [f"storm {i}" for i in range(60)]
-        results = run_sheets(b, prompts, max_workers=12)
-        assert [r.stdout for r in results] == [fake_reply(p, b.model) for p in prompts]
-        assert all(server.answers_per_prompt[p] == 1 for p in prompts)
-        assert server.status_counts[429] <= 20
+# ----- shared between processes -----
+CHILD = """
+import json, sys, time
+from openrouter_sync.throttle import Throttle
+path, role, arg = sys.argv[1], sys.argv[2], float(sys.argv[3])
+if role == "pace":
+    t = Throttle.shared(path, requests_per_minute=arg)
+    start_at = float(sys.argv[4])
+    while time.monotonic() < start_at:
+        time.sleep(0.001)
+    sent = []
+    for _ in range(10):
+        ticket = t.acquire(time.sleep, 60)
+        sent.append(ticket.sent_at)
+        t.on_answer(ticket)
+    print(json.dumps({"sent": sent, "cost": t.shared_cost()}))
+elif role == "wait":
+    t = Throttle.shared(path)
+    ticket = t.acquire(time.sleep, 60)
+    print(json.dumps({"waited": ticket.waited, "admitted": ticket.admitted}))
+elif role == "hold-lock":
+    from openrouter_sync.ratelimit.shared import SharedState
+    with SharedState(path).locked():
+        print("locked", flush=True)
+        time.sleep(arg)
+"""
 
 
-@pytest.mark.socket
-def test_no_retry_policy_never_waits_for_the_gate(fake: FakeOpenRouter, key: str) -> None:
-    """With retries off, a call right after a 429 that ordered a long wait still sends (one request) at once."""
-    fake.script(Reply(429, {"Retry-After": "30"}), Reply(429, {"Retry-After": "3600"}))
-    with OpenRouterBackend(base_url=fake.base_url, api_key=key, retry_policy=RetryPolicy(max_attempts=1)) as b:
-        start = time.monotonic()
-        assert b.execute("a").exit_code == 429
-        assert b.execute("b").exit_code == 429
-        assert b.execute("c").success
-        assert time.monotonic() - start < 1.0
-    assert fake.request_count == 3
+def _child(*args: str, timeout: float = 20.0) -> Dict[str, Any]:
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-@pytest.mark.socket
-def test_backends_can_share_a_throttle(fake: FakeOpenRouter, key: str) -> None:
-    shared = Throttle()
-    fake.script(Reply(429, {"Retry-After": "0.5"}))
-    with OpenRouterBackend(base_url=fake.base_url, api_key=key, throttle=shared, model="a/a") as one, \
-            OpenRouterBackend(base_url=fake.base_url, api_key=key, throttle=shared, model="b/b") as two:
-        assert one.throttle is two.throttle
-        start = time.monotonic()
-        assert one.execute("x").success  # waited 0.5 s
-        assert shared.blocked_for() == 0
-        shared.block(0.4)
-        assert two.execute("y").success
-        assert time.monotonic() - start >= 0.85
-    with pytest.raises(TypeError, match="throttle"):
-        OpenRouterBackend(throttle="no")  # type: ignore[arg-type]
+@pytest.mark.subprocess
+def test_processes_share_one_pace(tmp_path: Path) -> None:
+    """Three processes, 10 sends each, 1200/min between them all: every send 50 ms after the last."""
+    path = str(tmp_path / "pace.state")
+    start_at = time.monotonic() + 1.5  # all three start together (monotonic time is machine-wide)
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: _child(path, "pace", "1200", str(start_at)), range(3)))
+    sent = sorted(t for r in results for t in r["sent"])
+    gaps = [b - a for a, b in zip(sent, sent[1:])]
+    assert len(sent) == 30 and min(gaps) >= 0.045, gaps
+    assert all(r["cost"] is not None and r["cost"] < 0.005 for r in results)  # per access to the file
+
+
+@pytest.mark.subprocess
+def test_a_process_killed_holding_the_lock_stops_no_one(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "kill.state")
+    holder = subprocess.Popen([sys.executable, "-c", CHILD, path, "hold-lock", "60"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+        started = time.monotonic()
+        waited = _child(path, "wait", "0")
+        assert waited["admitted"] and time.monotonic() - started < 5.0  # the kernel released the lock
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+
+
+def test_a_file_that_cannot_be_locked_falls_back_to_this_process(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    import errno
+    import fcntl
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    t = Throttle.shared(str(tmp_path / "nolock.state"), requests_per_minute=600)
+    clock_start = time.monotonic()
+    first, second = t.acquire(time.sleep, 60), t.acquire(time.sleep, 60)
+    assert first.admitted and second.admitted and time.monotonic() - clock_start >= 0.09  # still paced, locally
+    assert "cannot be locked" in caplog.text
+
+
+def test_a_corrupt_or_stale_state_file_reads_as_empty(tmp_path: Path) -> None:
+    from openrouter_sync.ratelimit.shared import SharedState
+
+    path = tmp_path / "corrupt.state"
+    path.write_text('{"next_slot": 1e30, "gate_until": "garbage", "base": 0')  # half-written
+    state = SharedState(str(path))
+    with state.locked() as content:
+        assert content is not None and "next_slot" not in content
+    path.write_text('{"next_slot": 1e30, "gate_until": 1e30, "gate_at": 1e30, "base": 12345.0}')  # before a reboot
+    with state.locked() as content:
+        assert content is not None and "gate_until" not in content
+    t = Throttle.shared(str(path))
+    ticket = t.acquire(time.sleep, 1.0)
+    assert ticket.admitted and ticket.waited < 0.5
+
+
+def test_the_environment_variable_shares_registry_throttles(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENROUTER_SYNC_SHARED_STATE", str(tmp_path))
+    throttle = Throttle.for_endpoint("https://env.invalid/api/v1", f"sk-env-{time.time_ns()}")
+    assert throttle.shared_state is not None and throttle.shared_state.startswith(str(tmp_path))
+    assert "sk-env" not in throttle.shared_state

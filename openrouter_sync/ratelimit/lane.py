@@ -1,0 +1,448 @@
+"""One lane: the controller for one scope (the key, a model, the ``:free`` family).
+
+A lane joins a gate, a pacer and the rate estimator, and decides how the *other* requests hold
+off after a 429 (the request that got it waits the server's wait itself, in the caller's code).
+
+The pacing rate:
+
+- The first 429 gives a guess: the requests the server let through in the last second, never
+  above ``1 / wait`` for a wait under a second (a token bucket's wait is at most one token's
+  interval). When the answers of that burst are in, the guess is raised to what the server let
+  through per answer time (exactly a concurrency limit's rate; too high for a bucket, which the
+  next 429 measures down). A guess doubles every ``PROBE_DOUBLING`` seconds without a 429.
+- Each later 429 *event* (a 429 to a request sent after the last reaction; the rest of its burst
+  is old news) halves the rate at once. When every request sent before it has its answer, the
+  estimator measures the server's rate (:mod:`.estimator`) and the lane paces ``MARGIN`` below
+  it. When nothing much was refused inside the stretch measured, the client may have sent less
+  than the server would take, so the measurement is only a floor: after a guess the rate is at
+  least ``PEAK_SHARE`` of the guess that drew the refusal; after a rise (a measurement ``ROSE``
+  times the last one) it is the geometric mean of the measurement and the rate that drew it.
+- A measured rate holds for ``CRUISE_HOLD`` seconds, then doubles every ``CRUISE_DOUBLING``
+  seconds until the next 429, so a raised limit is found; far above any demand, pacing stops.
+
+The gate. A wait the server names bounds the others' wait from above; it is not a measurement
+(a whole-second ``Retry-After: 1`` may mean 20 ms). A wait no longer than about two pacing
+intervals simply holds everyone. A longer one lets one *probe* through early (after two pacing
+intervals, and at least ``PROBE_SHARE`` of the wait):
+
+- the probe accepted: the wait was coarse, the gate opens;
+- the probe refused: the rest of the wait is real; the gate runs its full length.
+
+Twice coarse in a row: later 429s shut no gate at all (pacing alone; every fourth event probes
+again). Twice exact in a row (a fixed window that ends when the server says): gates run their
+full length, pacing gives way to them, and once as many requests went as the server let
+through in the last window, the rest go one at a time, so that only one request learns where
+the next window ends. No gate holds the others longer than ``max_gate`` seconds, and time spent
+held by a gate that ran its full length never enters a measurement.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Deque, List, Optional
+
+from . import estimator as est
+from .gate import Gate
+from .pacer import Pacer
+
+MIN_RATE = 0.02  # requests per second: never slower than one per 50 s
+UNLIMITED = 5000.0  # a rate above this paces nothing
+MARGIN = 0.97  # pace this much below a measured rate
+DECREASE = 0.5  # an event cuts the rate at once to this share, before its measurement
+PROBE_DOUBLING = 0.1  # seconds for a guessed rate to double while no 429 comes
+CRUISE_HOLD = 1.0  # seconds a measured rate holds before it grows
+CRUISE_DOUBLING = 1.0  # seconds for a measured rate to double after that
+PROBE_SHARE = 0.1  # the probe goes after this share of the named wait at the earliest
+PEAK_SHARE = 0.5  # after a guess: at least this share of the guess that drew the refusal
+CAP_MIN = 6  # a concurrency limit is only recognised at this many in flight or more
+CAP_STEP = 2.0  # seconds without a 429 before a concurrency cap grows by one (and between steps)
+LONG_GATE = 1.0  # seconds: measurements never span a full gate this long
+WINDOW_PRECISION = 0.05  # seconds: probes narrow a window's end down to this
+WINDOW_MIN = 3  # a fixed window lets at least this many through at once (a bucket refusing exactly, one)
+ROSE = 1.25  # a measurement this much above the last one: the limit rose
+HORIZON = 10.0  # seconds of send history kept
+MAX_RECORDS = 4096
+_NEVER = float("-inf")
+
+
+class Lane:
+    """Gate, pacer and adaptive rate for one scope. Not thread-safe: the ``Throttle`` holds the lock."""
+
+    def __init__(self, name: str, adaptive: bool = True) -> None:
+        self.name = name
+        self.adaptive = adaptive
+        self.gate = Gate()
+        self.pacer = Pacer()
+        self.fixed_interval = 0.0
+        self.rate_limited_count = 0
+        self.epoch = 0  # bumped when a gate shuts or the rate drops: planned sends re-plan
+        self.latencies: Deque[float] = deque(maxlen=64)
+        self._records: Deque[List[float]] = deque()  # [sent_at, outcome, in flight when it went, shared seq]
+        self.in_flight = 0
+        self.forget()
+
+    def forget(self) -> None:
+        """Drop everything learned (rate, gate, hint statistics), keep the fixed rate and counts."""
+        self.gate = Gate()
+        self.pacer.restart(_NEVER)
+        self.rate: Optional[float] = None
+        self.measured = False
+        self.grow_from = _NEVER
+        self.exactness = 0  # > 0: the server's waits proved exact; < 0: proved coarse
+        self.events = 0
+        self.last_reaction = _NEVER
+        self.pending_event: Optional[float] = None
+        self.refine_guess = False  # the guess waits for its burst's answers to be raised
+        self.event_peak: Optional[float] = None  # the highest rate the events of a pending measurement cut
+        self.last_measured: Optional[float] = None
+        self.guess_cap = UNLIMITED  # a first guess never exceeds 1 / (a wait under a second)
+        self.barrier = _NEVER  # measurements start after this (the end of a gate that ran its length)
+        self.cap: Optional[int] = None  # a concurrency limit found: at most this many in flight
+        self.cap_since = _NEVER
+        self.refused_at_in_flight: Deque[int] = deque(maxlen=2)
+        self.window_budget: Optional[int] = None
+        self.window_lo, self.window_hi = _NEVER, float("inf")  # where the current window's end lies
+        self.window_probes = 0
+        self.admitted_in_window = 0  # sent since the last barrier
+        self.through_in_window = 0  # of those, not refused
+        self._records.clear()
+        self.epoch += 1
+
+    # ----- what it says now -----
+    def current_rate(self, now: float) -> Optional[float]:
+        """The adaptive rate now (growth applied), or None when nothing is paced. Under a
+        concurrency cap: the cap per answer time (the pace that keeps just under it in flight)."""
+        cap = self.current_cap(now)
+        if cap is not None:
+            latency = self.typical_latency()
+            return cap / latency * MARGIN if latency > 0.0 else None
+        rate = self.rate
+        if rate is None:
+            return None
+        quiet = now - self.grow_from
+        if self.measured:
+            quiet -= CRUISE_HOLD
+            doubling = CRUISE_DOUBLING
+        else:
+            doubling = PROBE_DOUBLING
+        if quiet > 0.0:
+            rate *= 2.0 ** min(40.0, quiet / doubling)
+        return None if rate > UNLIMITED else rate
+
+    def interval(self, now: float) -> float:
+        rate = self.current_rate(now)
+        return max(self.fixed_interval, 1.0 / rate if rate else 0.0)
+
+    def typical_latency(self) -> float:
+        """The median time an accepted answer took lately (0 before any)."""
+        if not self.latencies:
+            return 0.0
+        ordered = sorted(self.latencies)
+        return ordered[len(ordered) // 2]
+
+    def budget_spent(self) -> bool:
+        """A window's worth went since the last exact gate: the rest go one at a time."""
+        return self.window_budget is not None and self.admitted_in_window >= self.window_budget
+
+    # ----- the send side -----
+    def current_cap(self, now: float) -> Optional[int]:
+        """The concurrency cap now: it grows by one every ``CAP_STEP`` seconds without a 429."""
+        if self.cap is None:
+            return None
+        quiet = now - self.cap_since - CAP_STEP
+        return self.cap + (int(quiet // CAP_STEP) + 1 if quiet >= 0 else 0)
+
+    def full(self, now: float) -> bool:
+        """Whether the concurrency cap is reached."""
+        cap = self.current_cap(now)
+        return cap is not None and self.in_flight >= cap
+
+    def next_free(self, now: float) -> float:
+        """When the oldest request in flight should be answered (a slot under the cap frees)."""
+        latency = self.typical_latency()
+        oldest = next((r[0] for r in self._records if r[1] == est.PENDING), now)
+        return max(oldest + latency, now + min(0.05, max(0.002, latency / 10.0)))
+
+    def sent(self, sent_at: float, seq: Optional[int] = None) -> None:
+        """A request went; ``seq``: its number among the sends of every process sharing this lane."""
+        self._records.append([sent_at, est.PENDING, float(self.in_flight), -1.0 if seq is None else float(seq)])
+        self.in_flight += 1
+        self.admitted_in_window += 1
+        self.through_in_window += 1
+        if len(self._records) > MAX_RECORDS:
+            self._records.popleft()
+
+    def adopt(self, rate: Optional[float], measured: bool, grow_from: float, now: float) -> None:
+        """Take over a rate another process learned (through the shared state)."""
+        self.rate = None if rate is None else max(MIN_RATE, float(rate))
+        self.measured = measured and rate is not None
+        self.grow_from = grow_from
+        self.pending_event, self.event_peak = None, None
+        self.epoch += 1
+
+    def share_scale(self, start: float, end: float) -> float:
+        """All processes' sends per send of this one in ``[start, end]`` (1 when not shared): what
+        this process measured is its share of what the server took."""
+        seqs = [r[3] for r in self._records if start <= r[0] <= end and r[3] >= 0]
+        if len(seqs) < 2:
+            return 1.0
+        return max(1.0, (max(seqs) - min(seqs) + 1.0) / len(seqs))
+
+    # ----- the answer side -----
+    def _resolve(self, sent_at: float, outcome: int) -> int:
+        """Record an answer; the number of requests that were in flight when it went (-1: unknown)."""
+        self.in_flight = max(0, self.in_flight - 1)
+        for record in reversed(self._records):
+            if record[0] == sent_at and record[1] == est.PENDING:
+                record[1] = outcome
+                return int(record[2])
+        return -1
+
+    def _trim(self, now: float) -> None:
+        records = self._records
+        keep_after = now - HORIZON
+        if self.pending_event is not None:
+            keep_after = min(keep_after, self.pending_event - HORIZON)
+        while records and records[0][0] < keep_after:
+            records.popleft()
+
+    def answered(self, sent_at: float, now: float) -> None:
+        """A request through this lane got an answer that is not a 429 (or no answer at all)."""
+        self._resolve(sent_at, est.ACCEPTED)
+        self.latencies.append(max(0.0, now - sent_at))
+        gate = self.gate
+        if gate.probe_sent == sent_at:
+            if gate.until > now:
+                if not gate.trusted:  # the probe went through before the named wait was over: it was coarse
+                    self.exactness = self.exactness - 1 if self.exactness <= 0 else 0
+                gate.open(now)  # (in a fixed window: the next window began)
+                self.grow_from = max(self.grow_from, now)
+            else:
+                gate.free_probe()
+        self._settle(now)
+
+    def refused_elsewhere(self, sent_at: float, now: float) -> None:
+        """Another lane's limiter refused a request that went through this lane."""
+        self._resolve(sent_at, est.OTHER)
+        if self.gate.probe_sent == sent_at:
+            self.gate.free_probe()
+        self._settle(now)
+
+    def refused(self, sent_at: Optional[float], now: float, wait: Optional[float], max_gate: float) -> None:
+        """A 429 from this lane's limiter; ``wait`` is the server's (None, or > 0)."""
+        self.rate_limited_count += 1
+        if sent_at is None:
+            sent_at = now
+        in_flight = self._resolve(sent_at, est.LIMITED)
+        self.through_in_window -= 1
+        hold = None if wait is None else min(wait, max_gate)
+        gate = self.gate
+        was_probe = gate.probe_sent == sent_at
+        if was_probe:
+            gate.free_probe()
+        if not self.adaptive:
+            if hold is not None:
+                if gate.until > now:
+                    gate.extend(now + hold, now + (wait or 0.0))
+                else:
+                    gate.shut(now + hold, None, True, now + (wait or 0.0))
+                self.epoch += 1
+            return
+        if sent_at <= self.last_reaction:
+            self._old_news(now, wait, hold)
+        elif not (hold is None and self._concurrency(in_flight, now)):
+            self._react(sent_at, now, wait, hold, was_probe)
+        if wait is not None and self.gate.until > now:
+            self.gate.named_until = max(self.gate.named_until, now + wait)
+        self._settle(now)
+
+    def _concurrency(self, in_flight: int, now: float) -> bool:
+        """A hint-less 429: whether it shows a concurrency limit (then the cap handles it).
+
+        Two 429 events in a row to requests sent with about the same number in flight (within one,
+        at least ``CAP_MIN``) set a cap of the smaller. Under a cap, a 429 at the cap's edge (the cap had grown
+        past the limit) sets it back; one well under it means the limit is not (only) a concurrency
+        limit, and the cap goes."""
+        if in_flight < 0:
+            return False
+        if self.cap is not None:
+            if in_flight >= self.cap - 1:
+                self.cap, self.cap_since = max(1, in_flight), now
+                self.last_reaction = now
+                return True
+            self.cap = None
+            self.refused_at_in_flight.clear()
+            return False
+        history = self.refused_at_in_flight
+        history.append(in_flight)
+        if len(history) == 2 and abs(history[0] - history[1]) <= 1 and min(history) >= CAP_MIN:
+            self.cap, self.cap_since = min(history), now
+            self.rate, self.measured, self.pending_event, self.event_peak = None, False, None, None
+            self.last_reaction = now
+            self.epoch += 1
+            return True
+        return False
+
+    def _old_news(self, now: float, wait: Optional[float], hold: Optional[float]) -> None:
+        """A 429 to a request sent before the last reaction: part of a burst already handled."""
+        if self.rate is not None and not self.measured and wait is not None and wait < 1.0:
+            self.guess_cap = min(self.guess_cap, 1.0 / wait)
+            self.rate = max(MIN_RATE, min(self.rate, self.guess_cap))
+        gate = self.gate
+        if hold is None or wait is None or gate.until <= now:
+            return
+        self._narrow(now, hold)  # the refusals of one burst narrow down where the wait ends
+        if gate.trusted and self.window_budget is not None:  # a fixed window
+            gate.until = min(gate.until, self.window_hi)
+            if gate.probe_sent is None and gate.probe_free(now) and gate.probe_at is None:
+                gate.probe_at = self._window_probe()
+        else:
+            gate.extend(min(now + hold, self.window_hi), now + wait)
+
+    def _react(self, sent_at: float, now: float, wait: Optional[float], hold: Optional[float],
+               was_probe: bool) -> None:
+        self.events += 1
+        self.last_reaction = now
+        self.epoch += 1
+        if was_probe and hold is not None:
+            self.exactness = self.exactness + 1 if self.exactness >= 0 else 0
+        windowed = self.gate.trusted and self.gate.until > now and was_probe
+        if hold is not None and hold >= LONG_GATE and self.exactness >= 2 \
+                and (self.through_in_window >= WINDOW_MIN or windowed):
+            # The server's waits are exact and it takes requests in batches (a fixed window): its
+            # gate governs, not pacing. What it let through since the last such gate is its window.
+            if self.through_in_window >= WINDOW_MIN:
+                self.window_budget = self.through_in_window
+            self.rate, self.measured, self.pending_event = None, False, None
+            self._window_gate(now, hold, fresh=not windowed)
+            self.pacer.restart(now)
+            return
+        current = self.current_rate(now)
+        if self.rate is None or current is None:
+            self.rate = self._first_guess(now, wait)
+            self.measured = False
+            self.refine_guess = True
+        else:
+            self.rate = max(MIN_RATE, current * DECREASE)
+            self.event_peak = current if self.event_peak is None else max(self.event_peak, current)
+        self.grow_from = now
+        self.pending_event = sent_at
+        self.pacer.restart(now + 1.0 / self.rate)
+        if hold is None:
+            return
+        if not was_probe:
+            self.window_lo, self.window_hi, self.window_probes = _NEVER, float("inf"), 0
+            self._narrow(now, hold)
+        probe_delay = max(2.0 / self.rate, PROBE_SHARE * hold)
+        coarse = self.exactness <= -2 and self.events % 4 != 0
+        if hold <= 1.5 * probe_delay:
+            self.gate.shut(now + hold, None, trusted=False)  # a short wait: everyone waits it out
+        elif was_probe:  # the probe was refused: the rest of the wait is real
+            self._narrow(now, hold)
+            self._full_gate(min(now + hold, self.window_hi), False, now)
+        elif not coarse:
+            self.gate.shut(now + hold, now + probe_delay, trusted=False)
+            self.grow_from = now + probe_delay
+
+    def _window_gate(self, now: float, hold: float, fresh: bool) -> None:
+        """Shut until a fixed window's end. A wait in whole seconds is rounded up (``Retry-After``
+        never sends a client back early), so the end lies in ``(now + hold - 1, now + hold]``; the
+        refusals of one window narrow that down, and a probe halves what is left until it is
+        ``WINDOW_PRECISION`` wide."""
+        if fresh:
+            self.window_lo, self.window_hi, self.window_probes = _NEVER, float("inf"), 0
+        self._narrow(now, hold)
+        self._full_gate(self.window_hi, True, now, probe_at=self._window_probe())
+
+    def _narrow(self, now: float, hold: float) -> None:
+        whole = abs(hold - round(hold)) < 1e-6
+        lo, hi = (now + hold - 1.0 if whole else now + hold), now + hold
+        if max(lo, self.window_lo) > min(hi, self.window_hi):  # inconsistent: start afresh
+            self.window_lo, self.window_hi = lo, hi
+        else:
+            self.window_lo, self.window_hi = max(lo, self.window_lo), min(hi, self.window_hi)
+
+    def _window_probe(self) -> Optional[float]:
+        """When to probe for the window's start: the middle of where it may be, while probes are
+        left (each refused one is a 429: a window of N requests affords N // 40, one before its
+        size is known) and the place is not yet known to ``WINDOW_PRECISION``."""
+        allowed = 1 if self.window_budget is None else self.window_budget // 40
+        if self.window_hi - self.window_lo <= WINDOW_PRECISION or self.window_probes >= allowed:
+            return None
+        self.window_probes += 1
+        return (self.window_lo + self.window_hi) / 2.0
+
+    def _full_gate(self, until: float, trusted: bool, now: float, probe_at: Optional[float] = None) -> None:
+        """A gate that runs its full length (or until its probe is accepted); window counts start
+        again at its end, and so do rate measurements when it is long (a bucket may fill up
+        meanwhile, and the client's own wait must not read as a slow server)."""
+        self.gate.shut(until, probe_at, trusted=trusted)
+        if until - now >= LONG_GATE:
+            self.barrier = until
+        self.grow_from = until
+        self.admitted_in_window = self.through_in_window = 0
+
+    def _first_guess(self, now: float, wait: Optional[float]) -> float:
+        through = est.let_through(self._records, now - 1.0, now + 1e-9) * self.share_scale(now - 1.0, now)
+        guess = max(1.0, through)
+        self.guess_cap = 1.0 / wait if wait is not None and wait < 1.0 else UNLIMITED
+        return max(MIN_RATE, min(guess, self.guess_cap))
+
+    def _settle(self, now: float) -> None:
+        """Measure a pending event once every request sent before it has its answer."""
+        if self.rate is not None and self.current_rate(now) is None:
+            self.rate, self.measured = None, False  # grown far past any demand: pacing stops
+        pending = self.pending_event
+        if pending is None or est.unanswered_before(self._records, pending):
+            self._trim(now)
+            return
+        self.pending_event = None
+        if self.refine_guess:
+            self.refine_guess = False
+            self._refine_guess(pending, now)
+        measured = est.measure(self._records, pending, self.barrier)
+        self._trim(now)
+        if measured is None or measured.accepted < 4 or self.rate is None:
+            return
+        rate = measured.rate * self.share_scale(pending - measured.span, pending)
+        peak, self.event_peak = self.event_peak, None
+        if peak is not None and not measured.saturated and peak > rate:
+            # Little was refused inside the stretch: the client may have sent less than the server
+            # would take (a concurrency limit, or a bucket that filled up, wastes what is not used),
+            # so the measurement is a floor, and the rate that drew the refusal a ceiling. That
+            # matters after a guess that grew from below, and when the limit rose (the measurement
+            # is well above the last one); otherwise the measurement stands.
+            if not self.measured:
+                rate = max(rate, PEAK_SHARE * peak)
+            elif self.last_measured is not None and rate > ROSE * self.last_measured:
+                rate = math.sqrt(rate * peak)
+        self.last_measured = measured.rate
+        self.rate = max(MIN_RATE, rate * MARGIN)
+        self.measured = True
+        self.grow_from = max(self.grow_from, now)
+
+    def _refine_guess(self, event_sent: float, now: float) -> None:
+        """Raise the first guess, once its burst's answers are in, to what the server let through
+        per answer time (never above the cap a short wait set)."""
+        latency = self.typical_latency()
+        if self.rate is None or latency <= 0.0:
+            return
+        through = est.let_through(self._records, event_sent - 1.0, event_sent + 1e-9) \
+            * self.share_scale(event_sent - 1.0, event_sent)
+        self.rate = max(self.rate, min(self.guess_cap, through / max(latency, 0.005)))
+
+    def status_rate(self, now: float) -> Optional[float]:
+        rate = self.current_rate(now)
+        if self.fixed_interval:
+            fixed = 1.0 / self.fixed_interval
+            rate = fixed if rate is None else min(rate, fixed)
+        return rate
+
+
+def finite_positive(value: Optional[float]) -> Optional[float]:
+    """``value`` when it is a usable wait (finite and > 0), else None."""
+    if value is None or not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) and value > 0.0 else None

@@ -1,0 +1,126 @@
+"""State shared by the processes on one machine: a small file under an exclusive ``flock``.
+
+The file holds one JSON object: the key-wide lane's chain of send slots (its next slot, and a
+generation bumped when a process restarts the chain because the rate changed), the last measured
+rate, and a count of all sends (so that each process can scale what it measured by its share of
+the traffic). Gates stay per process: each process sees its own 429s. Times are
+``time.monotonic()`` seconds, which on one machine every process reads alike; ``base`` (wall
+clock minus monotonic clock when written) tells a file written before a reboot, which is then
+ignored.
+
+Safe when a process dies holding the lock: the kernel releases an ``flock`` with its last open
+file description. Each process opens the file itself (again after a ``fork``: a description
+inherited across ``fork`` would share the lock with the parent). A write happens under the lock
+and replaces the whole content; a file left half-written by a crash reads as empty state. On a
+filesystem without working locks (``flock`` fails: some NFS or FUSE mounts, or no ``fcntl`` at all)
+the state falls back to this process alone, with one warning.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, Optional
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on POSIX
+    fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger("openrouter_sync")
+
+State = Dict[str, Any]
+_REBOOT_TOLERANCE = 5.0  # seconds the wall and monotonic clocks may drift apart before a file reads as stale
+_MAX_BYTES = 4096
+
+
+def _clock_base() -> float:
+    return time.time() - time.monotonic()
+
+
+class SharedState:
+    """One state file. ``locked()`` yields its content as a dict to read and change (None when
+    the file cannot be locked); changes are written back before the lock is released."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(os.path.expanduser(path))
+        self._fd: Optional[int] = None
+        self._pid = 0
+        self._open_lock = threading.Lock()
+        self.usable = fcntl is not None
+        self.lock_seconds = 0.0  # time spent in locked() so far (its cost, measured)
+        self.lock_count = 0
+        if not self.usable:
+            logger.warning("shared rate-limit state %s: no fcntl on this platform; each process keeps its own",
+                           self.path)
+
+    def __repr__(self) -> str:
+        return f"SharedState({self.path!r}, usable={self.usable})"
+
+    def _descriptor(self) -> int:
+        with self._open_lock:
+            if self._fd is None or self._pid != os.getpid():
+                directory = os.path.dirname(self.path)
+                if directory:
+                    os.makedirs(directory, mode=0o700, exist_ok=True)
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                self._pid = os.getpid()
+            return self._fd
+
+    def close(self) -> None:
+        with self._open_lock:
+            if self._fd is not None and self._pid == os.getpid():
+                os.close(self._fd)
+            self._fd = None
+
+    @contextmanager
+    def locked(self) -> Iterator[Optional[State]]:
+        """The state under an exclusive lock (None when locking is impossible here)."""
+        if not self.usable or fcntl is None:
+            yield None
+            return
+        started = time.perf_counter()
+        try:
+            fd = self._descriptor()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            self.usable = False
+            why = errno.errorcode.get(exc.errno or 0, str(exc))
+            logger.warning("shared rate-limit state %s cannot be locked (%s); each process keeps its own",
+                           self.path, why)
+            yield None
+            return
+        try:
+            state = self._read(fd)
+            before = dict(state)
+            yield state
+            if state != before:
+                data = json.dumps(state, separators=(",", ":")).encode("ascii")
+                os.pwrite(fd, data, 0)
+                os.ftruncate(fd, len(data))
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            self.lock_seconds += time.perf_counter() - started
+            self.lock_count += 1
+
+    @staticmethod
+    def _read(fd: int) -> State:
+        raw = os.pread(fd, _MAX_BYTES, 0)
+        base = _clock_base()
+        try:
+            state = json.loads(raw.decode("ascii")) if raw else {}
+        except (UnicodeDecodeError, ValueError):
+            state = {}  # half-written by a process that died: start afresh
+        try:
+            stale = not isinstance(state, dict) or abs(float(state.get("base", base)) - base) > _REBOOT_TOLERANCE
+        except (TypeError, ValueError):
+            stale = True
+        if stale:
+            state = {}  # written before a reboot (its times mean nothing now), or not ours
+        state["base"] = round(base, 3) if "base" not in state else state["base"]
+        return state

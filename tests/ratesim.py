@@ -1,0 +1,402 @@
+"""A deterministic discrete-event simulator for the throttle: virtual worker threads against server models.
+
+Each worker is a real thread, but only one runs at a time: ``VirtualTime.sleep`` hands control back
+to the scheduler, which wakes the thread with the earliest wake time (ties in the order they fell
+asleep) after moving the virtual clock there. So a run is deterministic, takes no wall-clock
+sleeps, and the throttle under test is exercised through its public surface only, with the
+virtual clock injected as its clock and the virtual sleep as the sleep it is given.
+
+Server models answer at the virtual time of the send: a token bucket (its rate may change at set
+times), a fixed window, a concurrency limit, a storm of hint-less refusals, and a composite with
+per-model and ``:free`` limits. A refusal's wait reaches the client in one of several *styles*,
+as a client would parse it: exact seconds, whole seconds, an HTTP-date, milliseconds, a reset
+time, a body text, or nothing.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from openrouter_sync.throttle import Throttle
+
+EPOCH = 1_700_000_000.37  # the virtual clock reads like wall time, so HTTP-dates round as they would
+
+
+class VirtualTime:
+    """A virtual clock and a scheduler that runs one thread at a time in wake-time order."""
+
+    def __init__(self, start: float = EPOCH) -> None:
+        self.now = start
+        self._heap: List[Tuple[float, int, threading.Event]] = []
+        self._seq = itertools.count()
+        self._yielded = threading.Event()
+        self.errors: List[BaseException] = []
+        self.wakeups = 0
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        if not seconds >= 0.0:
+            raise ValueError(f"sleep({seconds!r})")
+        wake = threading.Event()
+        heapq.heappush(self._heap, (self.now + seconds, next(self._seq), wake))
+        self._yielded.set()
+        wake.wait()
+
+    def spawn(self, target: Callable[[], None], after: float = 0.0) -> None:
+        wake = threading.Event()
+        heapq.heappush(self._heap, (self.now + after, next(self._seq), wake))
+
+        def run() -> None:
+            wake.wait()
+            try:
+                target()
+            except BaseException as exc:  # reported by run()
+                self.errors.append(exc)
+            finally:
+                self._yielded.set()
+
+        threading.Thread(target=run, daemon=True).start()
+
+    def run(self, limit: float = 1e6) -> None:
+        """Run until every thread has finished (or the virtual time passes ``limit`` seconds)."""
+        start = self.now
+        while self._heap:
+            when, _, wake = heapq.heappop(self._heap)
+            if when - start > limit:
+                raise RuntimeError(f"simulation still running after {limit} virtual seconds")
+            self.now = max(self.now, when)
+            self._yielded.clear()
+            wake.set()
+            self._yielded.wait()
+            self.wakeups += 1
+        if self.errors:
+            raise self.errors[0]
+
+
+# ----- how a wait reaches the client -----
+def parsed_wait(style: str, true_wait: float, now: float, reset: Optional[float] = None) -> Optional[float]:
+    """The wait a client parses from a refusal whose true wait is ``true_wait`` seconds."""
+    if style == "exact":  # Retry-After: 0.237
+        return true_wait
+    if style == "ms":  # retry-after-ms
+        return round(true_wait * 1000.0) / 1000.0
+    if style in ("whole", "body"):  # Retry-After: 1 / "Please retry after 1 seconds"
+        return float(max(1, math.ceil(true_wait - 1e-9)))
+    if style == "http-date":  # a date: whole seconds, truncated; may already be past (parsed as 0)
+        return max(0.0, math.floor(now + true_wait) - now)
+    if style == "reset":  # only X-RateLimit-Reset (epoch ms): when the limiter is full again
+        return round((true_wait if reset is None else reset) * 1000.0) / 1000.0
+    if style == "none":
+        return None
+    raise ValueError(style)
+
+
+@dataclass
+class Answer:
+    status: int
+    wait: Optional[float] = None  # as parsed by the client
+    scope: Optional[str] = None  # the scope the client's classifier would name
+    latency: float = 0.0
+
+
+class Server:
+    """A server model: ``handle`` at the time of the send, ``finish`` when an accepted answer is out."""
+
+    latency = 0.05
+    refusal_latency = 0.002  # 429s are answered at once: one network round trip
+
+    def handle(self, now: float, model: str) -> Answer:
+        raise NotImplementedError
+
+    def finish(self, now: float) -> None:
+        pass
+
+    def ideal(self, n: int) -> float:
+        raise NotImplementedError
+
+    def ok(self) -> Answer:
+        return Answer(200, latency=self.latency)
+
+    def refuse(self, wait: Optional[float], scope: Optional[str] = None) -> Answer:
+        return Answer(429, wait, scope, self.refusal_latency)
+
+
+class TokenBucket(Server):
+    """``rate`` a second, ``burst`` at once; ``changes``: (seconds after the start, new rate)."""
+
+    def __init__(self, rate: float, burst: int, style: str, changes: Sequence[Tuple[float, float]] = (),
+                 start: float = EPOCH) -> None:
+        self.burst = burst
+        self.style = style
+        self.start = start
+        self.schedule = [(start, rate)] + [(start + t, r) for t, r in changes]
+        self.tokens = float(burst)
+        self.stamp = start
+
+    def rate_at(self, t: float) -> float:
+        rate = self.schedule[0][1]
+        for at, r in self.schedule:
+            if at <= t:
+                rate = r
+        return rate
+
+    def _refill(self, now: float) -> None:
+        t = self.stamp
+        for at, _ in [*self.schedule[1:], (now, 0.0)]:
+            if at <= t:
+                continue
+            end = min(at, now)
+            self.tokens = min(float(self.burst), self.tokens + (end - t) * self.rate_at(t))
+            t = end
+            if t >= now:
+                break
+        self.stamp = now
+
+    def handle(self, now: float, model: str) -> Answer:
+        self._refill(now)
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return self.ok()
+        rate = self.rate_at(now)
+        true_wait = (1.0 - self.tokens) / rate
+        full = (self.burst - self.tokens) / rate
+        return self.refuse(parsed_wait(self.style, true_wait, now, reset=full))
+
+    def ideal(self, n: int) -> float:
+        """When the n-th token is there, plus one answer time (every request sent the moment it can be)."""
+        tokens, t, got, dt = float(self.burst), self.start, 0, 0.0005
+        got = min(n, int(tokens))
+        tokens -= got
+        while got < n:
+            t += dt
+            tokens += dt * self.rate_at(t)
+            if tokens >= 1.0:
+                take = min(n - got, int(tokens))
+                got += take
+                tokens -= take
+        return t - self.start + self.latency
+
+
+class FixedWindow(Server):
+    """``limit`` requests per ``window`` seconds; a refusal's wait runs to the window's end."""
+
+    def __init__(self, limit: int, window: float, style: str, start: float = EPOCH) -> None:
+        self.limit, self.window, self.style = limit, window, style
+        self.origin = math.floor(start / window) * window  # windows aligned to the epoch, like real ones
+        self.start = start
+        self.counts: Dict[int, int] = {}
+
+    def handle(self, now: float, model: str) -> Answer:
+        index = int((now - self.origin) // self.window)
+        used = self.counts.get(index, 0)
+        if used < self.limit:
+            self.counts[index] = used + 1
+            return self.ok()
+        end = self.origin + (index + 1) * self.window
+        return self.refuse(parsed_wait(self.style, end - now, now))
+
+    def ideal(self, n: int) -> float:
+        first = self.origin + self.window - self.start  # what is left of the first window
+        return (first + (math.ceil(n / self.limit) - 2) * self.window if n > self.limit else 0.0) + self.latency
+
+
+class Concurrency(Server):
+    """An upstream that refuses, with no hint, while ``limit`` requests are in flight."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+    def handle(self, now: float, model: str) -> Answer:
+        if self.active >= self.limit:
+            return self.refuse(None)
+        self.active += 1
+        return self.ok()
+
+    def finish(self, now: float) -> None:
+        self.active -= 1
+
+    def ideal(self, n: int) -> float:
+        return math.ceil(n / self.limit) * self.latency
+
+
+class Storm(Server):
+    """Refuses everything, with no hint, for ``seconds``; then answers as ``after`` does."""
+
+    def __init__(self, seconds: float, after: Server, start: float = EPOCH) -> None:
+        self.until = start + seconds
+        self.seconds = seconds
+        self.after = after
+
+    def handle(self, now: float, model: str) -> Answer:
+        return self.refuse(None) if now < self.until else self.after.handle(now, model)
+
+    def finish(self, now: float) -> None:
+        self.after.finish(now)
+
+    def ideal(self, n: int) -> float:
+        return self.seconds + self.after.ideal(n)
+
+
+class Unlimited(Server):
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+
+    def handle(self, now: float, model: str) -> Answer:
+        return self.ok()
+
+    def ideal(self, n: int) -> float:
+        return math.ceil(n / self.workers) * self.latency
+
+
+@dataclass
+class Scoped(Server):
+    """A healthy key-wide server, plus limits of one scope each:
+    ``free_quota_reset``: every ``:free`` model is over its daily quota (429, scope ``free``, the wait in hours);
+    ``model_limits``: model id -> its own server model (429s from it carry scope ``model:<id>``);
+    ``unavailable``: model id -> 503 with this ``Retry-After`` (never reported to the throttle)."""
+
+    free_quota_reset: Optional[float] = None
+    model_limits: Dict[str, Server] = field(default_factory=dict)
+    unavailable: Dict[str, float] = field(default_factory=dict)
+    workers: int = 32
+
+    def handle(self, now: float, model: str) -> Answer:
+        if model in self.unavailable:
+            return Answer(503, self.unavailable[model], None, self.refusal_latency)
+        if model.endswith(":free") and self.free_quota_reset is not None:
+            return self.refuse(self.free_quota_reset, "free")
+        limit = self.model_limits.get(model)
+        if limit is not None:
+            answer = limit.handle(now, model)
+            if answer.status == 429:
+                answer.scope = f"model:{model}"
+            return answer
+        return self.ok()
+
+    def ideal(self, n: int) -> float:
+        return math.ceil(n / self.workers) * self.latency
+
+
+# ----- clients -----
+def scopes_for(model: str) -> Tuple[str, ...]:
+    return (f"model:{model}", "free") if model.endswith(":free") else (f"model:{model}",)
+
+
+@dataclass
+class Run:
+    makespan: float
+    ideal: float
+    prompts: int
+    requests: int
+    refusals: int
+    failures: int
+    finished_at: Dict[str, float]
+    throttle: Optional[Throttle]
+    waited: Dict[str, float] = field(default_factory=dict)  # per prompt: seconds spent in acquire
+
+    @property
+    def ratio(self) -> float:
+        return self.makespan / self.ideal
+
+    @property
+    def share_429(self) -> float:
+        return self.refusals / self.prompts
+
+
+def simulate(server: Server, n: int = 300, workers: int = 32, *, plain: bool = False,
+             throttle: Optional[Throttle] = None, models: Sequence[str] = ("openai/gpt-4o-mini",),
+             seed: int = 1, stagger: float = 0.0003, max_attempts: int = 60, max_wait: float = 120.0,
+             clock: Optional[VirtualTime] = None,
+             sample: Optional[Tuple[float, Callable[[float], None]]] = None) -> Run:
+    """Run ``n`` prompts (model ``models[i % len(models)]``) through ``workers`` virtual threads.
+
+    The library's client: ``acquire``, send, wait the answer's latency, report it; after a 429,
+    wait the named wait (a floor for that request) or else an exponential back-off
+    (0.2 * 2**(k-1), jitter 50%), then try again; a 503 is retried the same way and never
+    reported as a 429. ``plain=True``: the usual hand-written loop instead (no throttle, tenacity's
+    ``wait_exponential_jitter(initial=0.1, max=5)``, waits named by the server ignored).
+    ``sample``: (every, callback) to call ``callback(seconds since the start)`` while workers run.
+    """
+    vt = clock or VirtualTime()
+    start = vt.now
+    if throttle is None and not plain:
+        throttle = Throttle(clock=vt.time)
+    rng = random.Random(seed)
+    queue = list(range(n))
+    queue.reverse()
+    counts = {"requests": 0, "refusals": 0, "failures": 0}
+    finished: Dict[str, float] = {}
+    waited: Dict[str, float] = {}
+    last = [start]
+
+    def backoff(attempt: int) -> float:
+        if plain:
+            return min(0.1 * 2.0 ** (attempt - 1) + rng.uniform(0.0, 1.0), 5.0)
+        return min(10.0, 0.2 * 2.0 ** (attempt - 1)) * (1.0 - 0.5 * rng.random())
+
+    def one(index: int) -> None:
+        model = models[index % len(models)]
+        scopes = scopes_for(model)
+        for attempt in range(1, max_attempts + 1):
+            ticket = None
+            if throttle is not None:
+                ticket = throttle.acquire(vt.sleep, max_wait, scopes=scopes)
+                waited[f"{index}"] = waited.get(f"{index}", 0.0) + ticket.waited
+                if not ticket.admitted:
+                    counts["failures"] += 1  # the lead's retry code gives up here
+                    return
+            counts["requests"] += 1
+            answer = server.handle(vt.now, model)
+            vt.sleep(answer.latency)
+            if answer.status == 200:
+                server.finish(vt.now)
+                if throttle is not None and ticket is not None:
+                    throttle.on_answer(ticket)
+                finished[f"{index}"] = vt.now
+                last[0] = max(last[0], vt.now)
+                return
+            if answer.status == 429:
+                counts["refusals"] += 1
+                if throttle is not None and ticket is not None:
+                    throttle.on_rate_limited(ticket, answer.wait, answer.scope)
+            elif throttle is not None and ticket is not None:
+                throttle.on_answer(ticket)  # a 503: an answer; its wait never reaches the throttle
+            wait = answer.wait if answer.wait is not None and not plain else backoff(attempt)
+            if wait > max_wait:
+                counts["failures"] += 1  # the retry policy gives up on waits this long
+                return
+            if wait > 0:
+                vt.sleep(wait)
+        counts["failures"] += 1
+
+    alive = [workers]
+
+    def worker() -> None:
+        while queue:
+            one(queue.pop())
+        alive[0] -= 1
+
+    for i in range(workers):
+        vt.spawn(worker, after=i * stagger)
+    if sample is not None:
+        every, callback = sample
+
+        def sampler() -> None:
+            while alive[0]:
+                callback(vt.now - start)
+                vt.sleep(every)
+
+        vt.spawn(sampler)
+    vt.run()
+    return Run(makespan=last[0] - start, ideal=server.ideal(n), prompts=n, requests=counts["requests"],
+               refusals=counts["refusals"], failures=counts["failures"], finished_at=finished, throttle=throttle,
+               waited=waited)
