@@ -108,10 +108,7 @@ class BodyDecoder:
         waits in ``pending`` (so a small read can never become a huge allocation)."""
         if self._inflate is not None:
             data = self._inflate.decompress(self._inflate.unconsumed_tail + data, INFLATE_STEP)
-        self.size += len(data)
-        if self.size > self.limit:
-            self._too_large()
-        return data
+        return self._count(data)
 
     @property
     def pending(self) -> bool:
@@ -119,9 +116,10 @@ class BodyDecoder:
         return self._inflate is not None and bool(self._inflate.unconsumed_tail)
 
     def flush(self) -> bytes:
-        return self.decode(b"") if self._inflate is None else self.decode_tail(self._inflate.flush())
+        """What is left at the end of the body."""
+        return self._count(self._inflate.flush() if self._inflate is not None else b"")
 
-    def decode_tail(self, data: bytes) -> bytes:
+    def _count(self, data: bytes) -> bytes:
         self.size += len(data)
         if self.size > self.limit:
             self._too_large()

@@ -125,16 +125,7 @@ class HostileServer:
             filler.close()
         with self._lock:
             sockets = list(self._sockets)
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for thread in list(self._threads):
-            if thread is not threading.current_thread():
-                thread.join(2.0)
-        if self._listener is not None:
-            self._listener.close()
+        close_all(sockets, self._threads, self._listener)
 
     def __enter__(self) -> HostileServer:
         return self.start()
@@ -580,3 +571,18 @@ def tls_context(ca: Any) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
     return context
+
+
+def close_all(sockets: list[socket.socket], threads: list[threading.Thread],
+              listener: Optional[socket.socket]) -> None:
+    """Stop a test server: cut its connections, wait for its threads, close its listener."""
+    for sock in sockets:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    for thread in list(threads):
+        if thread is not threading.current_thread():
+            thread.join(2.0)
+    if listener is not None:
+        listener.close()

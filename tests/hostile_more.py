@@ -10,7 +10,7 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from hostile import HostileServer, completion
+from hostile import HostileServer, close_all, completion
 
 #: A legal JSON integer with 401 digits: ``float()`` of it raises ``OverflowError``.
 BIG_INT = "1" + "0" * 400
@@ -133,16 +133,7 @@ class RawServer:
             self._timer.cancel()
         with self._lock:
             sockets = list(self._sockets)
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for thread in list(self._threads):
-            if thread is not threading.current_thread():
-                thread.join(2.0)
-        if self._listener is not None:
-            self._listener.close()
+        close_all(sockets, self._threads, self._listener)
 
 
 def read_head(sock: socket.socket, limit: int = 1 << 16) -> bytes:
