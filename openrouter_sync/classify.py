@@ -109,9 +109,9 @@ def _as_str(value: Any) -> Optional[str]:
 
 
 def meta_str(value: Any) -> Optional[str]:
-    """A short label a server sent (model, id, provider, ...): cleaned, redacted (a server may echo
-    the key anywhere), at most 300 characters; None when it is not a string."""
-    return bounded(value, _SNIPPET) if isinstance(value, str) else None
+    """A short label a server sent (model, id, provider, ...): cleaned, at most 300 characters, any
+    key in it redacted (a server may echo the key anywhere); None when it is not a string."""
+    return redact(clean_text(value[:_SNIPPET])) if isinstance(value, str) else None
 
 
 def apply_usage(result: ExecutionResult, data: Mapping[str, Any]) -> None:
