@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 import http.client
 import itertools
+import os
 import socket
 import threading
 import time
@@ -178,6 +179,16 @@ class _Watchdog:
 
 
 _watchdog = _Watchdog()
+
+
+def _renew_after_fork() -> None:
+    """In a forked child: a fresh watchdog (the parent's thread is not there, its lock may be held)."""
+    global _watchdog
+    _watchdog = _Watchdog()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_after_fork)
 
 
 def current() -> Optional[Deadline]:

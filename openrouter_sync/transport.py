@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import http.cookiejar
+import os
 import socket
 import threading
 import zlib
@@ -234,6 +235,7 @@ class Transport:
         self._session, self._adapter = self._open_session()
         self._env = self._session.merge_environment_settings(self.base_url + "/", {}, None, None, None)
         self._closed = False
+        self._pid = os.getpid()
 
     def _open_session(self) -> tuple[requests.Session, DeadlineAdapter]:
         session = NoRedirectSession()
@@ -274,8 +276,8 @@ class Transport:
              body: Optional[bytes] = None, params: Optional[Mapping[str, str]] = None,
              headers: Optional[Mapping[str, str]] = None) -> Response:
         """Send one request and wait for the answer's head. Raises ``TransportError``."""
-        if self._closed:  # used again after close(): open a fresh pool, as the reference's lazy client did
-            self._reopen()
+        if self._closed or self._pid != os.getpid():
+            self._reopen()  # after close(), as the reference's lazy client did; or in a forked child
         timeout = max(0.001, min(self.connect_timeout, deadline.remaining())), max(0.001, deadline.remaining())
         env = self._env
         verify = True if env["verify"] is None else env["verify"]
@@ -306,6 +308,15 @@ class Transport:
             deadline.finish()
 
     def _reopen(self) -> None:
+        if self._pid != os.getpid():
+            # A forked child (gunicorn --preload, Celery prefork, multiprocessing) must never use the
+            # parent's pooled connections: two processes reading one socket cross their answers.
+            # They are abandoned, not closed (closing could disturb the parent's use of them).
+            self._lock = threading.Lock()
+            self._session, self._adapter = self._open_session()
+            self._pid = os.getpid()
+            self._closed = False
+            return
         with self._lock:
             if self._closed:
                 self._session, self._adapter = self._open_session()
