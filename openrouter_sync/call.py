@@ -84,7 +84,7 @@ class CallRecord:
 def unconfigured_result(spec: CallSpec, why: str) -> ExecutionResult:
     """The result of a call that could not be made for want of a usable key (nothing is sent)."""
     logger.error("configuration error: %s; no request sent", why)
-    return ExecutionResult(False, "", why, 0.0, exit_code=1, started_at=utc_now(), model=spec.model,
+    return ExecutionResult(False, "", why, 0.0, exit_code=1, started_at=utc_now(), model=spec.model, attempts=0,
                            error_type=ErrorType.CONFIGURATION, error_message=why, sheet_id=spec.sheet_id)
 
 

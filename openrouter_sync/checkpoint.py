@@ -171,6 +171,9 @@ def read_records(path: PathLike) -> dict[str, Record]:
     path = Path(path)
     if not path.exists():
         return records
+    if not path.is_file():  # a device or a pipe (/dev/full reads zeros forever): nothing to resume from
+        logger.warning("checkpoint %s is not a regular file; nothing is read from it", path)
+        return records
     old = bad = 0
     with open(path, encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, 1):

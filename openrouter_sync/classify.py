@@ -86,7 +86,7 @@ class Outcome:
         message = self.message
         result = ExecutionResult(
             success=False, stdout=self.partial_text, stderr=message, duration_seconds=duration,
-            exit_code=self.exit_code, exit_reason="timeout" if self.error_type == ErrorType.TIMEOUT else "completed",
+            exit_code=self.exit_code, exit_reason=_EXIT_REASONS.get(self.error_type, "completed"),
             started_at=started_at, rate_limited=self.rate_limited,
             rate_limit_wait_seconds=self.retry_after if self.rate_limited else None,
             error_type=self.error_type or ErrorType.INVALID_RESPONSE, error_message=message, model=requested_model,
@@ -98,6 +98,10 @@ class Outcome:
             result.model = meta_str(self.data.get("model")) or requested_model
             result.finish_reason = meta_str(_first_choice(self.data).get("finish_reason"))
         return result
+
+
+#: exit_reason of a failed result ("killed" for a cancelled call, as run_sheets' cancelled sheets say)
+_EXIT_REASONS: dict[Optional[ErrorType], str] = {ErrorType.TIMEOUT: "timeout", ErrorType.CANCELLED: "killed"}
 
 
 def _as_int(value: Any) -> Optional[int]:

@@ -184,6 +184,9 @@ def check_output(output: str, source: Optional[str]) -> None:
             same = False
         if same:
             raise UsageError(f"-o/--output {output} is the input file; write the results to another file")
+    if path.suffix.lower() in (".csv", ".tsv", ".txt", ".json") and not path.exists():
+        raise UsageError(f"-o/--output {output}: results are JSONL; name a .jsonl file (for CSV, run "
+                         "`openrouter-sync export RESULTS.jsonl -o final.csv` afterwards)")
     if path.exists() and not _is_results_file(path):
         raise UsageError(f"-o/--output {output} exists and is not an openrouter-sync results file; "
                          "refusing to write into it (choose another -o)")
@@ -286,6 +289,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     result = stream.result
     assert result is not None
     sys.stdout.write("\n")
+    sys.stdout.flush()  # the answer's last line before the stats on stderr, also when both are piped
     if not result.success:
         _err(f"{result.error_type} (exit {result.exit_code}): {result.error_message}")
         return EXIT_FAILED
@@ -428,7 +432,7 @@ def _number(kind: Callable[[str], Any], low: float, high: float = math.inf,
 
 def build_parser() -> argparse.ArgumentParser:
     temperature, max_tokens = _backend_default("temperature"), _backend_default("max_tokens")
-    parser = argparse.ArgumentParser(prog="openrouter-sync", description=__doc__,
+    parser = argparse.ArgumentParser(prog="openrouter-sync", description=(__doc__ or "").replace("``", ""),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"openrouter-sync {__version__}")
 

@@ -57,6 +57,9 @@ class Progress:
         self._last = 0.0
         self._shown = 0  # the ``done`` count the text meter last showed
         self._min_interval = min_interval
+        self._tty = bool(getattr(self._file, "isatty", lambda: False)())  # else: whole lines, less often
+        if not self._tty:
+            self._min_interval = max(min_interval, 2.0)
         if mode is True:
             try:
                 from tqdm.auto import tqdm
@@ -93,7 +96,7 @@ class Progress:
             if now - self._last >= self._min_interval or info.done == info.total:
                 self._last = now
                 self._shown = info.done
-                self._file.write("\r" + info.line())
+                self._file.write("\r" + info.line() if self._tty else info.line() + "\n")
                 self._file.flush()
 
     def close(self) -> None:
@@ -101,6 +104,9 @@ class Progress:
             self._bar.close()
             self._bar = None
         elif self._text and self.info.done:
-            self._file.write(("" if self._shown == self.info.done else "\r" + self.info.line()) + "\n")
+            if self._tty:
+                self._file.write(("" if self._shown == self.info.done else "\r" + self.info.line()) + "\n")
+            elif self._shown != self.info.done:
+                self._file.write(self.info.line() + "\n")
             self._file.flush()
             self._text = False

@@ -12,6 +12,8 @@ from .server import FakeOpenRouter
 OFFLINE_ENV = "OPENROUTER_SYNC_OFFLINE"
 OFFLINE_NOTICE = ("OFFLINE: answers come from openrouter-sync's built-in fake server on 127.0.0.1, "
                   "not from a model. Set OPENROUTER_API_KEY to use OpenRouter.")
+OFFLINE_NOTICE_WITH_KEY = ("OFFLINE: answers come from openrouter-sync's built-in fake server on 127.0.0.1, "
+                           "not from a model (offline was asked for; OPENROUTER_API_KEY is set but not used).")
 
 
 def offline_wanted(mode: Optional[str] = None, api_key_env: str = "OPENROUTER_API_KEY") -> bool:
@@ -36,7 +38,8 @@ def demo_backend(offline: Optional[str] = "auto", notice: Optional[TextIO] = Non
         with OpenRouterBackend(**backend_options) as backend:
             yield backend
         return
-    print(OFFLINE_NOTICE, file=notice or sys.stderr, flush=True)
+    has_key = bool(os.environ.get(backend_options.get("api_key_env", "OPENROUTER_API_KEY")))
+    print(OFFLINE_NOTICE_WITH_KEY if has_key else OFFLINE_NOTICE, file=notice or sys.stderr, flush=True)
     with FakeOpenRouter() as server:
         backend_options.update(base_url=server.base_url, api_key="offline-fake-key")
         with OpenRouterBackend(**backend_options) as backend:
