@@ -126,6 +126,8 @@ class Throttle:
                 or not math.isfinite(max_gate_seconds) or max_gate_seconds <= 0:
             raise ValueError(f"max_gate_seconds must be > 0, got {max_gate_seconds!r}")
         self._clock = clock
+        # Wall time, to see where an HTTP-date's wait ends (an injected clock is taken as reading like wall time).
+        self._wall: Callable[[], float] = time.time if clock is time.monotonic else clock
         self._lock = threading.Lock()
         self._adaptive = bool(adaptive)
         self._max_gate = float(max_gate_seconds)
@@ -444,8 +446,16 @@ class Throttle:
             for name in (KEY_SCOPE, *ticket.scopes):
                 if name != target and ticket.sent_at is not None:
                     self._lane(name).refused_elsewhere(ticket.sent_at, now)
-            self._lane(target).refused(ticket.sent_at, now, hint, self._max_gate)
+            self._lane(target).refused(ticket.sent_at, now, hint, self._max_gate, self._on_second(hint))
             self._publish(before, now)
+
+    def _on_second(self, wait: Optional[float]) -> bool:
+        """Whether a wait under a second ends on a whole second of the wall clock (within 10 ms):
+        an HTTP-date (or a reset time in seconds), coarse, never one token's interval."""
+        if wait is None or wait >= 1.0:
+            return False
+        end = self._wall() + wait
+        return abs(end - round(end)) <= 0.01
 
     # ----- sharing with other processes -----
     @contextmanager

@@ -92,6 +92,8 @@ def parsed_wait(style: str, true_wait: float, now: float, reset: Optional[float]
         return float(max(1, math.ceil(true_wait - 1e-9)))
     if style == "http-date":  # a date: whole seconds, truncated; may already be past (parsed as 0)
         return max(0.0, math.floor(now + true_wait) - now)
+    if style == "http-date-up":  # a date rounded up to the next whole second (never early)
+        return math.ceil(now + true_wait) - now
     if style == "reset":  # only X-RateLimit-Reset (epoch ms): when the limiter is full again
         return round((true_wait if reset is None else reset) * 1000.0) / 1000.0
     if style == "none":
@@ -105,13 +107,24 @@ class Answer:
     wait: Optional[float] = None  # as parsed by the client
     scope: Optional[str] = None  # the scope the client's classifier would name
     latency: float = 0.0
+    dated: bool = False  # the wait is a date: the client reads it relative to when the answer arrives
 
 
 class Server:
-    """A server model: ``handle`` at the time of the send, ``finish`` when an accepted answer is out."""
+    """A server model: ``handle`` at the time of the send, ``finish`` when an accepted answer is out.
+
+    ``delay`` / ``refusal_delay``: seconds the client sees an answer (a 429) later than the server
+    is done with it, after the first ``quick`` answers (see :func:`on_sockets`)."""
 
     latency = 0.05
     refusal_latency = 0.002  # 429s are answered at once: one network round trip
+    delay = 0.0
+    refusal_delay = 0.0
+    quick = 0
+
+    def _late(self, delay: float) -> float:
+        self.quick -= 1
+        return delay if self.quick < 0 else 0.0
 
     def handle(self, now: float, model: str) -> Answer:
         raise NotImplementedError
@@ -123,10 +136,19 @@ class Server:
         raise NotImplementedError
 
     def ok(self) -> Answer:
-        return Answer(200, latency=self.latency)
+        return Answer(200, latency=self.latency + self._late(self.delay))
 
-    def refuse(self, wait: Optional[float], scope: Optional[str] = None) -> Answer:
-        return Answer(429, wait, scope, self.refusal_latency)
+    def refuse(self, wait: Optional[float], scope: Optional[str] = None, dated: bool = False) -> Answer:
+        return Answer(429, wait, scope, self.refusal_latency + self._late(self.refusal_delay), dated)
+
+
+def on_sockets(server: Server, delay: float = 0.042, refusal_delay: float = 0.042, quick: int = 32) -> Server:
+    """``server`` as the benchmark servers behave on real loopback sockets: they write an answer's
+    headers and body separately, so Nagle's algorithm and the client's delayed ACK hold the body
+    back about 42 ms (the server's work, and a concurrency limit's slot, end before that); the
+    first answer on each of the 32 fresh connections comes at once."""
+    server.delay, server.refusal_delay, server.quick = delay, refusal_delay, quick
+    return server
 
 
 class TokenBucket(Server):
@@ -168,7 +190,8 @@ class TokenBucket(Server):
         rate = self.rate_at(now)
         true_wait = (1.0 - self.tokens) / rate
         full = (self.burst - self.tokens) / rate
-        return self.refuse(parsed_wait(self.style, true_wait, now, reset=full))
+        wait = parsed_wait(self.style, true_wait, now, reset=full)
+        return self.refuse(wait, dated=self.style.startswith("http-date"))
 
     def ideal(self, n: int) -> float:
         """When the n-th token is there, plus one answer time (every request sent the moment it can be)."""
@@ -182,7 +205,7 @@ class TokenBucket(Server):
                 take = min(n - got, int(tokens))
                 got += take
                 tokens -= take
-        return t - self.start + self.latency
+        return t - self.start + self.latency + self.delay
 
 
 class FixedWindow(Server):
@@ -201,31 +224,41 @@ class FixedWindow(Server):
             self.counts[index] = used + 1
             return self.ok()
         end = self.origin + (index + 1) * self.window
-        return self.refuse(parsed_wait(self.style, end - now, now))
+        return self.refuse(parsed_wait(self.style, end - now, now), dated=self.style.startswith("http-date"))
 
     def ideal(self, n: int) -> float:
         first = self.origin + self.window - self.start  # what is left of the first window
-        return (first + (math.ceil(n / self.limit) - 2) * self.window if n > self.limit else 0.0) + self.latency
+        return (first + (math.ceil(n / self.limit) - 2) * self.window if n > self.limit else 0.0) \
+            + self.latency + self.delay
 
 
 class Concurrency(Server):
-    """An upstream that refuses, with no hint, while ``limit`` requests are in flight."""
+    """An upstream that refuses, with no hint, while ``limit`` requests are in flight (its slot
+    frees ``latency`` seconds after the send, even when the client sees the answer later)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.active = 0
+        self.releases: List[float] = []  # with a delay: when each busy slot frees
 
     def handle(self, now: float, model: str) -> Answer:
+        if self.delay:
+            while self.releases and self.releases[0] <= now:
+                heapq.heappop(self.releases)
+            self.active = len(self.releases)
         if self.active >= self.limit:
             return self.refuse(None)
         self.active += 1
+        if self.delay:
+            heapq.heappush(self.releases, now + self.latency)
         return self.ok()
 
     def finish(self, now: float) -> None:
-        self.active -= 1
+        if not self.delay:
+            self.active -= 1
 
     def ideal(self, n: int) -> float:
-        return math.ceil(n / self.limit) * self.latency
+        return math.ceil(n / self.limit) * self.latency + self.delay
 
 
 class Storm(Server):
@@ -357,6 +390,8 @@ def simulate(server: Server, n: int = 300, workers: int = 32, *, plain: bool = F
             counts["requests"] += 1
             answer = server.handle(vt.now, model)
             vt.sleep(answer.latency)
+            if answer.dated and answer.wait is not None:  # a date, read on arrival
+                answer.wait = max(0.0, answer.wait - answer.latency)
             if answer.status == 200:
                 server.finish(vt.now)
                 if throttle is not None and ticket is not None:

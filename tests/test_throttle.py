@@ -168,6 +168,54 @@ def test_a_refused_probe_makes_the_rest_of_the_wait_real() -> None:
     assert after.sent_at == pytest.approx(window_end)
 
 
+@pytest.mark.parametrize("wait, grain", [(0.63, True), (0.237, False)])
+def test_a_wait_ending_on_a_whole_second_is_a_dates_grain_not_a_tokens_interval(wait: float, grain: bool) -> None:
+    """A bucket refusing with an HTTP-date rounded up: the wait (0.63 s here) ends on a whole
+    second of the wall clock, so it says nothing about the refill interval and must not cap the
+    first guess at 1 / wait. A fractional wait that does not end there still may."""
+    clock = Clock()
+    clock.now = 1_700_000_000.37  # the injected clock reads like wall time
+    t = Throttle(clock=clock)
+    tickets = [t.acquire(clock.sleep, 60) for _ in range(12)]
+    for ticket in tickets[:10]:
+        t.on_answer(ticket)
+    clock.now += 0.002
+    for ticket in tickets[10:]:
+        t.on_rate_limited(ticket, wait)
+    rate = t.learned_rate
+    assert rate is not None
+    assert (rate > 1.0 / wait + 1.0) is grain  # the guess (what went through in the last second) stands
+
+
+# ----- concurrency caps -----
+def test_a_concurrency_cap_grows_only_when_a_request_at_the_cap_is_accepted() -> None:
+    """Two 429 events at 8 in flight set a cap of 8; it grows a step when a request sent with the
+    cap full is accepted (after a short hold), never on time alone, and a 429 never raises it."""
+    clock = Clock()
+    t = Throttle(clock=clock)
+    for _ in range(2):
+        sent = [t.acquire(clock.sleep, 60, gate=False, scopes=("model:m",)) for _ in range(9)]
+        clock.now += 0.002
+        t.on_rate_limited(sent[-1], None, "model:m")
+        for ticket in sent[:-1]:
+            clock.now += 0.001
+            t.on_answer(ticket)
+    lane = t._lanes["model:m"]
+    assert lane.cap == 8
+    clock.now += 5.0
+    assert lane.current_cap(clock.now) == 8  # time alone grows nothing
+    full = [t.acquire(clock.sleep, 60, gate=False, scopes=("model:m",)) for _ in range(8)]
+    clock.now += 0.05
+    t.on_answer(full[-1])  # went with 7 in flight: the 8th, the cap full
+    assert lane.cap == 9
+    for ticket in full[:-1]:
+        t.on_answer(ticket)
+    assert lane.cap == 9  # sent under the cap's new edge: proves nothing more
+    over = [t.acquire(clock.sleep, 60, gate=False, scopes=("model:m",)) for _ in range(9)]
+    t.on_rate_limited(over[-1], None, "model:m")  # refused with 8 in flight: the cap goes back to 8
+    assert lane.cap == 8
+
+
 # ----- scopes -----
 def test_a_free_quota_does_not_hold_paid_models() -> None:
     clock = Clock()

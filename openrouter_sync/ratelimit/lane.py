@@ -32,8 +32,15 @@ Twice coarse in a row: later 429s shut no gate at all (pacing alone; every fourt
 again). Twice exact in a row (a fixed window that ends when the server says): gates run their
 full length, pacing gives way to them, and once as many requests went as the server let
 through in the last window, the rest go one at a time, so that only one request learns where
-the next window ends. No gate holds the others longer than ``max_gate`` seconds, and time spent
-held by a gate that ran its full length never enters a measurement.
+the next window ends (already after the first refused probe of a wait of a second or more, with
+what went through before it as the window's size; an accepted one-at-a-time request means a new
+window began, and the count starts again). No gate holds the others longer than ``max_gate``
+seconds, and time spent held by a gate that ran its full length never enters a measurement.
+
+A wait under a second that ends on a whole second of the wall clock (``on_second``) is an
+HTTP-date's grain, not a token's interval: it caps no guess.
+
+Concurrency limits (hint-less 429s at about the same number in flight): see ``_concurrency``.
 """
 
 from __future__ import annotations
@@ -56,7 +63,9 @@ CRUISE_DOUBLING = 1.0  # seconds for a measured rate to double after that
 PROBE_SHARE = 0.1  # the probe goes after this share of the named wait at the earliest
 PEAK_SHARE = 0.5  # after a guess: at least this share of the guess that drew the refusal
 CAP_MIN = 6  # a concurrency limit is only recognised at this many in flight or more
-CAP_STEP = 2.0  # seconds without a 429 before a concurrency cap grows by one (and between steps)
+CAP_HOLD = 0.2  # seconds after a 429 at the cap before it may grow again
+CAP_STRIKES = 4  # this many 429s in a row at a cap that had not grown: not a concurrency limit, the cap goes
+CAP_KEEP = 0.5  # a 429 at this share of the cap or more lowers the cap to it; well under it, the cap goes
 LONG_GATE = 1.0  # seconds: measurements never span a full gate this long
 WINDOW_PRECISION = 0.05  # seconds: probes narrow a window's end down to this
 WINDOW_MIN = 3  # a fixed window lets at least this many through at once (a bucket refusing exactly, one)
@@ -97,9 +106,12 @@ class Lane:
         self.event_peak: Optional[float] = None  # the highest rate the events of a pending measurement cut
         self.last_measured: Optional[float] = None
         self.guess_cap = UNLIMITED  # a first guess never exceeds 1 / (a wait under a second)
+        self.interval_wait: Optional[float] = None  # the last wait, when it may be one token's interval
         self.barrier = _NEVER  # measurements start after this (the end of a gate that ran its length)
         self.cap: Optional[int] = None  # a concurrency limit found: at most this many in flight
         self.cap_since = _NEVER
+        self.cap_grew = True  # the cap grew since the last 429 at it (else that 429 refused the cap itself)
+        self.cap_strikes = 0  # 429s in a row that refused the cap itself
         self.refused_at_in_flight: Deque[int] = deque(maxlen=2)
         self.window_budget: Optional[int] = None
         self.window_lo, self.window_hi = _NEVER, float("inf")  # where the current window's end lies
@@ -147,11 +159,18 @@ class Lane:
 
     # ----- the send side -----
     def current_cap(self, now: float) -> Optional[int]:
-        """The concurrency cap now: it grows by one every ``CAP_STEP`` seconds without a 429."""
-        if self.cap is None:
-            return None
-        quiet = now - self.cap_since - CAP_STEP
-        return self.cap + (int(quiet // CAP_STEP) + 1 if quiet >= 0 else 0)
+        """The concurrency cap now (None: none)."""
+        return self.cap
+
+    def _cap_proved(self, sent_at: float, in_flight: int, now: float) -> None:
+        """An accepted request that went with the cap full proves the cap: it grows by one (at
+        most one step per answer time, as only a request sent at the new cap proves it), once
+        ``CAP_HOLD`` seconds passed since the last 429 at the cap."""
+        if self.cap is None or in_flight < 0 or sent_at < self.cap_since:
+            return
+        if in_flight + 1 >= self.cap and now - self.cap_since >= CAP_HOLD:
+            self.cap += 1
+            self.cap_grew = True
 
     def full(self, now: float) -> bool:
         """Whether the concurrency cap is reached."""
@@ -209,7 +228,8 @@ class Lane:
 
     def answered(self, sent_at: float, now: float) -> None:
         """A request through this lane got an answer that is not a 429 (or no answer at all)."""
-        self._resolve(sent_at, est.ACCEPTED)
+        in_flight = self._resolve(sent_at, est.ACCEPTED)
+        self._cap_proved(sent_at, in_flight, now)
         self.latencies.append(max(0.0, now - sent_at))
         gate = self.gate
         if gate.probe_sent == sent_at:
@@ -220,6 +240,8 @@ class Lane:
                 self.grow_from = max(self.grow_from, now)
             else:
                 gate.free_probe()
+                if self.budget_spent():  # more went than the last window took: a new one began
+                    self.admitted_in_window = self.through_in_window = 0
         self._settle(now)
 
     def refused_elsewhere(self, sent_at: float, now: float) -> None:
@@ -229,9 +251,12 @@ class Lane:
             self.gate.free_probe()
         self._settle(now)
 
-    def refused(self, sent_at: Optional[float], now: float, wait: Optional[float], max_gate: float) -> None:
-        """A 429 from this lane's limiter; ``wait`` is the server's (None, or > 0)."""
+    def refused(self, sent_at: Optional[float], now: float, wait: Optional[float], max_gate: float,
+                on_second: bool = False) -> None:
+        """A 429 from this lane's limiter; ``wait`` is the server's (None, or > 0). ``on_second``: the
+        wait ends on a whole second of the wall clock (an HTTP-date's grain, not a token's interval)."""
         self.rate_limited_count += 1
+        self.interval_wait = None if on_second or wait is None or wait >= 1.0 else wait
         if sent_at is None:
             sent_at = now
         in_flight = self._resolve(sent_at, est.LIMITED)
@@ -261,14 +286,22 @@ class Lane:
         """A hint-less 429: whether it shows a concurrency limit (then the cap handles it).
 
         Two 429 events in a row to requests sent with about the same number in flight (within one,
-        at least ``CAP_MIN``) set a cap of the smaller. Under a cap, a 429 at the cap's edge (the cap had grown
-        past the limit) sets it back; one well under it means the limit is not (only) a concurrency
-        limit, and the cap goes."""
+        at least ``CAP_MIN``) set a cap of the smaller. The client counts a request in flight until
+        it sees the answer, which may be well after the server freed its slot, so the cap that fits
+        is above the server's limit and rises with the throughput: the cap grows by one whenever a
+        request sent with it full is accepted (``_cap_proved``). Under a cap, a 429 at the cap's
+        edge, or at ``CAP_KEEP`` of it or more, lowers the cap to the number in flight (never raises
+        it); one well under it, or the ``CAP_STRIKES``-th in a row at a cap that had not grown
+        (the cap itself refused: a rate limit), means the limit is not (only) a concurrency limit,
+        and the cap goes."""
         if in_flight < 0:
             return False
         if self.cap is not None:
-            if in_flight >= self.cap - 1:
-                self.cap, self.cap_since = max(1, in_flight), now
+            at_edge = in_flight >= self.cap - 1 or (in_flight >= CAP_MIN and in_flight >= CAP_KEEP * self.cap)
+            self.cap_strikes = 0 if self.cap_grew else self.cap_strikes + 1
+            self.cap_grew = False
+            if at_edge and self.cap_strikes < CAP_STRIKES:
+                self.cap, self.cap_since = max(1, min(in_flight, self.cap)), now
                 self.last_reaction = now
                 return True
             self.cap = None
@@ -277,7 +310,7 @@ class Lane:
         history = self.refused_at_in_flight
         history.append(in_flight)
         if len(history) == 2 and abs(history[0] - history[1]) <= 1 and min(history) >= CAP_MIN:
-            self.cap, self.cap_since = min(history), now
+            self.cap, self.cap_since, self.cap_grew, self.cap_strikes = min(history), now, True, 0
             self.rate, self.measured, self.pending_event, self.event_peak = None, False, None, None
             self.last_reaction = now
             self.epoch += 1
@@ -286,8 +319,8 @@ class Lane:
 
     def _old_news(self, now: float, wait: Optional[float], hold: Optional[float]) -> None:
         """A 429 to a request sent before the last reaction: part of a burst already handled."""
-        if self.rate is not None and not self.measured and wait is not None and wait < 1.0:
-            self.guess_cap = min(self.guess_cap, 1.0 / wait)
+        if self.rate is not None and not self.measured and self.interval_wait is not None:
+            self.guess_cap = min(self.guess_cap, 1.0 / self.interval_wait)
             self.rate = max(MIN_RATE, min(self.rate, self.guess_cap))
         gate = self.gate
         if hold is None or wait is None or gate.until <= now:
@@ -340,6 +373,8 @@ class Lane:
             self.gate.shut(now + hold, None, trusted=False)  # a short wait: everyone waits it out
         elif was_probe:  # the probe was refused: the rest of the wait is real
             self._narrow(now, hold)
+            if hold >= LONG_GATE and self.through_in_window >= WINDOW_MIN:
+                self.window_budget = self.through_in_window  # perhaps a window: what it took
             self._full_gate(min(now + hold, self.window_hi), False, now)
         elif not coarse:
             self.gate.shut(now + hold, now + probe_delay, trusted=False)
@@ -386,7 +421,7 @@ class Lane:
     def _first_guess(self, now: float, wait: Optional[float]) -> float:
         through = est.let_through(self._records, now - 1.0, now + 1e-9) * self.share_scale(now - 1.0, now)
         guess = max(1.0, through)
-        self.guess_cap = 1.0 / wait if wait is not None and wait < 1.0 else UNLIMITED
+        self.guess_cap = UNLIMITED if self.interval_wait is None else 1.0 / self.interval_wait
         return max(MIN_RATE, min(guess, self.guess_cap))
 
     def _settle(self, now: float) -> None:
