@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from ._log import logger
 from .ratelimit.lane import Lane, finite_positive
 from .ratelimit.shared import SharedState, State
 
@@ -147,8 +148,8 @@ class Throttle:
         """The process-wide throttle for this endpoint and key: the same object on every call.
 
         Only a hash of the key is kept (never the key itself). With ``$OPENROUTER_SYNC_SHARED_STATE``
-        set, it shares its key-wide state with other processes (see :meth:`shared`): in a file named
-        after the endpoint and key's hash when the variable names a directory, else in that file."""
+        set to a directory (created if missing), it shares its key-wide state with other processes
+        (see :meth:`shared`) in a file there named after a hash of the endpoint and key."""
         url = str(base_url).rstrip("/")
         digest = hashlib.sha256((api_key or "").encode("utf-8")).hexdigest()
         key = (url, digest)
@@ -157,11 +158,11 @@ class Throttle:
             if throttle is None:
                 throttle = cls._registry[key] = cls()
                 where = os.environ.get(SHARED_STATE_ENV, "").strip()
-                if where:
-                    if os.path.isdir(where) or where.endswith(os.sep):
-                        name = hashlib.sha256(f"{url}\n{digest}".encode()).hexdigest()[:32]
-                        where = os.path.join(where, f"{name}.state")
-                    throttle._shared = SharedState(where)
+                if where and os.path.exists(where) and not os.path.isdir(where):
+                    logger.warning("%s=%s is not a directory; state is not shared", SHARED_STATE_ENV, where)
+                elif where:  # a directory (created if missing): one file per endpoint and key
+                    name = hashlib.sha256(f"{url}\n{digest}".encode()).hexdigest()[:32]
+                    throttle._shared = SharedState(os.path.join(os.path.expanduser(where), f"{name}.state"))
             return throttle
 
     @classmethod

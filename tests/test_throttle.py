@@ -511,3 +511,14 @@ def test_the_environment_variable_shares_registry_throttles(tmp_path: Path,
     throttle = Throttle.for_endpoint("https://env.invalid/api/v1", f"sk-env-{time.time_ns()}")
     assert throttle.shared_state is not None and throttle.shared_state.startswith(str(tmp_path))
     assert "sk-env" not in throttle.shared_state
+
+
+def test_the_shared_state_variable_names_a_directory_even_before_it_exists(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """One file per endpoint and key, in a directory created on first use (/run is empty after a boot)."""
+    folder = tmp_path / "not-yet" / "openrouter"
+    monkeypatch.setenv("OPENROUTER_SYNC_SHARED_STATE", str(folder))
+    a = Throttle.for_endpoint("http://dir-test.invalid/v1", "key-A-0123456789")
+    b = Throttle.for_endpoint("http://dir-test.invalid/v1", "key-B-0123456789")
+    c = Throttle.for_endpoint("http://other-dir-test.invalid/v1", "key-A-0123456789")
+    paths = {t.shared_state for t in (a, b, c)}
+    assert len(paths) == 3 and all(p is not None and p.startswith(str(folder)) for p in paths)
