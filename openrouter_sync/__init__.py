@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         RequestTimeoutError,
     )
     from .progress import ProgressInfo
+    from .request import CallSpec
     from .runner import RunInterrupted, RunResults, iter_sheets, run_sheets
     from .sheet import Sheet
     from .summary import RunSummary
@@ -42,7 +43,7 @@ _ERRORS = ("AuthenticationError", "BadRequestError", "CancelledError", "Configur
 # Imported on first use, so that "import openrouter_sync" costs little more than requests + tenacity.
 _LAZY = {"Sheet": "sheet", "run_sheets": "runner", "iter_sheets": "runner", "RunInterrupted": "runner",
          "RunResults": "runner", "RunSummary": "summary", "ProgressInfo": "progress", "Throttle": "throttle",
-         "ModelInfo": "endpoints", "KeyInfo": "endpoints", "GenerationInfo": "endpoints",
+         "CallSpec": "request", "ModelInfo": "endpoints", "KeyInfo": "endpoints", "GenerationInfo": "endpoints",
          "CheckpointError": "checkpoint", "CheckpointLocked": "checkpoint", "CheckpointMismatch": "checkpoint",
          **dict.fromkeys(_ERRORS, "errors")}
 
@@ -68,6 +69,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "CallSpec",
     "CheckpointError",
     "CheckpointLocked",
     "CheckpointMismatch",

@@ -100,10 +100,12 @@ class OpenRouterBackend:
     # ----- properties -----
     @property
     def name(self) -> str:
+        """``openrouter:<model>``, as the reference names its backends."""
         return f"openrouter:{self.model}"
 
     @property
     def working_directory(self) -> Optional[Path]:
+        """Kept for the reference's interface (None by default); calls do not use it."""
         return self._working_directory
 
     @working_directory.setter
