@@ -420,9 +420,11 @@ class Lane:
 
     def _first_guess(self, now: float, wait: Optional[float]) -> float:
         through = est.let_through(self._records, now - 1.0, now + 1e-9) * self.share_scale(now - 1.0, now)
-        guess = max(1.0, through)
         self.guess_cap = UNLIMITED if self.interval_wait is None else 1.0 / self.interval_wait
-        return max(MIN_RATE, min(guess, self.guess_cap))
+        # A client that sent little says little about the server: a sub-second wait (one token's
+        # interval) is then the better guess, so a lone call told "0.1 s" is not paced at 1 a second.
+        floor = 1.0 if self.interval_wait is None else self.guess_cap
+        return max(MIN_RATE, min(max(floor, through), self.guess_cap))
 
     def _settle(self, now: float) -> None:
         """Measure a pending event once every request sent before it has its answer."""
