@@ -103,11 +103,6 @@ class Deadline:
             if not self._done:
                 self._connecting = conn
 
-    def fire(self) -> None:
-        """Cut the attempt now (the watchdog calls this when time is up; a cancelled run calls it early)."""
-        with _watchdog.lock:
-            self._fire_locked()
-
     def _fire_locked(self) -> None:
         if self._done:
             return

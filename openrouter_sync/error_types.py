@@ -8,7 +8,6 @@ This module imports nothing from the package: every other module may depend on i
 from __future__ import annotations
 
 from enum import Enum
-from typing import Optional
 
 
 class ErrorType(str, Enum):
@@ -79,10 +78,3 @@ def error_type_for_status(status: int) -> ErrorType:
         return ErrorType.REDIRECT
     return ErrorType.API_ERROR if status >= 500 else ErrorType.HTTP_ERROR
 
-
-def parse_error_type(value: Optional[str]) -> Optional[ErrorType]:
-    """The member named by a stored string (e.g. from a checkpoint), or None when unknown."""
-    try:
-        return ErrorType(value) if value is not None else None
-    except ValueError:
-        return None
