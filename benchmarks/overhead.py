@@ -4,7 +4,7 @@ Per-call figures are medians over interleaved rounds of sequential calls to ``fa
 (an asyncio server answering one pre-built body), so the client is what is measured. ``cpu_us``
 is the client process's CPU time per call; ``wall_us`` includes the server's share.
 
-    python -m benchmarks.overhead [overhead import memory] [--pythonpath DIR]
+    python -m benchmarks.overhead [overhead latency import memory] [--pythonpath DIR]
 
 (or ``python -m benchmarks.run overhead``). ``--pythonpath DIR`` measures the ``openrouter_sync``
 package in DIR (e.g. a clean checkout of the last commit) instead of the importable one.
@@ -181,7 +181,37 @@ def memory() -> list[tuple[str, dict[str, Any]]]:
     return rows
 
 
-SUITES = {"overhead": per_call, "import": imports, "memory": memory}
+def latency(calls: int = 40, rounds: int = 5) -> list[tuple[str, dict[str, Any]]]:
+    """Answer time against a server built on Python's ``http.server`` (``benchmarks.servers``, no
+    limit, 50 ms of work), which writes an answer's head and body separately without
+    ``TCP_NODELAY``: Nagle's algorithm holds the body until the client acknowledges the head,
+    which a client delays by up to 40 ms unless it asks for immediate ACKs (``TCP_QUICKACK``)."""
+    from .servers import ServerProcess as LimitServer
+    from .servers import ServerSpec
+
+    clients: dict[str, Callable[[str], Callable[[], Any]]] = {
+        "requests.Session.post + .json()": _requests_client, "openrouter-sync execute": _ours}
+    try:
+        import openai  # noqa: F401
+        clients["openai SDK"] = _openai
+    except ImportError:
+        pass
+    wall: dict[str, list[float]] = {name: [] for name in clients}
+    with LimitServer(ServerSpec("concurrency", "none", 0.05, limit=10_000)) as server:
+        made = {name: make(server.base_url) for name, make in clients.items()}
+        for call in made.values():
+            call()
+        for _ in range(rounds):
+            for name, call in made.items():
+                for _ in range(calls):
+                    started = time.perf_counter()
+                    call()
+                    wall[name].append((time.perf_counter() - started) * 1000)
+    return [(name, {"median_ms": round(statistics.median(w), 1), "server_work_ms": 50.0,
+                    "added_ms": round(statistics.median(w) - 50.0, 1)}) for name, w in wall.items()]
+
+
+SUITES = {"overhead": per_call, "latency": latency, "import": imports, "memory": memory}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,19 +52,13 @@ class OpenRouterBackend:
                  max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, app_url: str = DEFAULT_APP_URL,
                  app_title: str = DEFAULT_APP_TITLE, api_key: Optional[str] = None,
                  default_options: Optional[Mapping[str, Any]] = None) -> None:
-        req.check_model(model)
-        if not isinstance(api_key_env, str) or not api_key_env.strip():
-            raise ValueError("api_key_env must be a non-empty string")
-        req.check_max_tokens(max_tokens)
-        req.check_timeout(timeout_seconds)
-        req.check_temperature(temperature)
-        self.base_url = req.check_base_url(base_url)
-        req.check_count(pool_size, "pool_size")
-        req.check_rate(requests_per_minute, "requests_per_minute")
-        req.check_count(max_response_bytes, "max_response_bytes")
+        req.check_settings(model=model, api_key_env=api_key_env, max_tokens=max_tokens, temperature=temperature,
+                           timeout_seconds=timeout_seconds, connect_timeout=connect_timeout, pool_size=pool_size,
+                           requests_per_minute=requests_per_minute, max_response_bytes=max_response_bytes,
+                           default_options=default_options or {})
         if throttle is not None and not isinstance(throttle, Throttle):
             raise TypeError(f"throttle must be a Throttle, got {type(throttle).__name__}")
-        req.check_options(default_options or {}, req.REQUEST_OPTIONS | {"extra_body"})
+        self.base_url = req.check_base_url(base_url)
         self.model, self.api_key_env, self.max_tokens = model, api_key_env, max_tokens
         self.temperature, self.timeout_seconds = float(temperature), float(timeout_seconds)
         self.default_options: dict[str, Any] = dict(default_options or {})
@@ -76,7 +70,7 @@ class OpenRouterBackend:
         self._own_throttle = self._configure(own) if own is not None else None
         self._throttles: dict[Optional[str], Throttle] = {}
         self.transport = Transport(self.base_url, req.request_headers(app_url, app_title), pool_size=pool_size,
-                                   connect_timeout=req.check_timeout(connect_timeout, "connect_timeout"),
+                                   connect_timeout=float(connect_timeout),
                                    max_response_bytes=max_response_bytes)
         self.pipeline = Pipeline(self.transport, self._throttle_for,
                                  retry_policy if retry_policy is not None else RetryPolicy())

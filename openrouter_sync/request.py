@@ -110,6 +110,23 @@ def check_options(options: Mapping[str, Any], allowed: frozenset[str] = REQUEST_
         )
 
 
+def check_settings(*, model: Any, api_key_env: Any, max_tokens: Any, temperature: Any, timeout_seconds: Any,
+                   connect_timeout: Any, pool_size: Any, requests_per_minute: Any, max_response_bytes: Any,
+                   default_options: Mapping[str, Any]) -> None:
+    """Check a backend's settings before anything is built: a clear ``ValueError`` for the first bad one."""
+    check_model(model)
+    if not isinstance(api_key_env, str) or not api_key_env.strip():
+        raise ValueError("api_key_env must be a non-empty string")
+    check_max_tokens(max_tokens)
+    check_timeout(timeout_seconds)
+    check_temperature(temperature)
+    check_timeout(connect_timeout, "connect_timeout")
+    check_count(pool_size, "pool_size")
+    check_rate(requests_per_minute, "requests_per_minute")
+    check_count(max_response_bytes, "max_response_bytes")
+    check_options(default_options, REQUEST_OPTIONS | {"extra_body"})
+
+
 def check_messages(messages: Any) -> list[dict[str, Any]]:
     if not isinstance(messages, (list, tuple)) or not messages:
         raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")

@@ -13,6 +13,11 @@ A 429 shuts and slows only the lane its scope names, so a paid model is never he
 ``:free`` quota or by another model's limit. Each lane is a gate, a pacer and an adaptive rate:
 see :mod:`openrouter_sync.ratelimit` for how they learn. No gate holds the others back longer
 than ``max_gate_seconds``: the request that was told to wait longer handles that wait itself.
+
+The key-wide lane's send slots and measured rate may be shared with other processes
+(:meth:`Throttle.shared`, ``$OPENROUTER_SYNC_SHARED_STATE``): through a locked file on one machine
+(:mod:`openrouter_sync.ratelimit.shared`), or through Redis across machines
+(:mod:`openrouter_sync.ratelimit.redis_state`, the optional ``openrouter-sync[redis]``).
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ import os
 import threading
 import time
 import weakref
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ._log import logger
+from .ratelimit.estimator import LIMITED
 from .ratelimit.lane import Lane, finite_positive
 from .ratelimit.shared import SharedState, State
 
@@ -37,6 +44,8 @@ Sleep = Callable[[float], None]
 
 #: The name of the lane every request goes through (the whole endpoint and key).
 KEY_SCOPE = "key"
+_NEVER = float("-inf")
+_RING = 16  # the latest key-wide 429s of all processes kept in the shared state
 #: Set to a directory (or a file) to share every endpoint's key-wide state between processes.
 SHARED_STATE_ENV = "OPENROUTER_SYNC_SHARED_STATE"
 
@@ -141,6 +150,9 @@ class Throttle:
         self._seen_rate = 0.0  # stamp of the shared rate last taken over or written
         self._slot_gen = 0  # generation of the shared chain of send slots last seen
         self._restarts_seen = self._key.pacer.restarts
+        self._refusals_seen = 0  # count of the shared ring of 429s taken over
+        self._window_seen = 0  # the key-wide lane's count of sends in the window, as last taken over
+        self._shared_refusals: Deque[float] = deque(maxlen=4 * _RING)  # sends whose 429 went to the ring
         Throttle._all.add(self)
 
     @classmethod
@@ -149,47 +161,69 @@ class Throttle:
 
         Only a hash of the key is kept (never the key itself). With ``$OPENROUTER_SYNC_SHARED_STATE``
         set to a directory (created if missing), it shares its key-wide state with other processes
-        (see :meth:`shared`) in a file there named after a hash of the endpoint and key."""
+        (see :meth:`shared`) in a file there named after a hash of the endpoint and key; set to a
+        Redis URL (``redis://``, ``rediss://``, ``unix://``; needs ``openrouter-sync[redis]``), under
+        a Redis key named after that hash, shared with processes on other machines too (without the
+        ``redis`` package, or with a malformed URL, a warning is logged and the state is not shared)."""
+        from .ratelimit.redis_state import is_redis_url, open_shared_state
+
         url = str(base_url).rstrip("/")
         digest = hashlib.sha256((api_key or "").encode("utf-8")).hexdigest()
         key = (url, digest)
         with cls._registry_lock:
             throttle = cls._registry.get(key)
             if throttle is None:
-                throttle = cls._registry[key] = cls()
                 where = os.environ.get(SHARED_STATE_ENV, "").strip()
-                if where and os.path.exists(where) and not os.path.isdir(where):
+                name = hashlib.sha256(f"{url}\n{digest}".encode()).hexdigest()[:32]
+                state: Optional[SharedState] = None
+                if where and is_redis_url(where):
+                    try:
+                        state = open_shared_state(where, name)
+                    except (ImportError, ValueError) as exc:  # no redis package, or a bad URL: calls never raise
+                        logger.warning("%s: %s; state is not shared", SHARED_STATE_ENV, exc)
+                elif where and os.path.exists(where) and not os.path.isdir(where):
                     logger.warning("%s=%s is not a directory; state is not shared", SHARED_STATE_ENV, where)
                 elif where:  # a directory (created if missing): one file per endpoint and key
-                    name = hashlib.sha256(f"{url}\n{digest}".encode()).hexdigest()[:32]
-                    throttle._shared = SharedState(os.path.join(os.path.expanduser(where), f"{name}.state"))
+                    state = SharedState(os.path.join(os.path.expanduser(where), f"{name}.state"))
+                throttle = cls._registry[key] = cls()
+                throttle._shared = state
             return throttle
 
     @classmethod
     def shared(cls, path: str, requests_per_minute: Optional[float] = None, *, adaptive: bool = True,
                max_gate_seconds: float = 60.0) -> Throttle:
-        """A throttle whose key-wide send slots and measured rate live in the file ``path``
-        (created if missing), shared by every process on this machine that uses the same path:
-        e.g. ``Throttle.shared("~/.cache/openrouter-sync/<key-hash>.state")``. One object per path in
-        a process. Standard library only (``fcntl.flock``); where the file cannot be locked, the
-        state stays per process (with a warning). Gates, scoped lanes (a model, ``:free``) and
-        concurrency caps stay per process."""
-        where = os.path.abspath(os.path.expanduser(path))
+        """A throttle whose key-wide lane (send slots, rate, recent 429s, window counts and gate)
+        lives in the file ``path`` (created if missing), shared by every process on this machine
+        that uses the same path: e.g. ``Throttle.shared("~/.cache/openrouter-sync/<key-hash>.state")``.
+        One object per path in a process. Standard library only (``fcntl.flock``); where the file
+        cannot be locked, the state stays per process (with a warning). Scoped lanes (a model,
+        ``:free``) and concurrency caps stay per process.
+
+        ``path`` may instead be a Redis URL, ``redis://[:password@]host[:port][/db][#name]`` (or
+        ``rediss://``, ``unix://``), to share with processes on other machines: needs
+        ``pip install "openrouter-sync[redis]"``; the state lives under a Redis key named after the
+        ``#name`` (``default`` without one). If Redis fails, one warning is logged and the state
+        stays per process."""
+        from .ratelimit.redis_state import is_redis_url, open_shared_state
+
+        where = path.strip() if is_redis_url(path) else os.path.abspath(os.path.expanduser(path))
         with cls._registry_lock:
             throttle = cls._shared_registry.get(where)
             if throttle is None:
+                state = open_shared_state(where)  # before registering: a missing package raises here
                 throttle = cls(requests_per_minute, adaptive=adaptive, max_gate_seconds=max_gate_seconds)
-                throttle._shared = SharedState(where)
+                throttle._shared = state
                 cls._shared_registry[where] = throttle
             return throttle
 
     @property
     def shared_state(self) -> Optional[str]:
-        """The path of the state file shared with other processes, or None."""
+        """Where the state shared with other processes lives (a file, or a Redis URL without its
+        password), or None."""
         return None if self._shared is None else self._shared.path
 
     def shared_cost(self) -> Optional[float]:
-        """Mean seconds per access to the shared state file so far (its cost), or None."""
+        """Mean seconds per access to the shared state (file or Redis) so far (its cost), or None."""
         shared = self._shared
         if shared is None or not shared.lock_count:
             return None
@@ -301,6 +335,12 @@ class Throttle:
         ``("model:x/y:free", "free")``. ``sleep`` may raise (cancellation): it propagates.
         """
         names = _normalize_scopes(scopes)
+        if self._shared is None:  # the common case, nothing to plan: every lane lets it go now
+            with self._lock:
+                now = self._clock()
+                lanes = [self._key, *(self._lane(name) for name in names)]
+                if all(lane.unhindered(now) for lane in lanes):
+                    return self._send(lanes, [], now, 0.0, names, None)
         waited = 0.0
         while True:
             with self._lock, self._synced() as state:
@@ -338,6 +378,7 @@ class Throttle:
                     delay -= piece
                     with self._lock, self._synced() as state:
                         self._restart_stale(lanes, self._clock())
+                        self._commit_shared(state)
                         current = all(lane.epoch == epoch for lane, epoch in zip(lanes, epochs))
                         if current and delay <= 1e-9:
                             return self._send(lanes, probes, self._clock(), waited, names, self._count_send(state))
@@ -474,21 +515,78 @@ class Throttle:
             yield state
 
     def _take_over(self, state: State, now: float) -> None:
-        """Adopt what other processes wrote: a newer rate, and the chain of send slots (restarted
-        by whichever process last found it stale or cut its rate)."""
+        """Adopt what other processes wrote, so that the key-wide lane acts as one controller for
+        them all: its rate (one value: a measurement, a cut, a guess), the time of the last
+        reaction to a 429 and what the server's waits proved (exact or coarse), their 429s (for
+        the measurements here), the counts of a fixed window, the chain of send slots, and the
+        hold of a gate another process shut. A chain restarted elsewhere (a 429 event cut the
+        rate, the rate rose well past the pace of the reservations, a gate opened) voids this
+        process's reservations too, as a restart here does: its waiting requests plan again."""
         key = self._key
         rate_at = float(state.get("rate_at", 0.0))
         if rate_at > self._seen_rate:
             self._seen_rate = rate_at
-            key.adopt(state.get("rate"), bool(state.get("measured")), float(state.get("grow_from", now)), now)
-        shared_slot = float(state.get("next_slot", float("-inf")))
-        generation = int(state.get("slot_gen", 0))
+            key.adopt(state.get("rate"), bool(state.get("measured")), float(state.get("grow_from", now)), now,
+                      float(state.get("reacted", _NEVER)), int(state.get("exactness", key.exactness)))
+        count = int(state.get("refused_n", 0))
+        if count != self._refusals_seen:
+            ring = state.get("refused", [])
+            me = self._share_id()
+            for sent_at, seq, who in ring[max(0, len(ring) - (count - self._refusals_seen)):]:
+                if who != me:
+                    key.adopt_refusal(float(sent_at), int(seq))
+            self._refusals_seen = count
+        self._window_counts(state, key)
+        self._mirror_gate(state, key, now)
         if key.pacer.restarts != self._restarts_seen:
             return  # restarted here: the commit writes the new chain
+        generation = int(state.get("slot_gen", 0))
+        shared_slot = float(state.get("next_slot", _NEVER))
         if generation != self._slot_gen:
-            key.pacer.next_slot, self._slot_gen = shared_slot, generation
+            key.pacer.restart(shared_slot)
+            self._restarts_seen = key.pacer.restarts
+            self._slot_gen = generation
+            key.epoch += 1
         else:
             key.pacer.next_slot = max(key.pacer.next_slot, shared_slot)
+
+    def _mirror_gate(self, state: State, key: Lane, now: float) -> None:
+        """Hold this process's requests while another process's key gate is shut: a copy of that
+        gate whose probe is taken (the other process sends it), so that waiting requests look
+        again every few tens of milliseconds and go as soon as it opens. A gate shut here (its
+        own 429 event) stays as it is."""
+        gate = key.gate
+        mirrored = gate.probe_sent is not None and math.isnan(gate.probe_sent)
+        hold = float(state.get("hold", _NEVER))
+        if state.get("hold_by") in (None, self._share_id()) or hold <= now:
+            if mirrored:
+                gate.open(now)
+                key.epoch += 1
+            return
+        if not mirrored and gate.until > now:
+            return
+        if not mirrored:
+            key.epoch += 1
+        # Shut until the other's gate opens (again: a 429 here of the same burst may have extended
+        # the copy, but only the other process's gate and its probe say when it opens).
+        gate.shut(hold, now, trusted=False)
+        gate.claim_probe(hold)
+        gate.probe_sent = math.nan  # taken by the process that shut the gate
+
+    def _window_counts(self, state: State, key: Lane) -> None:
+        """The key-wide lane's counts of what was sent (and not refused) since the last window
+        began, for every process: one controller learns a fixed window's size from all that went
+        through it, and lets the rest go one at a time once a window's worth went. A restart of
+        the counts here (a window's gate, or a new window found) restarts them for all."""
+        sends, refused = int(state.get("sends", 0)), int(state.get("refused_n", 0))
+        admitted, through = key.admitted_in_window, key.through_in_window
+        if admitted < self._window_seen:
+            state["window_seq"] = sends - admitted
+            state["window_refused"] = refused - (admitted - through)
+        admitted = max(0, sends - int(state.get("window_seq", 0)))
+        key.admitted_in_window = admitted
+        key.through_in_window = admitted - max(0, refused - int(state.get("window_refused", 0)))
+        self._window_seen = admitted
 
     def _commit_shared(self, state: Optional[State]) -> None:
         """Write the key-wide lane's next send slot (a new chain when the pacer restarted here)."""
@@ -496,10 +594,30 @@ class Throttle:
             return
         key = self._key
         if key.pacer.restarts != self._restarts_seen:
-            self._restarts_seen = key.pacer.restarts
-            self._slot_gen = int(state.get("slot_gen", 0)) + 1
-            state["slot_gen"] = self._slot_gen
-        state["next_slot"] = key.pacer.next_slot
+            self._new_chain(state, key.pacer.next_slot)
+        elif int(state.get("slot_gen", 0)) == self._slot_gen:  # else the chain restarted elsewhere: taken over later
+            state["next_slot"] = max(float(state.get("next_slot", _NEVER)), key.pacer.next_slot)
+
+    def _new_chain(self, state: State, next_slot: float) -> None:
+        self._restarts_seen = self._key.pacer.restarts
+        self._slot_gen = int(state.get("slot_gen", 0)) + 1
+        state["slot_gen"] = self._slot_gen
+        state["next_slot"] = next_slot
+
+    def _share_gate(self, state: State, now: float) -> None:
+        """The key gate shut or opened here: the other processes hold until it opens (one
+        controller holds every request while its gate is shut; this process sends the probe).
+        Opened earlier than the hold said (a probe went through): a new chain, from now, for all."""
+        gate = self._key.gate
+        if gate.probe_sent is not None and math.isnan(gate.probe_sent):
+            return  # a copy of another process's gate (see _mirror_gate), extended by a 429 of the same burst
+        mine = state.get("hold_by") == self._share_id()
+        if gate.until <= now:  # opened
+            if mine and float(state.get("hold", _NEVER)) > now:
+                state["hold"] = now
+                self._new_chain(state, max(now, self._key.pacer.next_slot))
+            return
+        state["hold"], state["hold_by"] = gate.until, self._share_id()
 
     @staticmethod
     def _count_send(state: Optional[State]) -> Optional[int]:
@@ -510,22 +628,74 @@ class Throttle:
         state["sends"] = seq
         return seq
 
+    def _share_id(self) -> str:
+        return f"{os.getpid():x}.{id(self) & 0xFFFFFF:x}"
+
     def _key_snapshot(self) -> Tuple[Any, ...]:
+        """What ``_publish`` compares, taken before an answer changes the key-wide lane. When the
+        state is shared, the other processes' state is taken over first: one controller hears
+        every answer with everything the others learned (a 429 from a burst another process
+        already reacted to is old news, not an event of its own; their 429s end measurements)."""
+        if self._shared is not None:
+            with self._shared.locked() as state:
+                if state is not None:
+                    try:
+                        self._take_over(state, self._clock())
+                    except (TypeError, ValueError):
+                        state.clear()
+        return self._key_values()
+
+    def _key_values(self) -> Tuple[Any, ...]:
         key = self._key
-        return key.rate, key.measured, key.grow_from
+        return (key.rate, key.measured, key.grow_from, key.last_reaction, key.exactness,
+                key.gate.until, key.rate_limited_count)
+
+    def _share_refusals(self, state: State) -> None:
+        """Append this process's new key-wide 429s (send time and number) to the shared ring, for
+        the other processes' measurements (see ``Lane.adopt_refusal``)."""
+        records = self._key._records
+        fresh: List[List[Any]] = []
+        for record in reversed(records):
+            if len(fresh) >= _RING or record[0] < records[-1][0] - 2.0:
+                break
+            if len(record) == 4 and record[1] == LIMITED and record[3] >= 0 and record[3] not in self._shared_refusals:
+                fresh.append([record[0], int(record[3]), self._share_id()])
+                self._shared_refusals.append(record[3])
+        if fresh:
+            fresh.reverse()
+            state["refused"] = (list(state.get("refused", [])) + fresh)[-_RING:]
+            state["refused_n"] = int(state.get("refused_n", 0)) + len(fresh)
+
 
     def _publish(self, before: Tuple[Any, ...], now: float) -> None:
-        """Write the key-wide lane's measured rate for the other processes, when it changed here."""
+        """Write what changed here for the other processes: the key-wide rate (a measurement, a
+        cut on a 429 event with the time of that reaction, so that the other processes take the
+        rest of its burst as old news, as one controller would; a guess; its growth restarting),
+        not while a concurrency cap paces this process (in flight counts are per process); its
+        gate; and this process's key-wide 429s."""
+        if self._shared is None:
+            return
         key = self._key
-        if self._shared is None or self._key_snapshot() == before or not key.measured:
-            return  # only measurements are shared (a cut before its measurement, or a guess, stays here)
+        after = self._key_values()
+        rated = after[:5] != before[:5] and key.cap is None
+        gated = after[5] != before[5]
+        refused = after[6] != before[6]
+        if not (rated or gated or refused):
+            return
         with self._shared.locked() as state:
             if state is None:
                 return
-            stamp = max(now, float(state.get("rate_at", 0.0)) + 1e-6)
-            state.update(rate=key.rate, measured=key.measured, grow_from=key.grow_from, rate_at=stamp)
-            self._seen_rate = stamp
+            if rated:
+                stamp = max(now, float(state.get("rate_at", 0.0)) + 1e-6)
+                state.update(rate=key.rate, measured=key.measured, grow_from=key.grow_from, rate_at=stamp,
+                             reacted=max(key.last_reaction, float(state.get("reacted", _NEVER))),
+                             exactness=key.exactness)
+                self._seen_rate = stamp
+            if refused:
+                self._share_refusals(state)
             self._commit_shared(state)
+            if gated:
+                self._share_gate(state, now)
 
 
 def _after_fork_in_child() -> None:

@@ -14,9 +14,7 @@ the decoded size, so a huge, endless or compressed-bomb body fails fast instead 
 
 from __future__ import annotations
 
-import contextlib
 import http.client
-import http.cookiejar
 import os
 import socket
 import threading
@@ -60,21 +58,29 @@ def _reason(exc: BaseException) -> str:
     return text if inner is exc else f"{type(inner).__name__}: {text}"
 
 
-@contextlib.contextmanager
-def map_network_errors(deadline: Deadline, reading: bool = False) -> Iterator[None]:
+class map_network_errors:  # named as the function it stands for: ``with map_network_errors(deadline):``
     """Run network I/O under ``deadline``; turn every low-level failure into a ``TransportError``.
 
     The single place where requests', urllib3's, http.client's and the socket layer's exceptions
     are translated (as httpx's ``map_httpcore_exceptions``): the request and every streamed read
     go through it. ``reading``: the answer's head has arrived, so a break now is a cut-off body.
+    (A class, not a ``@contextmanager`` generator: it runs twice on every call.)
     """
-    try:
-        with deadline.activate():
-            yield
-    except TransportError:
-        raise
-    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
-            OSError, zlib.error) as exc:
+
+    __slots__ = ("deadline", "reading")
+
+    def __init__(self, deadline: Deadline, reading: bool = False) -> None:
+        self.deadline = deadline
+        self.reading = reading
+
+    def __enter__(self) -> None:
+        self.deadline.__enter__()
+
+    def __exit__(self, kind: Optional[type], exc: Optional[BaseException], tb: Any) -> None:
+        deadline = self.deadline
+        deadline.__exit__()
+        if exc is None or isinstance(exc, TransportError) or not isinstance(exc, _NETWORK_ERRORS):
+            return
         sent = deadline.sent
         if deadline.passed:
             raise TransportError(ErrorType.TIMEOUT, f"the deadline passed ({_reason(exc)})", sent) from None
@@ -82,10 +88,14 @@ def map_network_errors(deadline: Deadline, reading: bool = False) -> Iterator[No
             raise TransportError(ErrorType.TIMEOUT, f"no answer in time ({_reason(exc)})", sent) from None
         if isinstance(exc, zlib.error):
             raise TransportError(ErrorType.INVALID_RESPONSE, f"the body does not decode: {exc}", True) from None
-        if reading:
+        if self.reading:
             raise TransportError(ErrorType.TRUNCATED_RESPONSE, f"the answer was cut off: {_reason(exc)}",
                                  True) from None
         raise TransportError(ErrorType.CONNECTION, _reason(exc), sent) from None
+
+
+_NETWORK_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
+                   OSError, zlib.error)
 
 
 class BodyDecoder:
@@ -153,12 +163,28 @@ class DeadlineAdapter(HTTPAdapter):
         return manager
 
 
+class NoCookieJar(requests.cookies.RequestsCookieJar):
+    """A cookie jar that never stores a cookie (a session's jar is documented as replaceable)."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+    def set_cookie(self, cookie: Any, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def copy(self) -> NoCookieJar:
+        return self  # it never holds anything: one jar serves every request (``PreparedRequest.copy``)
+
+
+_NO_COOKIES = NoCookieJar()
+
+
 class NoRedirectSession(requests.Session):
     """A session that follows no redirect and keeps no cookie."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+        self.cookies = NoCookieJar()
 
     def get_redirect_target(self, resp: requests.Response) -> None:
         return None
@@ -234,6 +260,8 @@ class Transport:
         self._pool_size = max(1, pool_size)
         self._session, self._adapter = self._open_session()
         self._env = self._session.merge_environment_settings(self.base_url + "/", {}, None, None, None)
+        self._tls = any(str(url).lower().startswith("https:")  # TLS to the endpoint or to a proxy
+                        for url in (self.base_url, *(self._env["proxies"] or {}).values()))
         self._closed = False
         self._pid = os.getpid()
 
@@ -265,7 +293,7 @@ class Transport:
             headers = dict(self._headers)
             if key:
                 headers["Authorization"] = f"Bearer {key}"
-            found = requests.Request(method, self.base_url + path, headers=headers).prepare()
+            found = requests.Request(method, self.base_url + path, headers=headers, cookies=_NO_COOKIES).prepare()
             with self._lock:
                 if len(self._templates) > 64:
                     self._templates.clear()
@@ -280,12 +308,13 @@ class Transport:
             self._reopen()  # after close(), as the reference's lazy client did; or in a forked child
         timeout = max(0.001, min(self.connect_timeout, deadline.remaining())), max(0.001, deadline.remaining())
         env = self._env
-        verify = True if env["verify"] is None else env["verify"]
+        # A CA bundle only matters where TLS is spoken (requests would stat its path on every request).
+        verify = True if env["verify"] is None or not self._tls else env["verify"]
         with map_network_errors(deadline):
             if params:
                 template = self._template(method, path, key)
                 prepared = requests.Request(method, self.base_url + path, headers=template.headers,
-                                            params=params).prepare()
+                                            params=params, cookies=_NO_COOKIES).prepare()
             else:
                 prepared = self._template(method, path, key).copy()
             if headers:

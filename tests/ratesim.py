@@ -143,10 +143,11 @@ class Server:
 
 
 def on_sockets(server: Server, delay: float = 0.042, refusal_delay: float = 0.042, quick: int = 32) -> Server:
-    """``server`` as the benchmark servers behave on real loopback sockets: they write an answer's
-    headers and body separately, so Nagle's algorithm and the client's delayed ACK hold the body
-    back about 42 ms (the server's work, and a concurrency limit's slot, end before that); the
-    first answer on each of the 32 fresh connections comes at once."""
+    """``server`` as the benchmark servers behaved on real loopback sockets before the client asked
+    for immediate ACKs (``deadline.quick_ack``): they write an answer's headers and body
+    separately, so Nagle's algorithm and the client's delayed ACK held the body back about 42 ms
+    (the server's work, and a concurrency limit's slot, end before that); the first answer on each
+    of the 32 fresh connections came at once. Kept as the model of a path that delays answers."""
     server.delay, server.refusal_delay, server.quick = delay, refusal_delay, quick
     return server
 

@@ -77,6 +77,24 @@ def test_redirect_is_a_failed_result_and_is_not_followed(status: int, relative: 
     assert [r.path for r in server.requests] == ["/api/v1/chat/completions"]  # nothing forwarded
 
 
+def test_cookies_are_never_kept() -> None:
+    """A ``Set-Cookie`` (from a proxy or the provider) is never stored by the transport's session
+    (so a long run does not collect them); the next request carries no ``Cookie`` header."""
+    from openrouter_sync.transport import NoRedirectSession
+
+    def handle(sock: socket.socket, request: Request) -> bool:
+        return respond(sock, 200, completion("ok"), headers={"Set-Cookie": "sid=abc123; Path=/; Max-Age=3600"})
+
+    with HostileServer(handle) as server:
+        backend = make_backend(server)
+        assert backend.execute("one").success and backend.execute("two").success
+        session = NoRedirectSession()
+        assert session.get(server.base_url + "/models", timeout=5).status_code == 200
+        assert session.get(server.base_url + "/models", timeout=5).status_code == 200
+    assert len(session.cookies) == 0
+    assert all("cookie" not in r.headers for r in server.requests)
+
+
 @pytest.mark.parametrize("status", [302, 307])
 def test_redirect_on_a_stream_is_a_failed_result(status: int) -> None:
     with HostileServer(_redirecting(status)) as server:

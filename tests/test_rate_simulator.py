@@ -1,8 +1,9 @@
 """The rate controller against every server model, on a virtual clock (see ``ratesim.py``).
 
 300 prompts, 32 workers, 50 ms answers, 429s answered in 2 ms, workers starting 0.3 ms apart.
-Rows "on sockets" add what the real-socket matrix meets on loopback (see ``on_sockets``): every
-answer reaches the client 42 ms after the server is done with it.
+Rows "on sockets" add what the real-socket matrix met on loopback before the client asked for
+immediate ACKs (see ``on_sockets``): every answer reaches the client 42 ms after the server is
+done with it, as on any path that delays answers.
 Each row asserts the makespan against the ideal (every request sent the moment the server would
 take it), the share of 429s among prompts, and that the plain requests + tenacity loop is not
 faster. The whole module runs in seconds, deterministically.

@@ -73,6 +73,7 @@ ROSE = 1.25  # a measurement this much above the last one: the limit rose
 HORIZON = 10.0  # seconds of send history kept
 MAX_RECORDS = 4096
 _NEVER = float("-inf")
+FOREIGN = 1.0  # a fifth field in a record: another process's refusal, adopted (see ``adopt_refusal``)
 
 
 class Lane:
@@ -157,6 +158,12 @@ class Lane:
         """A window's worth went since the last exact gate: the rest go one at a time."""
         return self.window_budget is not None and self.admitted_in_window >= self.window_budget
 
+    def unhindered(self, now: float) -> bool:
+        """Nothing here holds a request back now: no rate, fixed pace, cap, window count, shut gate
+        or pending reservation (a request may go at once, with nothing to plan)."""
+        return (self.rate is None and self.fixed_interval == 0.0 and self.cap is None and self.window_budget is None
+                and self.gate.until <= now and self.pacer.interval == 0.0 and self.pacer.next_slot <= now)
+
     # ----- the send side -----
     def current_cap(self, now: float) -> Optional[int]:
         """The concurrency cap now (None: none)."""
@@ -192,21 +199,57 @@ class Lane:
         if len(self._records) > MAX_RECORDS:
             self._records.popleft()
 
-    def adopt(self, rate: Optional[float], measured: bool, grow_from: float, now: float) -> None:
-        """Take over a rate another process learned (through the shared state)."""
+    def adopt(self, rate: Optional[float], measured: bool, grow_from: float, now: float,
+              reacted: float = _NEVER, exactness: Optional[int] = None) -> None:
+        """Take over the rate another process set (through the shared state): its measurement,
+        its cut on a 429 event, or its guess, with the time of its last reaction (a 429 to a
+        request sent before that is part of a burst already handled). Like a rate set here, it
+        paces the reservations made from now on (the shared chain of slots restarts, and with it
+        the reservations of every process, only when the process that cut the rate restarts it)."""
         self.rate = None if rate is None else max(MIN_RATE, float(rate))
         self.measured = measured and rate is not None
         self.grow_from = grow_from
         self.pending_event, self.event_peak = None, None
-        self.epoch += 1
+        self.last_reaction = max(self.last_reaction, reacted)
+        if exactness is not None:
+            self.exactness = exactness
+
+    def adopt_refusal(self, sent_at: float, seq: int) -> None:
+        """Another process's send (number ``seq`` among all sends) was refused at ``sent_at``:
+        one controller would have seen it. It ends and starts measurements like a refusal of this
+        process (right after any refusal a bucket is empty) and counts among the refusals that
+        show the server saturated; it is never counted as sent from here (see ``share_scale``)."""
+        records = self._records
+        index = len(records)
+        while index and records[index - 1][0] > sent_at:
+            index -= 1
+        if index == 0 and records:
+            return  # older than anything kept
+        records.insert(index, [sent_at, est.LIMITED, -1.0, float(seq), FOREIGN])
+        if len(records) > MAX_RECORDS:
+            records.popleft()
 
     def share_scale(self, start: float, end: float) -> float:
         """All processes' sends per send of this one in ``[start, end]`` (1 when not shared): what
-        this process measured is its share of what the server took."""
-        seqs = [r[3] for r in self._records if start <= r[0] <= end and r[3] >= 0]
-        if len(seqs) < 2:
-            return 1.0
-        return max(1.0, (max(seqs) - min(seqs) + 1.0) / len(seqs))
+        this process measured is its share of what the server took.
+
+        Counted strictly between the first and the last send in the range (by their numbers
+        among all sends): a measurement runs from one refused send to another, and those two
+        ends, which it never counts as accepted, may be this process's or (adopted) another's;
+        counting them would weigh this process's share by the ends."""
+        own = 0
+        lo = hi = -1.0
+        for record in self._records:
+            if start <= record[0] <= end and record[3] >= 0:
+                seq = record[3]
+                lo = seq if lo < 0 else min(lo, seq)
+                hi = max(hi, seq)
+                own += len(record) <= 4
+        ends = sum(1 for r in self._records if r[3] in (lo, hi) and len(r) <= 4 and start <= r[0] <= end)
+        between = own - ends
+        if hi <= lo or between <= 0:
+            return 1.0 if own < 2 else max(1.0, (hi - lo + 1.0) / own)
+        return max(1.0, (hi - lo - 1.0) / between)
 
     # ----- the answer side -----
     def _resolve(self, sent_at: float, outcome: int) -> int:
@@ -442,7 +485,8 @@ class Lane:
         self._trim(now)
         if measured is None or measured.accepted < 4 or self.rate is None:
             return
-        rate = measured.rate * self.share_scale(pending - measured.span, pending)
+        scale = self.share_scale(pending - measured.span, pending)
+        rate = measured.rate * scale
         peak, self.event_peak = self.event_peak, None
         if peak is not None and not measured.saturated and peak > rate:
             # Little was refused inside the stretch: the client may have sent less than the server
@@ -454,7 +498,7 @@ class Lane:
                 rate = max(rate, PEAK_SHARE * peak)
             elif self.last_measured is not None and rate > ROSE * self.last_measured:
                 rate = math.sqrt(rate * peak)
-        self.last_measured = measured.rate
+        self.last_measured = measured.rate * scale
         self.rate = max(MIN_RATE, rate * MARGIN)
         self.measured = True
         self.grow_from = max(self.grow_from, now)

@@ -1,9 +1,14 @@
 """State shared by the processes on one machine: a small file under an exclusive ``flock``.
 
-The file holds one JSON object: the key-wide lane's chain of send slots (its next slot, and a
-generation bumped when a process restarts the chain because the rate changed), the last measured
-rate, and a count of all sends (so that each process can scale what it measured by its share of
-the traffic). Gates stay per process: each process sees its own 429s. Times are
+The file holds one JSON object, so that the processes drive the key-wide lane as one controller
+(see ``Throttle._take_over``): its chain of send slots (``next_slot``, and ``slot_gen``, bumped when
+a process restarts the chain: every process's reservations are void then); its rate as last set
+anywhere (``rate``, ``measured``, ``grow_from``, stamped ``rate_at``), with the time of the last
+reaction to a 429 (``reacted``) and what the server's waits proved (``exactness``); a count of all
+sends (``sends``: each process scales what it measured by its share) and the latest key-wide 429s
+of every process (``refused``: [send time, send number, process], ``refused_n`` in all), for the
+measurements; the counts of a fixed window (``window_seq``, ``window_refused``); and the key gate
+shut by one process (``hold`` until when, ``hold_by`` which), which the others hold for. Times are
 ``time.monotonic()`` seconds, which on one machine every process reads alike; ``base`` (wall
 clock minus monotonic clock when written) tells a file written before a reboot, which is then
 ignored.
