@@ -36,7 +36,7 @@ from typing import Any, Callable, ClassVar, Deque, Dict, Iterator, List, Optiona
 from ._log import logger
 from .ratelimit.estimator import LIMITED
 from .ratelimit.lane import Lane, finite_positive
-from .ratelimit.shared import SharedState, State
+from .ratelimit.shared import SharedState, State, StateStore
 
 __all__ = ["KEY_SCOPE", "ScopeStatus", "Throttle", "ThrottleStatus", "Ticket"]
 
@@ -146,7 +146,7 @@ class Throttle:
         self._key = self._lane(KEY_SCOPE)
         self._key.fixed_interval = 60.0 / rpm if rpm else 0.0
         self._rate_limited = 0
-        self._shared: Optional[SharedState] = None
+        self._shared: Optional[StateStore] = None
         self._seen_rate = 0.0  # stamp of the shared rate last taken over or written
         self._slot_gen = 0  # generation of the shared chain of send slots last seen
         self._restarts_seen = self._key.pacer.restarts
@@ -175,7 +175,7 @@ class Throttle:
             if throttle is None:
                 where = os.environ.get(SHARED_STATE_ENV, "").strip()
                 name = hashlib.sha256(f"{url}\n{digest}".encode()).hexdigest()[:32]
-                state: Optional[SharedState] = None
+                state: Optional[StateStore] = None
                 if where and is_redis_url(where):
                     try:
                         state = open_shared_state(where, name)

@@ -42,7 +42,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from .._log import register_secret
-from .shared import SharedState, State
+from .shared import SharedState, State, StateStore
 
 logger = logging.getLogger("openrouter_sync")
 
@@ -95,7 +95,7 @@ def is_redis_url(where: str) -> bool:
     return where.strip().lower().startswith(REDIS_SCHEMES)
 
 
-def open_shared_state(where: str, name: Optional[str] = None) -> SharedState:
+def open_shared_state(where: str, name: Optional[str] = None) -> StateStore:
     """The shared state at ``where``: a :class:`RedisState` for a Redis URL (its key named after
     ``name``, else after the URL's ``#fragment``, else ``default``), otherwise the state file at
     that path."""
@@ -153,7 +153,7 @@ def _snapshot(state: State) -> str:
         return repr(state)
 
 
-class RedisState(SharedState):
+class RedisState:
     """One state in Redis (``url``: ``redis://[[user]:password@]host[:port][/db][#name]``,
     ``rediss://`` for TLS, or ``unix://[[user]:password@]/path/to/socket[?db=n][#name]``).
     ``locked()`` yields the state as a dict to read and change (None when Redis cannot be used);
@@ -163,7 +163,6 @@ class RedisState(SharedState):
 
     def __init__(self, url: str, name: Optional[str] = None, *, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, lock_ttl_ms: int = LOCK_TTL_MS) -> None:
-        # Deliberately not SharedState.__init__: no file is opened, only the public surface is shared.
         try:  # imported by name: the library, and its type check, never need the package otherwise
             self._redis: Any = importlib.import_module("redis")
         except ImportError:

@@ -30,7 +30,7 @@ import os
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, ContextManager, Dict, Iterator, Optional, Protocol
 
 try:
     import fcntl
@@ -46,6 +46,21 @@ _MAX_BYTES = 4096
 
 def _clock_base() -> float:
     return time.time() - time.monotonic()
+
+
+class StateStore(Protocol):
+    """Where a throttle's shared state lives: this module's file, or Redis (``redis_state``)."""
+
+    path: str  #: where it is (shown to users: never a password)
+    usable: bool  #: False once it failed: each process keeps its own state from then on
+    lock_seconds: float  #: time spent in ``locked()`` so far
+    lock_count: int
+
+    def locked(self) -> ContextManager[Optional[State]]:
+        """The state under an exclusive lock, to read and change (None: cannot be used now)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class SharedState:
