@@ -501,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Write the latest record of each sheet of a results file, in input "
                                         "order: JSONL (the records as stored) or CSV (id, index, label, prompt, "
                                         "success, answer, error_type, error_message, finish_reason, model, "
-                                        "tokens, cost, attempts, duration_seconds, metadata).")
+                                        "input_tokens, output_tokens, cost, attempts, duration_seconds, metadata).")
     export.add_argument("results", help="a results file written by `openrouter-sync run`")
     export.add_argument("-o", "--output", metavar="FILE", help="where to write (default: stdout)")
     export.add_argument("--format", choices=("jsonl", "csv"),

@@ -176,7 +176,7 @@ class Throttle:
                 where = os.environ.get(SHARED_STATE_ENV, "").strip()
                 name = hashlib.sha256(f"{url}\n{digest}".encode()).hexdigest()[:32]
                 state: Optional[StateStore] = None
-                if where and is_redis_url(where):
+                if where and (is_redis_url(where) or "://" in where):
                     try:
                         state = open_shared_state(where, name)
                     except (ImportError, ValueError) as exc:  # no redis package, or a bad URL: calls never raise
@@ -203,10 +203,11 @@ class Throttle:
         ``rediss://``, ``unix://``), to share with processes on other machines: needs
         ``pip install "openrouter-sync[redis]"``; the state lives under a Redis key named after the
         ``#name`` (``default`` without one). If Redis fails, one warning is logged and the state
-        stays per process."""
-        from .ratelimit.redis_state import is_redis_url, open_shared_state
+        stays per process. Any other ``scheme://`` is refused with a ``ValueError`` (a mistyped
+        Redis URL never becomes a file path)."""
+        from .ratelimit.redis_state import open_shared_state
 
-        where = path.strip() if is_redis_url(path) else os.path.abspath(os.path.expanduser(path))
+        where = path.strip() if "://" in path else os.path.abspath(os.path.expanduser(path))
         with cls._registry_lock:
             throttle = cls._shared_registry.get(where)
             if throttle is None:
@@ -219,8 +220,8 @@ class Throttle:
     @property
     def shared_state(self) -> Optional[str]:
         """Where the state shared with other processes lives (a file, or a Redis URL without its
-        password), or None."""
-        return None if self._shared is None else self._shared.path
+        password), or None: not shared, or no longer (the file could not be locked, Redis failed)."""
+        return None if self._shared is None or not self._shared.usable else self._shared.path
 
     def shared_cost(self) -> Optional[float]:
         """Mean seconds per access to the shared state (file or Redis) so far (its cost), or None."""

@@ -54,7 +54,10 @@ def _reason(exc: BaseException) -> str:
         if nxt is None:
             break
         inner = nxt
-    text = str(inner) or type(inner).__name__
+    if len(inner.args) > 1 and isinstance(inner.args[0], str):
+        text = inner.args[0]  # e.g. ProtocolError("Connection broken: ...", IncompleteRead(...)): its message
+    else:
+        text = str(inner) or type(inner).__name__
     return text if inner is exc else f"{type(inner).__name__}: {text}"
 
 

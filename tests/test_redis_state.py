@@ -462,7 +462,8 @@ print("ok")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
     assert 'OPENROUTER_SYNC_SHARED_STATE: a Redis URL for the shared rate-limit state needs the redis package: ' \
-           'pip install "openrouter-sync[redis]"; state is not shared' in done.stderr
+           'pip install "openrouter-sync[redis]" (or ".[redis]" in a clone of the repository); state is not shared' \
+           in done.stderr
     assert "pw-never" not in done.stderr
 
 

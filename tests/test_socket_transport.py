@@ -96,3 +96,25 @@ def test_connection_refused_is_a_result(env_key: str) -> None:
         r = b.execute("x")
     assert (r.error_type, r.exit_code) == ("connection", 503)
     assert r.stderr.startswith("Connection error: ")
+
+
+def test_a_broken_connection_is_told_by_its_message_not_a_tuple() -> None:
+    """urllib3's ProtocolError carries (message, cause): the result quotes the message once."""
+    import http.client
+
+    import requests
+    import urllib3
+
+    from openrouter_sync.deadline import Deadline
+    from openrouter_sync.transport import TransportError, map_network_errors
+
+    cause = http.client.IncompleteRead(b"abcd", 562)
+    broken = requests.exceptions.ChunkedEncodingError(
+        urllib3.exceptions.ProtocolError(f"Connection broken: {cause!r}", cause))
+    deadline = Deadline.after(30)
+    with pytest.raises(TransportError) as caught:
+        with map_network_errors(deadline, reading=True):
+            raise broken
+    deadline.finish()
+    assert str(caught.value) == ("the answer was cut off: ProtocolError: Connection broken: "
+                                 "IncompleteRead(4 bytes read, 562 more expected)")

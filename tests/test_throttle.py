@@ -513,6 +513,21 @@ def test_the_environment_variable_shares_registry_throttles(tmp_path: Path,
     assert "sk-env" not in throttle.shared_state
 
 
+@pytest.mark.parametrize("where", ["http://x/state", "reddis://cache:6379/0", "file:///tmp/x"])
+def test_a_url_that_is_not_redis_is_refused_never_made_a_file(where: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="not a Redis URL"):
+        Throttle.shared(where)
+    monkeypatch.setenv("OPENROUTER_SYNC_SHARED_STATE", where)
+    with caplog.at_level("WARNING", logger="openrouter_sync"):
+        throttle = Throttle.for_endpoint("https://typo.invalid/api/v1", f"sk-typo-{time.time_ns()}")
+    assert throttle.shared_state is None and "not a Redis URL" in caplog.text
+    assert throttle.acquire(time.sleep, 60).admitted
+    assert list(tmp_path.iterdir()) == []  # no "http:" directory left behind
+
+
 def test_the_shared_state_variable_names_a_directory_even_before_it_exists(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """One file per endpoint and key, in a directory created on first use (/run is empty after a boot)."""
     folder = tmp_path / "not-yet" / "openrouter"

@@ -87,7 +87,7 @@ return 0
 """
 
 MISSING_PACKAGE = ('a Redis URL for the shared rate-limit state needs the redis package: '
-                   'pip install "openrouter-sync[redis]"')
+                   'pip install "openrouter-sync[redis]" (or ".[redis]" in a clone of the repository)')
 
 
 def is_redis_url(where: str) -> bool:
@@ -101,6 +101,10 @@ def open_shared_state(where: str, name: Optional[str] = None) -> StateStore:
     that path."""
     if is_redis_url(where):
         return RedisState(where, name)
+    if "://" in where:  # a typo of a Redis URL, or another scheme: never a file named "http:/..."
+        scheme = where.split("://", 1)[0][:20]
+        raise ValueError(f"shared rate-limit state: {scheme!r}:// is not a Redis URL "
+                         f"({', '.join(REDIS_SCHEMES)}) nor a file path")
     return SharedState(where)
 
 
