@@ -128,7 +128,8 @@ class Pipeline:
     def _attempt(self, call: CallState, spec: CallSpec, key: str, body: bytes, stream: bool) -> Outcome:
         call.attempts += 1
         policy, throttle = self._policy, self.throttle_for(key)
-        ticket = throttle.acquire(call.sleep, min(policy.max_wait_seconds, max(0.0, call.budget_left())),
+        budget = max(0.0, call.budget_left())
+        ticket = throttle.acquire(call.sleep, min(policy.max_wait_seconds, budget), budget=budget,
                                   gate=policy.max_attempts > 1, scopes=scopes_for(spec.model))
         call.waited += ticket.waited
         if not ticket.admitted:

@@ -208,7 +208,9 @@ def quick_ack(sock: Optional[socket.socket]) -> None:
     that acknowledgement: 40 ms added to every answer. The kernel goes back to delaying after a
     while, so this is set again after each request. (A stream's events, not answered by the
     client, are acknowledged promptly anyway: measured, no gain there.)"""
-    if _QUICKACK is not None and sock is not None:
+    # Only a real socket (TLS included): TLS inside a proxy's TLS tunnel, or pyOpenSSL's wrapper,
+    # have no setsockopt, and an option is never worth failing a call for.
+    if _QUICKACK is not None and isinstance(sock, socket.socket):
         try:
             sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
         except OSError:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import secrets
 import threading
 import time
 import weakref
@@ -34,7 +35,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ._log import logger
-from .ratelimit.estimator import LIMITED
 from .ratelimit.lane import Lane, finite_positive
 from .ratelimit.shared import SharedState, State, StateStore
 
@@ -152,7 +152,8 @@ class Throttle:
         self._restarts_seen = self._key.pacer.restarts
         self._refusals_seen = 0  # count of the shared ring of 429s taken over
         self._window_seen = 0  # the key-wide lane's count of sends in the window, as last taken over
-        self._shared_refusals: Deque[float] = deque(maxlen=4 * _RING)  # sends whose 429 went to the ring
+        self._shared_refusals: Deque[float] = deque(maxlen=4 * _RING)
+        self._share_pid, self._share_token = 0, ""  # sends whose 429 went to the ring
         Throttle._all.add(self)
 
     @classmethod
@@ -324,7 +325,8 @@ class Throttle:
             lane.epoch += 1
 
     # ----- the send side -----
-    def acquire(self, sleep: Sleep, max_wait: float, *, gate: bool = True, scopes: Sequence[str] = ()) -> Ticket:
+    def acquire(self, sleep: Sleep, max_wait: float, *, gate: bool = True, scopes: Sequence[str] = (),
+                budget: float = math.inf) -> Ticket:
         """Wait for this request's turn; return its ticket.
 
         When a gate that applies stays shut longer than ``max_wait`` seconds, return at once with
@@ -333,7 +335,10 @@ class Throttle:
         may be a gate's early probe within ``max_wait`` is let go instead. ``gate=False`` ignores the
         gates (for a caller that never retries) but keeps the pacing. ``scopes``: the scopes besides
         the key-wide one that this request goes through, e.g. ``("model:x/y",)`` or
-        ``("model:x/y:free", "free")``. ``sleep`` may raise (cancellation): it propagates.
+        ``("model:x/y:free", "free")``. ``budget``: the seconds the caller has left in all; a send
+        slot further away than that is not taken (``sent_at=None``, ``refused_for`` the wait), so
+        pacing never outlasts a call's ``max_elapsed_seconds``. ``sleep`` may raise (cancellation):
+        it propagates.
         """
         names = _normalize_scopes(scopes)
         if self._shared is None:  # the common case, nothing to plan: every lane lets it go now
@@ -351,6 +356,8 @@ class Throttle:
                 if isinstance(plan, float):
                     return Ticket(None, waited, refused_for=plan, scopes=names)
                 start, wake, probes = plan
+                if wake is None and start - now > budget - waited:  # the slot lies beyond the caller's budget
+                    return Ticket(None, waited, refused_for=start - now, scopes=names)
                 if wake is None:
                     for lane in lanes:
                         lane.pacer.commit(start, lane.interval(now))
@@ -509,11 +516,19 @@ class Throttle:
             return
         with self._shared.locked() as state:
             if state is not None:
-                try:
-                    self._take_over(state, self._clock())
-                except (TypeError, ValueError):
-                    state.clear()  # not a state this library wrote: start afresh
+                self._adopt_shared(state)
             yield state
+
+    def _adopt_shared(self, state: State) -> None:
+        """Take over a state read from the shared store, after checking it: another process, a
+        crash or a hand may have written anything there, and none of it may raise into a call or
+        hold requests without bound."""
+        now = self._clock()
+        try:
+            _sanitize(state, now, self._max_gate)
+            self._take_over(state, now)
+        except (TypeError, ValueError, OverflowError, AttributeError, IndexError):
+            state.clear()  # not a state this library wrote: start afresh
 
     def _take_over(self, state: State, now: float) -> None:
         """Adopt what other processes wrote, so that the key-wide lane acts as one controller for
@@ -630,7 +645,12 @@ class Throttle:
         return seq
 
     def _share_id(self) -> str:
-        return f"{os.getpid():x}.{id(self) & 0xFFFFFF:x}"
+        """This throttle's name in the shared state: random, and new in a forked child (process ids
+        repeat across containers, where every worker may be pid 1)."""
+        pid = os.getpid()
+        if self._share_pid != pid:
+            self._share_pid, self._share_token = pid, secrets.token_hex(8)
+        return self._share_token
 
     def _key_snapshot(self) -> Tuple[Any, ...]:
         """What ``_publish`` compares, taken before an answer changes the key-wide lane. When the
@@ -640,10 +660,7 @@ class Throttle:
         if self._shared is not None:
             with self._shared.locked() as state:
                 if state is not None:
-                    try:
-                        self._take_over(state, self._clock())
-                    except (TypeError, ValueError):
-                        state.clear()
+                    self._adopt_shared(state)
         return self._key_values()
 
     def _key_values(self) -> Tuple[Any, ...]:
@@ -654,16 +671,12 @@ class Throttle:
     def _share_refusals(self, state: State) -> None:
         """Append this process's new key-wide 429s (send time and number) to the shared ring, for
         the other processes' measurements (see ``Lane.adopt_refusal``)."""
-        records = self._key._records
         fresh: List[List[Any]] = []
-        for record in reversed(records):
-            if len(fresh) >= _RING or record[0] < records[-1][0] - 2.0:
-                break
-            if len(record) == 4 and record[1] == LIMITED and record[3] >= 0 and record[3] not in self._shared_refusals:
-                fresh.append([record[0], int(record[3]), self._share_id()])
-                self._shared_refusals.append(record[3])
+        for sent_at, seq in self._key.recent_refusals(_RING):
+            if seq not in self._shared_refusals:
+                fresh.append([sent_at, int(seq), self._share_id()])
+                self._shared_refusals.append(seq)
         if fresh:
-            fresh.reverse()
             state["refused"] = (list(state.get("refused", [])) + fresh)[-_RING:]
             state["refused_n"] = int(state.get("refused_n", 0)) + len(fresh)
 
@@ -697,6 +710,39 @@ class Throttle:
             self._commit_shared(state)
             if gated:
                 self._share_gate(state, now)
+
+
+_SHARED_TIMES = ("next_slot", "rate_at", "grow_from", "reacted", "hold")
+_SLOT_HORIZON = 3600.0  # seconds: no chain of send slots legitimately reaches further ahead
+
+
+def _sanitize(state: State, now: float, max_gate: float) -> None:
+    """Drop what no process of this library writes, so a corrupted state cannot stall or break
+    calls: numbers that are not finite or absurdly large, rates that are not positive, times far
+    in the future (a shared gate holds at most ``max_gate`` seconds, as a gate here does; a chain of
+    slots at most an hour), and malformed entries of the 429 ring."""
+    for name, value in list(state.items()):
+        if isinstance(value, float) and not math.isfinite(value):
+            del state[name]  # -inf (never, for a time) reads the same as a missing field
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) > 1e12:
+            del state[name]
+    rate = state.get("rate")
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0):
+        del state["rate"]
+    horizon = {"hold": max_gate, "next_slot": _SLOT_HORIZON}
+    for name in _SHARED_TIMES:
+        value = state.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            del state[name]
+        elif value > now + horizon.get(name, max_gate):
+            del state[name]  # a time this far ahead was not written by a clock that agrees with ours
+    ring = state.get("refused")
+    if ring is not None:
+        state["refused"] = [entry for entry in ring if isinstance(entry, list) and len(entry) == 3
+                            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                                    and abs(x) <= 1e12 for x in entry[:2])] if isinstance(ring, list) else []
 
 
 def _after_fork_in_child() -> None:

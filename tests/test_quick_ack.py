@@ -42,12 +42,17 @@ def test_each_request_asks_for_immediate_acks_on_its_socket(monkeypatch: pytest.
     assert len({id(s) for s in seen}) == 1  # one kept-alive connection, set again for each request
 
 
-def test_a_socket_that_refuses_the_option_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    class Refusing:
+def test_a_socket_that_refuses_the_option_or_is_no_socket_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Refusing(socket.socket):
         def setsockopt(self, *args: Any) -> None:
             raise OSError(92, "Protocol not available")
 
-    deadline_module.quick_ack(Refusing())  # type: ignore[arg-type]
+    class Wrapped:  # TLS inside a proxy's TLS tunnel (urllib3's SSLTransport), pyOpenSSL's WrappedSocket
+        pass
+
+    with Refusing() as refusing:
+        deadline_module.quick_ack(refusing)
+    deadline_module.quick_ack(Wrapped())  # type: ignore[arg-type]
     deadline_module.quick_ack(None)
     monkeypatch.setattr(deadline_module, "_QUICKACK", None)  # not Linux: nothing to do
     with HostileServer(_split_writes) as server:

@@ -333,6 +333,56 @@ def test_a_base_key_or_garbage_in_redis_reads_as_nothing(server: RedisServer, na
     assert t.acquire(time.sleep, 1.0).admitted
 
 
+CORRUPT = [b'{"sends": Infinity}', b'{"slot_gen": 1e400, "refused_n": -Infinity}', b"[" * 5000,
+           b'{"next_slot": 1e300}', b'{"next_slot": Infinity, "rate": 1e-300, "rate_at": 1e18}',
+           b'{"rate": NaN, "grow_from": NaN, "rate_at": 1e3}', b'{"rate": -5, "rate_at": 1e3, "measured": true}',
+           b'{"hold": 1e300, "hold_by": "someone-else"}', b'{"hold": 5e5, "hold_by": "someone-else"}',
+           b'{"refused": [[NaN, 1, "x"], [1e400, 2, "x"], "junk"], "refused_n": 3}',
+           b'{"window_seq": Infinity, "exactness": 1e400}', b'{"x": "' + b"a" * 200_000 + b'"}']
+
+
+@pytest.mark.parametrize("raw", CORRUPT, ids=[str(i) for i in range(len(CORRUPT))])
+def test_a_corrupted_state_never_raises_nor_holds_a_call(raw: bytes, server: RedisServer, name: str,
+                                                        tmp_path: Path) -> None:
+    """Whatever is stored (a crash, another program, a hand): calls go at once and never raise,
+    through Redis and through the file, and the lock is released (the next access is quick)."""
+    key = f"openrouter-sync:{{{name}}}:state"
+    redis.Redis(port=server.port).set(key, raw)
+    path = tmp_path / "state"
+    path.write_bytes(raw[:4096])
+    for throttle in (throttle_on(state_for(server.url(), name)), Throttle.shared(str(path))):
+        started = time.monotonic()
+        for _ in range(3):
+            ticket = throttle.acquire(time.sleep, 2.0)
+            assert ticket.admitted, ticket
+            throttle.on_rate_limited(ticket, 0.05)
+            throttle.on_answer(throttle.acquire(time.sleep, 2.0))
+        assert time.monotonic() - started < 1.5
+
+
+@pytest.mark.parametrize("url", [
+    "redis://:SECRETAAA#SECRETBBB@127.0.0.1:6390/0",
+    "redis://:SECRETCCC/SECRETDDD@127.0.0.1:6390/0#app",
+    "redis://user:SECRETEEE?SECRETFFF@127.0.0.1:6390/0",
+    "redis://127.0.0.1:6390/0?password=SECRETGGG&SECRETHHH#app",
+])
+def test_a_password_with_unencoded_delimiters_never_shows(url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A password that should have been percent-encoded: no part of it in the path, repr, errors or logs."""
+    from openrouter_sync.ratelimit.redis_state import RedisState
+
+    shown: List[str] = []
+    with caplog.at_level(logging.DEBUG, logger="openrouter_sync"):
+        try:
+            store = RedisState(url)
+            shown += [store.path, repr(store)]
+            with store.locked():
+                pass  # nothing listens on that port: a warning
+        except ValueError as error:
+            shown.append(str(error))
+    shown.append(caplog.text)
+    assert all("SECRET" not in text for text in shown), shown
+
+
 # ----- failures -----
 def test_redis_stopped_mid_run_falls_back_with_one_warning(own_server: RedisServer, name: str,
                                                            caplog: pytest.LogCaptureFixture) -> None:

@@ -537,3 +537,56 @@ def test_the_shared_state_variable_names_a_directory_even_before_it_exists(tmp_p
     c = Throttle.for_endpoint("http://other-dir-test.invalid/v1", "key-A-0123456789")
     paths = {t.shared_state for t in (a, b, c)}
     assert len(paths) == 3 and all(p is not None and p.startswith(str(folder)) for p in paths)
+
+
+def test_a_stopped_holder_of_the_state_file_lock_delays_a_call_at_most_a_second(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A process stopped (SIGSTOP, a debugger) while holding the flock: the others wait at most
+    LOCK_WAIT once, then go on with their own state, and share again once the lock is free."""
+    import fcntl
+    import os
+
+    path = tmp_path / "stopped.state"
+    throttle = Throttle.shared(str(path))
+    assert throttle.acquire(time.sleep, 1.0).admitted  # creates the file
+    holder = os.open(path, os.O_RDWR)  # another open file description: as another process's lock
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        with caplog.at_level("WARNING", logger="openrouter_sync"):
+            started = time.monotonic()
+            first = throttle.acquire(time.sleep, 1.0)
+            throttle.on_answer(first)
+            later = [throttle.acquire(time.sleep, 1.0) for _ in range(5)]
+            elapsed = time.monotonic() - started
+        assert first.admitted and all(t.admitted for t in later)
+        assert elapsed < 2.0  # one wait of a second, then no more waits while it stays stopped
+        assert caplog.text.count("waited") == 1
+    finally:
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        os.close(holder)
+    assert throttle.shared_state is not None and throttle.acquire(time.sleep, 1.0).admitted
+
+
+def test_a_send_slot_beyond_the_callers_budget_is_refused_not_waited_for() -> None:
+    """Pacing never outlasts a call's max_elapsed_seconds: the slot is not taken, the caller told."""
+    clock = Clock()
+    t = Throttle(requests_per_minute=60, clock=clock, adaptive=False)
+    assert t.acquire(clock.sleep, 60).sent_at == 100.0
+    refused = t.acquire(clock.sleep, 60, budget=0.5)
+    assert not refused.admitted and refused.refused_for == pytest.approx(1.0) and clock.now == 100.0
+    taken = t.acquire(clock.sleep, 60, budget=5.0)  # the refused request did not use up the slot
+    assert taken.sent_at == pytest.approx(101.0)
+
+
+def test_max_elapsed_seconds_bounds_the_wait_for_a_send_slot(env_key: str) -> None:
+    from openrouter_sync import OpenRouterBackend, RetryPolicy
+    from openrouter_sync.testing import FakeOpenRouter
+
+    with FakeOpenRouter() as fake:
+        backend = OpenRouterBackend(base_url=fake.base_url, requests_per_minute=30, share_throttle=False,
+                                    retry_policy=RetryPolicy(max_elapsed_seconds=0.5))
+        assert backend.execute("first").success
+        started = time.monotonic()
+        second = backend.execute("second")  # its slot is 2 s away
+        assert time.monotonic() - started < 0.5
+    assert not second.success and second.error_type == "rate_limit" and fake.request_count == 1

@@ -229,6 +229,19 @@ class Lane:
         if len(records) > MAX_RECORDS:
             records.popleft()
 
+    def recent_refusals(self, limit: int, within: float = 2.0) -> List[List[float]]:
+        """This process's latest refused sends that carry a shared number: ``[sent_at, seq]``, the
+        newest last, at most ``limit`` of them, no older than ``within`` seconds before the last send."""
+        records = self._records
+        found: List[List[float]] = []
+        for record in reversed(records):
+            if len(found) >= limit or record[0] < records[-1][0] - within:
+                break
+            if len(record) == 4 and record[1] == est.LIMITED and record[3] >= 0:
+                found.append([record[0], record[3]])
+        found.reverse()
+        return found
+
     def share_scale(self, start: float, end: float) -> float:
         """All processes' sends per send of this one in ``[start, end]`` (1 when not shared): what
         this process measured is its share of what the server took.

@@ -34,12 +34,13 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, unquote
 
 from .._log import register_secret
 from .shared import SharedState, State, StateStore
@@ -55,9 +56,11 @@ LOCK_TTL_MS = 2000
 #: The longest a caller waits for the lock (s) before going ahead with its own state, once.
 LOCK_WAIT = 3.0
 STATE_TTL_S = 86400  # the state key expires a day after its last write
+MAX_STATE_BYTES = 65536  # a larger value was not written by this library: it reads as empty (and is replaced)
 KEY_PREFIX = "openrouter-sync"
 DEFAULT_NAME = "default"
 SOCKET_TIMEOUT = 1.0  # seconds; a Redis that stops answering costs a request at most about this, once
+SLOW_ACCESS, SLOW_STREAK = 0.5, 3  # this many accesses in a row slower than this: Redis is given up, as on an error
 #: The state's fields that hold a time (monotonic seconds to the throttle, wall-clock in Redis).
 TIMES = ("next_slot", "rate_at", "grow_from", "reacted", "hold")
 #: The state's fields that hold a list of entries whose first item is such a time.
@@ -108,38 +111,46 @@ def open_shared_state(where: str, name: Optional[str] = None) -> StateStore:
     return SharedState(where)
 
 
+def _split_userinfo(url: str) -> Tuple[str, str, str]:
+    """``(scheme, userinfo, rest)`` of a URL, robust to a password with ``#``, ``/``, ``?`` or
+    ``@`` left unencoded: the userinfo runs to the last ``@`` (``urlsplit`` would read such a
+    password as a port, a path or a fragment, and show it in its errors)."""
+    scheme, sep, rest = url.strip().partition("://")
+    if not sep:
+        return "", "", url.strip()
+    at = rest.rfind("@")
+    return scheme, (rest[:at] if at >= 0 else ""), (rest[at + 1:] if at >= 0 else rest)
+
+
 def _url_passwords(url: str) -> Tuple[str, ...]:
     """Every form of the password a Redis URL carries (in its user part or its query), as
-    written and decoded, longest first (none: empty)."""
+    written, decoded and encoded, and the pieces a parser may cut it into; longest first."""
     forms = set()
-    try:
-        parts = urlsplit(url)
-        if parts.password:
-            forms |= {parts.password, unquote(parts.password)}
-        for field in parts.query.split("&"):
+    _, userinfo, rest = _split_userinfo(url)
+    if ":" in userinfo:
+        forms.add(userinfo.split(":", 1)[1])
+    for text in (rest, userinfo):
+        query = text.partition("?")[2]
+        for i, field in enumerate(query.split("&")):
             key, _, value = field.partition("=")
             if unquote(key).lower() == "password" and value:
-                forms |= {value, unquote(value), unquote(value.replace("+", " "))}
-    except ValueError:
-        pass
+                forms.add("&".join([value, *query.split("&")[i + 1:]]).split("#", 1)[0])  # up to the end: "a&b"
+                forms.add(value)
+    forms |= {unquote(form) for form in forms} | {unquote(form.replace("+", " ")) for form in forms}
     forms |= {quote(form, safe="") for form in forms} | {quote(form) for form in forms}
-    return tuple(sorted((form for form in forms if form), key=len, reverse=True))
+    pieces = {piece for form in forms for piece in re.split(r"[#/?@:&=]", form) if len(piece) >= 3}
+    return tuple(sorted((form for form in forms | pieces if form), key=len, reverse=True))
 
 
 def redact_url(url: str) -> str:
-    """``url`` without any password (user part and ``password=`` query field) and without its fragment."""
-    try:
-        parts = urlsplit(url.strip())
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, host = netloc.rsplit("@", 1)
-            user = userinfo.split(":", 1)[0]
-            netloc = f"{user}@{host}" if user else host
-        query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-                           if k.lower() != "password"])
-        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-    except ValueError:
-        return url.split("://", 1)[0] + "://(unparsable URL)"
+    """``url`` as shown to users: scheme, user name, host, port and path; never a password,
+    the query (which may hold one) or the fragment."""
+    scheme, userinfo, rest = _split_userinfo(url)
+    if not scheme:
+        return "(not a URL)"
+    user = userinfo.split(":", 1)[0]
+    where = re.split(r"[?#]", rest, maxsplit=1)[0]
+    return f"{scheme}://{user + '@' if user else ''}{where}{'?...' if '?' in rest else ''}"
 
 
 def _finite(value: Any) -> Optional[float]:
@@ -175,9 +186,10 @@ class RedisState:
         self._passwords = _url_passwords(url)
         for form in self._passwords:
             register_secret(form)  # belt and braces: the library's log redaction knows it too
-        fragment = unquote(urlsplit(url).fragment) if "#" in url else ""
-        self.name = name or fragment or DEFAULT_NAME
-        self._url = url.split("#", 1)[0]
+        scheme, userinfo, rest = _split_userinfo(url)
+        rest, _, fragment = rest.partition("#")  # the fragment after the host: a "#" in a password is not one
+        self.name = name or unquote(fragment) or DEFAULT_NAME
+        self._url = f"{scheme}://{userinfo + '@' if userinfo else ''}{rest}"
         self.path = f"{redact_url(url)}#{self.name}"
         self.key = f"{KEY_PREFIX}:{{{self.name}}}:state"
         self.lock_key = f"{KEY_PREFIX}:{{{self.name}}}:lock"
@@ -195,6 +207,7 @@ class RedisState:
         self.lock_count = 0
         self.lost_locks = 0  # releases that found the lock expired and taken by another (nothing written)
         self._waited_warning = False
+        self._slow = 0  # accesses in a row slower than SLOW_ACCESS
         try:
             self._new_client()  # parses the URL now (a bad one is a configuration error); connects on first use
         except Exception as exc:
@@ -274,8 +287,11 @@ class RedisState:
                 yield None
                 return
             base = self._clock_base()
-            state = self._decode(raw, base)
-            before = _snapshot(state)
+            try:
+                state = self._decode(raw, base)
+                before = _snapshot(state)
+            except Exception:  # whatever was stored: start afresh, and never keep the lock
+                state, before = {}, ""
             try:
                 yield state
             except BaseException:
@@ -283,8 +299,12 @@ class RedisState:
                 raise
             self._release(token, state if _snapshot(state) != before else None, base)
         finally:
-            self.lock_seconds += time.perf_counter() - started
+            took = time.perf_counter() - started
+            self.lock_seconds += took
             self.lock_count += 1
+            self._slow = self._slow + 1 if took > SLOW_ACCESS else 0
+            if self._slow >= SLOW_STREAK and self.usable:  # sharing now costs more than it can save
+                self._fail(TimeoutError(f"{SLOW_STREAK} accesses in a row took over {SLOW_ACCESS:g} s"))
 
     def _acquire(self, started: float) -> Tuple[Optional[str], Any]:
         acquire, _ = self._connection()
@@ -319,8 +339,9 @@ class RedisState:
     def _decode(self, raw: Any, base: float) -> State:
         """Redis's JSON as the throttle reads it: times in this machine's monotonic seconds."""
         try:
-            state = json.loads(raw.decode("utf-8")) if raw else {}
-        except (AttributeError, UnicodeDecodeError, ValueError):
+            too_big = raw is not None and len(raw) > MAX_STATE_BYTES  # ours is about 1 KB
+            state = json.loads(raw.decode("utf-8")) if raw and not too_big else {}
+        except (AttributeError, TypeError, UnicodeDecodeError, ValueError, RecursionError):
             state = {}  # not a state this library wrote: start afresh
         if not isinstance(state, dict):
             return {}

@@ -42,6 +42,7 @@ logger = logging.getLogger("openrouter_sync")
 State = Dict[str, Any]
 _REBOOT_TOLERANCE = 5.0  # seconds the wall and monotonic clocks may drift apart before a file reads as stale
 _MAX_BYTES = 4096
+LOCK_WAIT = 1.0  # seconds a caller waits for the lock before going on with this process's own state
 
 
 def _clock_base() -> float:
@@ -75,6 +76,8 @@ class SharedState:
         self.usable = fcntl is not None
         self.lock_seconds = 0.0  # time spent in locked() so far (its cost, measured)
         self.lock_count = 0
+        self._waited_warning = False
+        self._stalled = False  # the last wait for the lock ran out
         if not self.usable:
             logger.warning("shared rate-limit state %s: no fcntl on this platform; each process keeps its own",
                            self.path)
@@ -107,12 +110,14 @@ class SharedState:
         started = time.perf_counter()
         try:
             fd = self._descriptor()
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            locked = self._lock_within(fd, started)
         except OSError as exc:
             self.usable = False
             why = errno.errorcode.get(exc.errno or 0, str(exc))
             logger.warning("shared rate-limit state %s cannot be locked (%s); each process keeps its own",
                            self.path, why)
+            locked = False
+        if not locked:  # no locks here, or a holder that stopped (SIGSTOP, a debugger): this call goes on alone
             yield None
             return
         try:
@@ -128,14 +133,37 @@ class SharedState:
             self.lock_seconds += time.perf_counter() - started
             self.lock_count += 1
 
+    def _lock_within(self, fd: int, started: float) -> bool:
+        """Take the lock, waiting at most ``LOCK_WAIT`` seconds (a holder is done in microseconds;
+        one that is not has been stopped, and must not stop every call of every process). Once a
+        wait ran out, later calls try once and go on at once until the lock is free again."""
+        assert fcntl is not None
+        pause = 0.0001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._stalled = False
+                return True
+            except BlockingIOError:
+                pass
+            if self._stalled or time.perf_counter() - started > LOCK_WAIT:
+                self._stalled = True
+                if not self._waited_warning:
+                    self._waited_warning = True
+                    logger.warning("shared rate-limit state %s: waited %.1f s for the lock; this call goes on "
+                                   "with this process's own state", self.path, LOCK_WAIT)
+                return False
+            time.sleep(pause)
+            pause = min(0.002, pause * 1.5)
+
     @staticmethod
     def _read(fd: int) -> State:
         raw = os.pread(fd, _MAX_BYTES, 0)
         base = _clock_base()
         try:
             state = json.loads(raw.decode("ascii")) if raw else {}
-        except (UnicodeDecodeError, ValueError):
-            state = {}  # half-written by a process that died: start afresh
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            state = {}  # half-written by a process that died (or not ours): start afresh
         try:
             stale = not isinstance(state, dict) or abs(float(state.get("base", base)) - base) > _REBOOT_TOLERANCE
         except (TypeError, ValueError):
