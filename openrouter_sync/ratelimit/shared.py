@@ -154,7 +154,7 @@ class SharedState:
                                    "with this process's own state", self.path, LOCK_WAIT)
                 return False
             time.sleep(pause)
-            pause = min(0.002, pause * 1.5)
+            pause = min(0.0005, pause * 1.5)  # short: the holder is done in microseconds
 
     @staticmethod
     def _read(fd: int) -> State:
