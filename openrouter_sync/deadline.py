@@ -202,7 +202,7 @@ _QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux
 def quick_ack(sock: Optional[socket.socket]) -> None:
     """Acknowledge what arrives on ``sock`` at once instead of up to 40 ms later (Linux).
 
-    A server that writes an answer's head and body (or two events) separately, without
+    A server that writes an answer's head and body separately, without
     ``TCP_NODELAY`` (Python's ``http.server`` among many), holds the second write back until the
     first is acknowledged (Nagle's algorithm), and a client in a request/answer exchange delays
     that acknowledgement: 40 ms added to every answer. The kernel goes back to delaying after a

@@ -36,7 +36,7 @@ from typing import Any, Callable, ClassVar, Deque, Dict, Iterator, List, Optiona
 
 from ._log import logger
 from .ratelimit.lane import Lane, finite_positive
-from .ratelimit.shared import SharedState, State, StateStore
+from .ratelimit.shared import TIMES, SharedState, State, StateStore
 
 __all__ = ["KEY_SCOPE", "ScopeStatus", "Throttle", "ThrottleStatus", "Ticket"]
 
@@ -152,8 +152,8 @@ class Throttle:
         self._restarts_seen = self._key.pacer.restarts
         self._refusals_seen = 0  # count of the shared ring of 429s taken over
         self._window_seen = 0  # the key-wide lane's count of sends in the window, as last taken over
-        self._shared_refusals: Deque[float] = deque(maxlen=4 * _RING)
-        self._share_pid, self._share_token = 0, ""  # sends whose 429 went to the ring
+        self._shared_refusals: Deque[float] = deque(maxlen=4 * _RING)  # sends whose 429 went to the ring
+        self._share_pid, self._share_token = 0, ""  # see _share_id
         Throttle._all.add(self)
 
     @classmethod
@@ -166,7 +166,7 @@ class Throttle:
         Redis URL (``redis://``, ``rediss://``, ``unix://``; needs ``openrouter-sync[redis]``), under
         a Redis key named after that hash, shared with processes on other machines too (without the
         ``redis`` package, or with a malformed URL, a warning is logged and the state is not shared)."""
-        from .ratelimit.redis_state import is_redis_url, open_shared_state
+        from .ratelimit.redis_state import open_shared_state
 
         url = str(base_url).rstrip("/")
         digest = hashlib.sha256((api_key or "").encode("utf-8")).hexdigest()
@@ -177,7 +177,7 @@ class Throttle:
                 where = os.environ.get(SHARED_STATE_ENV, "").strip()
                 name = hashlib.sha256(f"{url}\n{digest}".encode()).hexdigest()[:32]
                 state: Optional[StateStore] = None
-                if where and (is_redis_url(where) or "://" in where):
+                if "://" in where:  # Redis, or refused (another scheme never becomes a file name)
                     try:
                         state = open_shared_state(where, name)
                     except (ImportError, ValueError) as exc:  # no redis package, or a bad URL: calls never raise
@@ -656,11 +656,13 @@ class Throttle:
         """What ``_publish`` compares, taken before an answer changes the key-wide lane. When the
         state is shared, the other processes' state is taken over first: one controller hears
         every answer with everything the others learned (a 429 from a burst another process
-        already reacted to is old news, not an event of its own; their 429s end measurements)."""
-        if self._shared is not None:
-            with self._shared.locked() as state:
-                if state is not None:
-                    self._adopt_shared(state)
+        already reacted to is old news, not an event of its own; their 429s end measurements).
+        Not shared: nothing to compare (``_publish`` has nothing to write)."""
+        if self._shared is None:
+            return ()
+        with self._shared.locked() as state:
+            if state is not None:
+                self._adopt_shared(state)
         return self._key_values()
 
     def _key_values(self) -> Tuple[Any, ...]:
@@ -679,7 +681,6 @@ class Throttle:
         if fresh:
             state["refused"] = (list(state.get("refused", [])) + fresh)[-_RING:]
             state["refused_n"] = int(state.get("refused_n", 0)) + len(fresh)
-
 
     def _publish(self, before: Tuple[Any, ...], now: float) -> None:
         """Write what changed here for the other processes: the key-wide rate (a measurement, a
@@ -712,7 +713,6 @@ class Throttle:
                 self._share_gate(state, now)
 
 
-_SHARED_TIMES = ("next_slot", "rate_at", "grow_from", "reacted", "hold")
 _SLOT_HORIZON = 3600.0  # seconds: no chain of send slots legitimately reaches further ahead
 
 
@@ -730,7 +730,7 @@ def _sanitize(state: State, now: float, max_gate: float) -> None:
     if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0):
         del state["rate"]
     horizon = {"hold": max_gate, "next_slot": _SLOT_HORIZON}
-    for name in _SHARED_TIMES:
+    for name in TIMES:
         value = state.get(name)
         if value is None:
             continue

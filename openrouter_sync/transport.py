@@ -187,7 +187,7 @@ class NoRedirectSession(requests.Session):
 
     def __init__(self) -> None:
         super().__init__()
-        self.cookies = NoCookieJar()
+        self.cookies = _NO_COOKIES
 
     def get_redirect_target(self, resp: requests.Response) -> None:
         return None
@@ -263,8 +263,11 @@ class Transport:
         self._pool_size = max(1, pool_size)
         self._session, self._adapter = self._open_session()
         self._env = self._session.merge_environment_settings(self.base_url + "/", {}, None, None, None)
-        self._tls = any(str(url).lower().startswith("https:")  # TLS to the endpoint or to a proxy
-                        for url in (self.base_url, *(self._env["proxies"] or {}).values()))
+        # A CA bundle only matters where TLS is spoken, to the endpoint or to a proxy (requests
+        # would stat its path on every request); decided once, as the environment is read once.
+        urls = (self.base_url, *(self._env["proxies"] or {}).values())
+        tls = any(str(url).lower().startswith("https:") for url in urls)
+        self._verify = True if self._env["verify"] is None or not tls else self._env["verify"]
         self._closed = False
         self._pid = os.getpid()
 
@@ -311,8 +314,6 @@ class Transport:
             self._reopen()  # after close(), as the reference's lazy client did; or in a forked child
         timeout = max(0.001, min(self.connect_timeout, deadline.remaining())), max(0.001, deadline.remaining())
         env = self._env
-        # A CA bundle only matters where TLS is spoken (requests would stat its path on every request).
-        verify = True if env["verify"] is None or not self._tls else env["verify"]
         with map_network_errors(deadline):
             if params:
                 template = self._template(method, path, key)
@@ -324,7 +325,7 @@ class Transport:
                 prepared.headers.update(headers)
             if body is not None:
                 prepared.prepare_body(body, None)
-            raw = self._session.send(prepared, stream=True, timeout=timeout, verify=verify, cert=env["cert"],
+            raw = self._session.send(prepared, stream=True, timeout=timeout, verify=self._verify, cert=env["cert"],
                                      proxies=env["proxies"], allow_redirects=False)
         return Response(raw, deadline, self.max_response_bytes)
 

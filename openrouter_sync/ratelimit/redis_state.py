@@ -13,14 +13,14 @@ only when a Redis URL is used.
   still holds this process's token (compare-and-delete). A process that dies holding it (SIGKILL)
   blocks the others at most the 2 s TTL. Waiting for it spins with short sleeps (0.1 to 2 ms); after
   :data:`LOCK_WAIT` seconds the caller goes ahead with its own state for that one call.
-- **Time**: the state's times (the fields in :data:`TIMES`, and the first item of each entry of
-  the lists in :data:`TIME_LISTS`) are ``time.monotonic()`` seconds to the throttle, valid on one
-  machine only. In Redis they are stored as wall-clock seconds (monotonic +
+- **Time**: the state's times (the fields in :data:`~openrouter_sync.ratelimit.shared.TIMES`, and
+  the first item of each entry of the lists in ``TIME_LISTS`` there) are ``time.monotonic()``
+  seconds to the throttle, valid on one machine only. In Redis they are stored as wall-clock seconds (monotonic +
   ``time.time() - time.monotonic()``) and read back as this machine's monotonic seconds, so
   machines whose clocks agree (NTP) share one chain of send slots. A time this process read or
   wrote is handed back exactly as it was (no rounding drift that would read as a newer rate). The
   file's reboot check (``base``) does not apply here: the key is dropped on the way in and out. A
-  new time field in the state must be named in :data:`TIMES` or :data:`TIME_LISTS`.
+  new time field in the state must be named in ``shared.TIMES`` or ``shared.TIME_LISTS``.
 - **Failures**: if Redis is unreachable or answers with an error, one warning is logged, the
   state turns unusable and each process keeps its own (``locked()`` yields None); no error reaches
   the caller's request. The URL's password never appears in ``path``, ``repr``, warnings or errors.
@@ -43,7 +43,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 from urllib.parse import quote, unquote
 
 from .._log import register_secret
-from .shared import SharedState, State, StateStore
+from .shared import TIME_LISTS, TIMES, SharedState, State, StateStore, poll_for_lock, warn_lock_wait
 
 logger = logging.getLogger("openrouter_sync")
 
@@ -61,13 +61,9 @@ KEY_PREFIX = "openrouter-sync"
 DEFAULT_NAME = "default"
 SOCKET_TIMEOUT = 1.0  # seconds; a Redis that stops answering costs a request at most about this, once
 SLOW_ACCESS, SLOW_STREAK = 0.5, 3  # this many accesses in a row slower than this: Redis is given up, as on an error
-#: The state's fields that hold a time (monotonic seconds to the throttle, wall-clock in Redis).
-TIMES = ("next_slot", "rate_at", "grow_from", "reacted", "hold")
-#: The state's fields that hold a list of entries whose first item is such a time.
-TIME_LISTS = ("refused",)
 _PAIRS = 256  # (wall, monotonic) pairs remembered, so that a value read back is exactly the one written
 _BASE_TOLERANCE = 0.001  # wall minus monotonic is re-read only when it moved more than this (a clock step)
-_SPIN_FIRST, _SPIN_MAX = 0.0001, 0.002
+_SPIN_MAX = 0.002  # seconds: the longest pause between two tries for the lock (a round trip each)
 
 # KEYS: lock, state. ARGV: token, ttl ms. Returns {1, state or nil} with the lock taken, {0} without.
 _ACQUIRE = """
@@ -310,19 +306,21 @@ class RedisState:
         acquire, _ = self._connection()
         token = secrets.token_hex(16)
         keys = [self.lock_key, self.key]
-        pause = _SPIN_FIRST
-        while True:
+        raw: list[Any] = []
+
+        def take() -> bool:
             answer = acquire(keys=keys, args=[token, self.lock_ttl_ms])
             if answer and int(answer[0]) == 1:
-                return token, answer[1] if len(answer) > 1 else None
-            if time.perf_counter() - started > LOCK_WAIT:
-                if not self._waited_warning:
-                    self._waited_warning = True
-                    logger.warning("shared rate-limit state %s: waited %.1f s for the lock; this call goes on "
-                                   "with this process's own state", self.path, LOCK_WAIT)
-                return None, None
-            time.sleep(pause * (0.5 + secrets.randbelow(1000) / 1000.0))
-            pause = min(_SPIN_MAX, pause * 1.5)
+                raw.append(answer[1] if len(answer) > 1 else None)
+                return True
+            return False
+
+        if poll_for_lock(take, started, LOCK_WAIT, _SPIN_MAX):
+            return token, raw[0]
+        if not self._waited_warning:
+            self._waited_warning = True
+            warn_lock_wait(self.path, LOCK_WAIT)
+        return None, None
 
     def _release(self, token: str, state: Optional[State], base: float) -> None:
         """Write ``state`` (None: unchanged) and release the lock; a Redis failure is logged, not raised."""

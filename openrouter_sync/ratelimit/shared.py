@@ -27,10 +27,11 @@ import errno
 import json
 import logging
 import os
+import random
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, ContextManager, Dict, Iterator, Optional, Protocol
+from typing import Any, Callable, ContextManager, Dict, Iterator, Optional, Protocol
 
 try:
     import fcntl
@@ -45,8 +46,34 @@ _MAX_BYTES = 4096
 LOCK_WAIT = 1.0  # seconds a caller waits for the lock before going on with this process's own state
 
 
+#: The state's fields that hold a time (``time.monotonic()`` seconds on the machine that reads them).
+TIMES = ("next_slot", "rate_at", "grow_from", "reacted", "hold")
+#: The state's fields that hold a list of entries whose first item is such a time.
+TIME_LISTS = ("refused",)
+
+
 def _clock_base() -> float:
     return time.time() - time.monotonic()
+
+
+def poll_for_lock(take: Callable[[], bool], started: float, limit: float, longest_pause: float) -> bool:
+    """Call ``take`` until it returns True (the lock is ours), sleeping between tries (from 0.1 ms,
+    growing to ``longest_pause``, jittered); False once ``limit`` seconds passed since ``started``
+    (``time.perf_counter()``). A holder is done in microseconds: one that is not has been stopped
+    or has died, and must not stop every call of every process."""
+    pause = 0.0001
+    while True:
+        if take():
+            return True
+        if time.perf_counter() - started > limit:
+            return False
+        time.sleep(pause * (0.5 + random.random() / 2.0))
+        pause = min(longest_pause, pause * 1.5)
+
+
+def warn_lock_wait(path: str, limit: float) -> None:
+    logger.warning("shared rate-limit state %s: waited %.1f s for the lock; this call goes on with this "
+                   "process's own state", path, limit)
 
 
 class StateStore(Protocol):
@@ -134,27 +161,24 @@ class SharedState:
             self.lock_count += 1
 
     def _lock_within(self, fd: int, started: float) -> bool:
-        """Take the lock, waiting at most ``LOCK_WAIT`` seconds (a holder is done in microseconds;
-        one that is not has been stopped, and must not stop every call of every process). Once a
-        wait ran out, later calls try once and go on at once until the lock is free again."""
-        assert fcntl is not None
-        pause = 0.0001
-        while True:
+        """Take the lock, waiting at most ``LOCK_WAIT`` seconds. Once a wait ran out, later calls
+        try once and go on at once until the lock is free again."""
+
+        def take() -> bool:
+            assert fcntl is not None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self._stalled = False
                 return True
             except BlockingIOError:
-                pass
-            if self._stalled or time.perf_counter() - started > LOCK_WAIT:
-                self._stalled = True
-                if not self._waited_warning:
-                    self._waited_warning = True
-                    logger.warning("shared rate-limit state %s: waited %.1f s for the lock; this call goes on "
-                                   "with this process's own state", self.path, LOCK_WAIT)
                 return False
-            time.sleep(pause)
-            pause = min(0.0005, pause * 1.5)  # short: the holder is done in microseconds
+
+        # Polled at 0.5 ms at most: at 2 ms, 4 processes x 16 workers took 1.09x instead of 1.02x.
+        got = poll_for_lock(take, started, 0.0 if self._stalled else LOCK_WAIT, 0.0005)
+        self._stalled = not got
+        if not got and not self._waited_warning:
+            self._waited_warning = True
+            warn_lock_wait(self.path, LOCK_WAIT)
+        return got
 
     @staticmethod
     def _read(fd: int) -> State:
