@@ -5,18 +5,19 @@ Each returns a dict of figures for one client; ``run.py`` puts them side by side
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import requests
 import tenacity
 
 from openrouter_sync import OpenRouterBackend, run_sheets
 from openrouter_sync.testing import fake_reply
+
+from .servers import ChildServer
 
 MODEL = "openai/gpt-4o-mini"
 FAULT_KINDS = ("500", "502", "503", "529", "reset", "truncate", "error200", "error200-top", "html")
@@ -26,29 +27,12 @@ def _prompts(n: int, tag: str) -> list[str]:
     return [f"{tag} prompt number {i}: say something about {i}" for i in range(n)]
 
 
-class ServerProcess:
-    """The fake server in its own process, so its work does not share the client's GIL."""
+class ServerProcess(ChildServer):
+    """The fake server (or ``module``, e.g. ``benchmarks.fastserver``) in its own process."""
 
     def __init__(self, *args: str, module: str = "openrouter_sync.testing") -> None:
-        self._module = module
-        self._args = [*args, "--max-lifetime", "600"] if module == "openrouter_sync.testing" else list(args)
-        self._proc: Optional[subprocess.Popen[str]] = None
-        self.base_url = ""
-
-    def __enter__(self) -> ServerProcess:
-        self._proc = subprocess.Popen([sys.executable, "-m", self._module, *self._args],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self._proc.stdout is not None
-        self.base_url = self._proc.stdout.readline().strip()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._proc is not None and self._proc.stdin is not None
-        self._proc.stdin.close()
-        try:
-            self._proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
+        extra = ["--max-lifetime", "600"] if module == "openrouter_sync.testing" else []
+        super().__init__([sys.executable, "-m", module, *args, *extra])
 
     def stats(self) -> dict[str, Any]:
         return dict(requests.get(self.base_url.rsplit("/api/v1", 1)[0] + "/_fake/stats", timeout=5).json())

@@ -47,7 +47,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 UPSTREAM_RAW = ("openai/gpt-4o-mini is temporarily rate-limited upstream. Please retry shortly, or add your "
                 "own key to accumulate your rate limits: https://openrouter.ai/settings/integrations")
@@ -293,24 +293,26 @@ def serve(spec: ServerSpec) -> None:
     os._exit(0)  # daemon handler threads may be mid-sleep: leave at once
 
 
-class ServerProcess:
-    """A server in its own process (so its work does not share the clients' GIL)."""
+_Server_T = TypeVar("_Server_T", bound="ChildServer")
 
-    def __init__(self, spec: ServerSpec, python: str = sys.executable) -> None:
-        self.spec = spec
-        self._python = python
+
+class ChildServer:
+    """A server in a child process (so its work does not share the clients' GIL) that prints its
+    base URL on its first line and stops when its stdin closes."""
+
+    def __init__(self, argv: list[str], env: Optional[dict[str, str]] = None) -> None:
+        self._argv, self._env = argv, env
         self._proc: Optional[subprocess.Popen[str]] = None
         self.base_url = ""
 
-    def __enter__(self) -> ServerProcess:
-        env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
-        self._proc = subprocess.Popen([self._python, "-m", "benchmarks.servers", json.dumps(asdict(self.spec))],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    def __enter__(self: _Server_T) -> _Server_T:
+        self._proc = subprocess.Popen(self._argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                      env=self._env)
         assert self._proc.stdout is not None
         self.base_url = self._proc.stdout.readline().strip()
         if not self.base_url.startswith("http://127.0.0.1:"):
             self.__exit__()
-            raise RuntimeError("the benchmark server did not start")
+            raise RuntimeError(f"the benchmark server did not start: {' '.join(self._argv[:3])}")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -321,6 +323,15 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait(5)
+
+
+class ServerProcess(ChildServer):
+    """A rate-limited benchmark server (``ServerSpec``) in its own process."""
+
+    def __init__(self, spec: ServerSpec, python: str = sys.executable) -> None:
+        self.spec = spec
+        env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+        super().__init__([python, "-m", "benchmarks.servers", json.dumps(asdict(spec))], env)
 
     def stats(self) -> dict[str, Any]:
         url = self.base_url.rsplit("/v1", 1)[0] + "/_stats"
