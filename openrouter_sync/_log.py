@@ -24,19 +24,20 @@ _secrets_lock = threading.Lock()
 _secrets: frozenset[str] = frozenset()
 _secret_re: re.Pattern[str] | None = None
 _fragment_re: re.Pattern[str] | None = None
+_redact_re: re.Pattern[str] = _PATTERNS  # the known secrets (longest first), then the shapes: one pass
 FRAGMENT = 8  # an error text that echoes this many characters of a known secret is redacted there
 
 
 def register_secret(value: str | None) -> None:
     """Remember a secret (e.g. whatever the configured key variable holds) so it is always redacted."""
-    global _secrets, _secret_re
+    global _secrets, _secret_re, _redact_re, _fragment_re
     if not value or len(value) < 4 or value in _secrets:
         return
-    global _fragment_re
     with _secrets_lock:
         _secrets = _secrets | {value}
         ordered = sorted(_secrets, key=len, reverse=True)
         _secret_re = re.compile("|".join(re.escape(s) for s in ordered))
+        _redact_re = re.compile(f"{_secret_re.pattern}|{_PATTERNS.pattern}")
         grams = {s[i:i + FRAGMENT] for s in _secrets if len(s) >= 2 * FRAGMENT for i in range(len(s) - FRAGMENT + 1)}
         _fragment_re = re.compile("|".join(re.escape(g) for g in sorted(grams))) if grams else None
 
@@ -48,10 +49,7 @@ def redact(text: str, fragments: bool = False) -> str:
     every run of ``FRAGMENT`` or more characters of a known secret."""
     if not text:
         return text
-    secret_re = _secret_re
-    if secret_re is not None:
-        text = secret_re.sub(REDACTED, text)
-    text = _PATTERNS.sub(REDACTED, text)
+    text = _redact_re.sub(REDACTED, text)
     fragment_re = _fragment_re
     if fragments and fragment_re is not None:
         text = fragment_re.sub(REDACTED, text)

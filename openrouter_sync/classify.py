@@ -190,9 +190,10 @@ class Completion:
         return result
 
 
-def parse_completion(data: Mapping[str, Any]) -> Optional[Completion]:
-    """A ``Completion`` when ``choices[0].message`` has the expected shape, else None."""
-    choice = _first_choice(data)
+def parse_completion(data: Mapping[str, Any], choice: Optional[Mapping[str, Any]] = None) -> Optional[Completion]:
+    """A ``Completion`` when ``choices[0].message`` (``choice``, if already found) has the expected shape, else None."""
+    if choice is None:
+        choice = _first_choice(data)
     message = choice.get("message")
     if not isinstance(message, dict):
         return None
@@ -305,7 +306,7 @@ def _classify_ok(headers: Mapping[str, str], content: bytes, generation_id: Opti
         said = choice.get("message")
         partial = message_text(said.get("content")) if isinstance(said, dict) else None
         return provider_error(choice.get("error") or error or {}, data, partial or "", generation_id, headers)
-    completion = parse_completion(data)
+    completion = parse_completion(data, choice)
     if completion is None:
         return Outcome(ErrorType.INVALID_RESPONSE, 502, f"HTTP 200 but not a completion: {snippet(content)}", 200,
                        generation_id=generation_id)

@@ -20,6 +20,10 @@ MAX_TIMEOUT = 1_000_000.0  # seconds (11.5 days): anything longer is a mistake, 
 OVERRIDE_KEYS = frozenset({"model", "temperature", "max_tokens"}) | REQUEST_OPTIONS | {"extra_body"}
 
 
+#: One encoder for every body (``json.dumps`` with non-default arguments builds a new one per call).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def request_headers(app_url: str, app_title: str) -> dict[str, str]:
     """The headers every request carries (the key's ``Authorization`` is added per request)."""
     from ._version import __version__
@@ -190,7 +194,7 @@ class CallSpec:
     def body(self, stream: bool = False) -> bytes:
         """The JSON request body. Raises ``ValueError`` for values JSON cannot carry (NaN, infinity)."""
         try:
-            text = json.dumps(self.payload(stream), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            text = _ENCODER.encode(self.payload(stream))
         except ValueError:
             bad = sorted(k for k, v in self.options.items() if not _json_safe(v))
             names = ", ".join(bad) or "a value"
@@ -246,16 +250,20 @@ def resolve(defaults: Defaults, overrides: Mapping[str, Any], messages: tuple[di
             sheet_id: Optional[str] = None, what: str = "override") -> CallSpec:
     """The call: ``defaults``, then ``overrides`` (``model``, ``temperature``, ``max_tokens``, request
     options, ``extra_body``), each checked (``what`` names them in errors)."""
-    check_options(overrides, OVERRIDE_KEYS, what)
+    if overrides:
+        check_options(overrides, OVERRIDE_KEYS, what)
     model = check_model(overrides.get("model", defaults.model))
     temperature = check_temperature(overrides.get("temperature", defaults.temperature))
     max_tokens = check_max_tokens(overrides.get("max_tokens", defaults.max_tokens))
     options = dict(defaults.options)
-    options.update({k: v for k, v in overrides.items() if k not in ("model", "temperature", "max_tokens")})
-    bad = sorted(k for k, v in options.items() if not _json_safe(v))
-    if bad:
-        raise ValueError(f"request options must be valid JSON (no NaN, infinity or objects JSON cannot hold): "
-                         f"{', '.join(bad)}")
+    for key, value in overrides.items():
+        if key not in ("model", "temperature", "max_tokens"):
+            options[key] = value
+    if options:
+        bad = sorted(k for k, v in options.items() if not _json_safe(v))
+        if bad:
+            raise ValueError(f"request options must be valid JSON (no NaN, infinity or objects JSON cannot hold): "
+                             f"{', '.join(bad)}")
     timeout = defaults.timeout if timeout is None else check_timeout(timeout)
     return CallSpec(model, temperature, max_tokens, timeout, messages, options, output_log_path, sheet_id)
 

@@ -34,6 +34,18 @@ READ_SIZE = 65536
 INFLATE_STEP = 1 << 20
 
 
+_forks = 0  # forks this process has come from (a child must not use its parent's connections)
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+if hasattr(os, "register_at_fork"):  # no fork where it is missing (Windows)
+    os.register_at_fork(after_in_child=_count_fork)
+
+
 class TransportError(Exception):
     """An attempt that got no complete, usable answer. ``sent``: the whole request had been sent."""
 
@@ -269,7 +281,7 @@ class Transport:
         tls = any(str(url).lower().startswith("https:") for url in urls)
         self._verify = True if self._env["verify"] is None or not tls else self._env["verify"]
         self._closed = False
-        self._pid = os.getpid()
+        self._forks = _forks
 
     def _open_session(self) -> tuple[requests.Session, DeadlineAdapter]:
         session = NoRedirectSession()
@@ -310,7 +322,7 @@ class Transport:
              body: Optional[bytes] = None, params: Optional[Mapping[str, str]] = None,
              headers: Optional[Mapping[str, str]] = None) -> Response:
         """Send one request and wait for the answer's head. Raises ``TransportError``."""
-        if self._closed or self._pid != os.getpid():
+        if self._closed or self._forks != _forks:
             self._reopen()  # after close(), as the reference's lazy client did; or in a forked child
         timeout = max(0.001, min(self.connect_timeout, deadline.remaining())), max(0.001, deadline.remaining())
         env = self._env
@@ -341,13 +353,13 @@ class Transport:
             deadline.finish()
 
     def _reopen(self) -> None:
-        if self._pid != os.getpid():
+        if self._forks != _forks:
             # A forked child (gunicorn --preload, Celery prefork, multiprocessing) must never use the
             # parent's pooled connections: two processes reading one socket cross their answers.
             # They are abandoned, not closed (closing could disturb the parent's use of them).
             self._lock = threading.Lock()
             self._session, self._adapter = self._open_session()
-            self._pid = os.getpid()
+            self._forks = _forks
             self._closed = False
             return
         with self._lock:
