@@ -140,6 +140,8 @@ def test_headers_sent(backend: OpenRouterBackend, fake: FakeOpenRouter, env_key:
     assert headers["content-type"] == "application/json"
     assert headers["http-referer"].startswith("https://")
     assert headers["x-title"] and headers["x-openrouter-title"]
+    assert headers["accept-encoding"] == "gzip, deflate"  # both are decoded
+    assert headers["user-agent"].startswith("openrouter-sync/")
 
 
 def test_output_log_files(backend: OpenRouterBackend, fake: FakeOpenRouter, tmp_path: Path) -> None:
