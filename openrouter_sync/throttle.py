@@ -46,6 +46,7 @@ Sleep = Callable[[float], None]
 KEY_SCOPE = "key"
 _NEVER = float("-inf")
 _RING = 16  # the latest key-wide 429s of all processes kept in the shared state
+REFINE_LOOK = 0.01  # seconds between looks at a send slot while a first guess waits to be raised
 #: Set to a directory (or a file) to share every endpoint's key-wide state between processes.
 SHARED_STATE_ENV = "OPENROUTER_SYNC_SHARED_STATE"
 
@@ -347,15 +348,27 @@ class Throttle:
                 lanes = [self._key, *(self._lane(name) for name in names)]
                 if all(lane.unhindered(now) for lane in lanes):
                     return self._send(lanes, [], now, 0.0, names, None)
+        places: Dict[Lane, int] = {}  # this request's places in line for a slot under a concurrency cap
+        try:
+            return self._wait_turn(sleep, max_wait, gate, names, budget, places)
+        finally:
+            if places:
+                with self._lock:
+                    self._leave(places)
+
+    def _wait_turn(self, sleep: Sleep, max_wait: float, gate: bool, names: Tuple[str, ...], budget: float,
+                   places: Dict[Lane, int]) -> Ticket:
         waited = 0.0
         while True:
             with self._lock, self._synced() as state:
                 now = self._clock()
                 lanes = [self._key, *(self._lane(name) for name in names)]
-                plan = self._plan(lanes, now, gate, max_wait)
+                plan = self._plan(lanes, now, gate, max_wait, places)
                 if isinstance(plan, float):
                     return Ticket(None, waited, refused_for=plan, scopes=names)
                 start, wake, probes = plan
+                if wake is None:
+                    self._leave(places)  # it goes, or takes a send slot: out of line
                 if wake is None and start - now > budget - waited:  # the slot lies beyond the caller's budget
                     return Ticket(None, waited, refused_for=start - now, scopes=names)
                 if wake is None:
@@ -367,17 +380,22 @@ class Throttle:
                     self._commit_shared(state)
                     if start <= now:
                         return self._send(lanes, probes, now, waited, names, self._count_send(state))
+                    held = [lane for lane in lanes if lane.cap is not None]  # a slot taken counts under a cap
+                    for lane in held:
+                        lane.reserved += 1
                     epochs = [lane.epoch for lane in lanes]
                     delay = start - now
-                    step = max(0.05, 2.0 * max(lane.interval(now) for lane in lanes))
+                    step = self._sleep_step(lanes, now)
+                elif waited >= budget:  # a turn (a full cap, a gate's probe) never outlasts the caller's budget
+                    return Ticket(None, waited, refused_for=wake - now, scopes=names)
                 else:
-                    claim, epochs, delay, step = 0.0, [], wake - now, 0.0
+                    claim, epochs, delay, step, held = 0.0, [], min(wake - now, budget - waited), 0.0, []
             if not epochs:
                 sleep(delay)
                 waited += delay
                 continue
-            # Sleep towards the slot in pieces (two pacing intervals, at least 50 ms): a rate that
-            # rose meanwhile voids the reservation (the epoch changes) and this request plans again.
+            # Sleep towards the slot in pieces: a rate that rose meanwhile voids the reservation
+            # (the epoch changes) and this request plans again.
             try:
                 while True:
                     piece = min(delay, step)
@@ -389,17 +407,34 @@ class Throttle:
                         self._commit_shared(state)
                         current = all(lane.epoch == epoch for lane, epoch in zip(lanes, epochs))
                         if current and delay <= 1e-9:
+                            self._unreserve(held)
                             return self._send(lanes, probes, self._clock(), waited, names, self._count_send(state))
                     if not current:
                         break
             except BaseException:
-                self._release(probes, claim)
+                self._release(probes, claim, held)
                 raise
-            self._release(probes, claim)
+            self._release(probes, claim, held)
 
-    def _plan(self, lanes: List[Lane], now: float, gate: bool,
-              max_wait: float) -> float | Tuple[float, Optional[float], List[Lane]]:
-        """Seconds to refuse for; or (send time, None, lanes to probe); or (_, time to look again, [])."""
+    @staticmethod
+    def _sleep_step(lanes: List[Lane], now: float) -> float:
+        """How long a request sleeps towards its send slot before it looks whether the slot still
+        stands: two pacing intervals, at least 50 ms; 10 ms while a lane's first guess waits to be
+        raised when its burst's answers are in (the guess may be far below the server's rate)."""
+        if any(lane.refine_guess for lane in lanes):
+            return REFINE_LOOK
+        return max(0.05, 2.0 * max(lane.interval(now) for lane in lanes))
+
+    @staticmethod
+    def _leave(places: Dict[Lane, int]) -> None:
+        for lane, place in places.items():
+            lane.leave(place)
+        places.clear()
+
+    def _plan(self, lanes: List[Lane], now: float, gate: bool, max_wait: float,
+              places: Dict[Lane, int]) -> float | Tuple[float, Optional[float], List[Lane]]:
+        """Seconds to refuse for; or (send time, None, lanes to probe); or (_, time to look again, []).
+        A request that finds a concurrency cap full waits in its line (its place kept in ``places``)."""
         start = now
         wake: Optional[float] = None
         probes: List[Lane] = []
@@ -422,8 +457,9 @@ class Throttle:
                     look = min(g.until, max(now, g.probe_at) + lane.typical_latency() + self._look_again(lane))
                 else:
                     look = min(g.until, now + self._look_again(lane))
-            elif lane.full(now):  # a concurrency cap, kept like pacing even with gate=False
-                look = lane.next_free(now)
+            elif lane.full(now, places.get(lane)):  # a concurrency cap, kept like pacing even with gate=False
+                places[lane] = place = lane.queue(places.get(lane), now)
+                look = lane.waiting[place]
             elif gate and lane.budget_spent():  # a window's worth went: one at a time
                 if g.probe_free(now):
                     probes.append(lane)
@@ -434,6 +470,8 @@ class Throttle:
         if refuse > max_wait:
             return refuse
         if wake is not None:
+            for lane, place in places.items():  # in line, but asleep until then (another lane may hold it)
+                lane.waiting[place] = wake
             return now, wake, []
         self._restart_stale(lanes, now)
         for lane in lanes:
@@ -465,8 +503,14 @@ class Throttle:
             lane.gate.probe_sent = now
         return Ticket(now, waited, scopes=names)
 
-    def _release(self, probes: List[Lane], claim: float) -> None:
+    @staticmethod
+    def _unreserve(held: List[Lane]) -> None:
+        for lane in held:
+            lane.reserved = max(0, lane.reserved - 1)
+
+    def _release(self, probes: List[Lane], claim: float, held: List[Lane]) -> None:
         with self._lock:
+            self._unreserve(held)
             for lane in probes:
                 if lane.gate.probe_busy_until == claim and lane.gate.probe_sent is None:
                     lane.gate.free_probe()

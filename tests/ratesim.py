@@ -6,7 +6,8 @@ asleep) after moving the virtual clock there. So a run is deterministic, takes n
 sleeps, and the throttle under test is exercised through its public surface only, with the
 virtual clock injected as its clock and the virtual sleep as the sleep it is given.
 
-Server models answer at the virtual time of the send: a token bucket (its rate may change at set
+Server models answer at the virtual time a request reaches them (the send, unless the model puts
+requests on the way, see ``on_quick_sockets``): a token bucket (its rate may change at set
 times), a fixed window, a concurrency limit, a storm of hint-less refusals, and a composite with
 per-model and ``:free`` limits. A refusal's wait reaches the client in one of several *styles*,
 as a client would parse it: exact seconds, whole seconds, an HTTP-date, milliseconds, a reset
@@ -114,13 +115,30 @@ class Server:
     """A server model: ``handle`` at the time of the send, ``finish`` when an accepted answer is out.
 
     ``delay`` / ``refusal_delay``: seconds the client sees an answer (a 429) later than the server
-    is done with it, after the first ``quick`` answers (see :func:`on_sockets`)."""
+    is done with it, after the first ``quick`` answers (see :func:`on_sockets`). ``send_delay``:
+    seconds from the client's send to the server's (its request on the way); ``think``: seconds
+    the client's own code takes before each request (building it, handling the last answer), see
+    :func:`on_quick_sockets`."""
 
     latency = 0.05
     refusal_latency = 0.002  # 429s are answered at once: one network round trip
     delay = 0.0
     refusal_delay = 0.0
     quick = 0
+    send_delay = 0.0
+    think = 0.0
+    connect = 0.0  # seconds more on the way for each of the first ``fresh`` requests (a new connection)
+    fresh = 0
+    connect_order: Optional[random.Random] = None  # draws each new connection's time in [0, 2 * connect]
+    stagger: Optional[float] = None  # seconds between the client's workers starting (None: as ``simulate`` says)
+
+    def on_the_way(self) -> float:
+        """Seconds from the client's send to the server's, for the next request."""
+        self.fresh -= 1
+        if self.fresh < 0:
+            return self.send_delay
+        scale = 1.0 if self.connect_order is None else 2.0 * self.connect_order.random()
+        return self.send_delay + self.connect * scale
 
     def _late(self, delay: float) -> float:
         self.quick -= 1
@@ -149,6 +167,22 @@ def on_sockets(server: Server, delay: float = 0.042, refusal_delay: float = 0.04
     (the server's work, and a concurrency limit's slot, end before that); the first answer on each
     of the 32 fresh connections came at once. Kept as the model of a path that delays answers."""
     server.delay, server.refusal_delay, server.quick = delay, refusal_delay, quick
+    return server
+
+
+def on_quick_sockets(server: Server, send_delay: float = 0.0003, delay: float = 0.0007,
+                     refusal_latency: float = 0.001, think: float = 0.0015, connect: float = 0.004,
+                     fresh: int = 32, stagger: float = 0.0008, shuffle: Optional[int] = None) -> Server:
+    """``server`` as the real-socket matrix meets it with immediate ACKs (traced on loopback, 2 cores
+    shared by client and server): a request reaches the server 0.3 ms after the client lets it
+    go (4 ms more for each of the first 32, which open a connection each; ``shuffle``: a seed to
+    draw each of those from 0 to 8 ms, so they reach the server out of order), an answer reaches
+    the client 0.7 ms after the server is done with it (so a concurrency limit's slot is free
+    before the client knows), a 429 is back 1 ms after it reached the server, the client's own
+    code takes 1.5 ms between an answer and its next request, and its workers start 0.8 ms apart."""
+    server.send_delay, server.delay, server.refusal_latency, server.think = send_delay, delay, refusal_latency, think
+    server.connect, server.fresh, server.stagger = connect, fresh, stagger
+    server.connect_order = None if shuffle is None else random.Random(shuffle)
     return server
 
 
@@ -235,10 +269,12 @@ class FixedWindow(Server):
 
 class Concurrency(Server):
     """An upstream that refuses, with no hint, while ``limit`` requests are in flight (its slot
-    frees ``latency`` seconds after the send, even when the client sees the answer later)."""
+    frees ``latency`` seconds after the send, even when the client sees the answer later).
+    ``upstream``: its 429s name the model's scope, as OpenRouter's "Provider returned error" does."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, upstream: bool = False) -> None:
         self.limit = limit
+        self.upstream = upstream
         self.active = 0
         self.releases: List[float] = []  # with a delay: when each busy slot frees
 
@@ -248,7 +284,7 @@ class Concurrency(Server):
                 heapq.heappop(self.releases)
             self.active = len(self.releases)
         if self.active >= self.limit:
-            return self.refuse(None)
+            return self.refuse(None, f"model:{model}" if self.upstream else None)
         self.active += 1
         if self.delay:
             heapq.heappush(self.releases, now + self.latency)
@@ -259,7 +295,7 @@ class Concurrency(Server):
             self.active -= 1
 
     def ideal(self, n: int) -> float:
-        return math.ceil(n / self.limit) * self.latency + self.delay
+        return math.ceil(n / self.limit) * self.latency + self.delay + self.send_delay
 
 
 class Storm(Server):
@@ -382,6 +418,8 @@ def simulate(server: Server, n: int = 300, workers: int = 32, *, plain: bool = F
         scopes = scopes_for(model)
         for attempt in range(1, max_attempts + 1):
             ticket = None
+            if server.think:
+                vt.sleep(server.think)
             if throttle is not None:
                 ticket = throttle.acquire(vt.sleep, max_wait, scopes=scopes)
                 waited[f"{index}"] = waited.get(f"{index}", 0.0) + ticket.waited
@@ -389,6 +427,9 @@ def simulate(server: Server, n: int = 300, workers: int = 32, *, plain: bool = F
                     counts["failures"] += 1  # the lead's retry code gives up here
                     return
             counts["requests"] += 1
+            on_the_way = server.on_the_way()
+            if on_the_way:
+                vt.sleep(on_the_way)
             answer = server.handle(vt.now, model)
             vt.sleep(answer.latency)
             if answer.dated and answer.wait is not None:  # a date, read on arrival
@@ -421,6 +462,8 @@ def simulate(server: Server, n: int = 300, workers: int = 32, *, plain: bool = F
             one(queue.pop())
         alive[0] -= 1
 
+    if server.stagger is not None:
+        stagger = server.stagger
     for i in range(workers):
         vt.spawn(worker, after=i * stagger)
     if sample is not None:

@@ -216,6 +216,104 @@ def test_a_concurrency_cap_grows_only_when_a_request_at_the_cap_is_accepted() ->
     assert lane.cap == 8
 
 
+def _capped_lane(cap: int = 8) -> tuple[Throttle, Clock, Any]:
+    """A throttle whose lane ``model:m`` learned a cap of ``cap`` from two hint-less 429 events."""
+    clock = Clock()
+    t = Throttle(clock=clock)
+    for _ in range(2):
+        sent = [t.acquire(clock.sleep, 60, gate=False, scopes=("model:m",)) for _ in range(cap + 1)]
+        clock.now += 0.001
+        t.on_rate_limited(sent[-1], None, "model:m")
+        clock.now += 0.049
+        for ticket in sent[:-1]:
+            t.on_answer(ticket)
+    lane = t._lanes["model:m"]
+    assert lane.cap == cap
+    return t, clock, lane
+
+
+def test_a_first_burst_refused_out_of_order_still_shows_the_cap() -> None:
+    """Requests of a first burst reach the server in any order: the first 429 may be for one sent
+    with only 6 in flight while the server held 8. The cap counts what the server held (the
+    requests it took around the refusal), not what was in flight when the refused one went."""
+    clock = Clock()
+    t = Throttle(clock=clock)
+    burst = []
+    for _ in range(12):
+        burst.append(t.acquire(clock.sleep, 60, gate=False, scopes=("model:m",)))
+        clock.now += 0.001
+    refused = [burst[6], *burst[9:]]  # the 7th went with 6 in flight; the server took the 8th and 9th first
+    for ticket in refused:
+        t.on_rate_limited(ticket, None, "model:m")
+    clock.now += 0.05
+    for ticket in burst:
+        if ticket not in refused:
+            t.on_answer(ticket)
+    second = []
+    for _ in range(9):
+        second.append(t.acquire(clock.sleep, 60, gate=False, scopes=("model:m",)))
+    clock.now += 0.001
+    t.on_rate_limited(second[-1], None, "model:m")  # the 9th, with 8 in flight
+    assert t._lanes["model:m"].cap == 8
+
+
+def test_a_refused_step_up_goes_back_one_step_and_waits_longer_each_time() -> None:
+    """A 429 right after the cap grew refuses that step: the cap goes back to the level proved
+    (not to the number in flight when the refused request went: requests sent together reach the
+    server in any order), and the next step waits CAP_HOLD, twice as long after each refused one."""
+    t, clock, lane = _capped_lane()
+    holds = []
+    for _ in range(3):
+        clock.now += 5.0
+        full = [t.acquire(clock.sleep, 60, gate=False, scopes=("model:m",)) for _ in range(8)]
+        clock.now += 0.05
+        t.on_answer(full[-1])  # the 8th accepted: a step up to 9
+        assert lane.cap == 9
+        over = t.acquire(clock.sleep, 60, gate=False, scopes=("model:m",))  # the 9th in flight
+        t.on_rate_limited(full[-2], None, "model:m")  # one sent with 6 in flight reached the server after it
+        assert lane.cap == 8
+        holds.append(lane.cap_hold)
+        for ticket in [*full[:-2], over]:
+            t.on_answer(ticket)
+    assert holds == [0.2, 0.4, 0.8]
+
+
+def test_a_full_cap_keeps_requests_in_line_first_come_first_served() -> None:
+    """A request that finds the cap full waits in line; a slot that frees goes to the first in
+    line that is due, not to a request that comes later; a send slot taken counts as a slot."""
+    t, clock, lane = _capped_lane(6)
+    for _ in range(6):
+        t.acquire(clock.sleep, 60, gate=False, scopes=("model:m",))
+    first = lane.queue(None, clock.now)
+    assert lane.waiting[first] > clock.now  # it looks again when an answer is due
+    lane.in_flight = 5
+    clock.now = lane.waiting[first]
+    assert not lane.full(clock.now, first) and lane.full(clock.now)  # the slot is the first's
+    lane.leave(first)
+    assert not lane.full(clock.now)
+    lane.reserved = 1  # a request took a send slot a little ahead
+    assert lane.full(clock.now)
+
+
+def test_on_a_slow_path_the_cap_paces_and_a_send_slot_may_go_over_it() -> None:
+    """429s that take a good share of an answer time mean answers come late too: the server freed
+    slots the client still counts. The cap then paces at the cap per answer time and a send slot
+    taken is kept even over the cap; on a quick path nothing is paced and the cap is a hard limit."""
+    t, clock, lane = _capped_lane(6)
+    assert lane.current_rate(clock.now) is None and not lane.slow_path()
+    sent = [t.acquire(clock.sleep, 60, gate=False, scopes=("model:m",)) for _ in range(6)]
+    lane.reserved = 1
+    assert lane.full(clock.now)
+    lane.reserved = 0
+    clock.now += 0.04  # a 429 back after 40 ms against 50 ms answers
+    t.on_rate_limited(sent[-1], None, "model:m")
+    assert lane.slow_path() and lane.cap == 5
+    assert lane.current_rate(clock.now) == pytest.approx(5 / lane.typical_latency() * 0.97)
+    t.on_answer(sent[0])
+    lane.reserved = 1  # 4 in flight and a send slot taken: the cap's last slot is taken, yet one more may plan
+    assert not lane.full(clock.now)
+
+
 # ----- scopes -----
 def test_a_free_quota_does_not_hold_paid_models() -> None:
     clock = Clock()
@@ -590,3 +688,15 @@ def test_max_elapsed_seconds_bounds_the_wait_for_a_send_slot(env_key: str) -> No
         second = backend.execute("second")  # its slot is 2 s away
         assert time.monotonic() - started < 0.5
     assert not second.success and second.error_type == "rate_limit" and fake.request_count == 1
+
+
+def test_a_wait_in_line_under_a_full_cap_ends_with_the_budget() -> None:
+    """A request waiting for a slot under a full cap stops waiting when its budget is spent:
+    it is refused, unsent, after about ``budget`` seconds (the slot never freed)."""
+    t, clock, _ = _capped_lane(6)
+    for _ in range(6):
+        t.acquire(clock.sleep, 60, gate=False, scopes=("model:m",))  # the cap is full; no answer ever comes
+    start = clock.now
+    ticket = t.acquire(clock.sleep, 60, gate=False, scopes=("model:m",), budget=0.5)
+    assert not ticket.admitted and ticket.refused_for > 0
+    assert 0.5 <= clock.now - start <= 0.5 + 1e-6

@@ -40,14 +40,16 @@ seconds, and time spent held by a gate that ran its full length never enters a m
 A wait under a second that ends on a whole second of the wall clock (``on_second``) is an
 HTTP-date's grain, not a token's interval: it caps no guess.
 
-Concurrency limits (hint-less 429s at about the same number in flight): see ``_concurrency``.
+Concurrency limits (hint-less 429s at about the same number of requests held by the server):
+see ``_concurrency``. Under a cap, requests wait in line for a slot (first come, first served);
+the line lives here, each request's place in ``Throttle.acquire``.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Deque, List, Optional
+from typing import Deque, Dict, List, Optional
 
 from . import estimator as est
 from .gate import Gate
@@ -62,8 +64,11 @@ CRUISE_HOLD = 1.0  # seconds a measured rate holds before it grows
 CRUISE_DOUBLING = 1.0  # seconds for a measured rate to double after that
 PROBE_SHARE = 0.1  # the probe goes after this share of the named wait at the earliest
 PEAK_SHARE = 0.5  # after a guess: at least this share of the guess that drew the refusal
-CAP_MIN = 6  # a concurrency limit is only recognised at this many in flight or more
-CAP_HOLD = 0.2  # seconds after a 429 at the cap before it may grow again
+CAP_MIN = 6  # a concurrency limit is only recognised at this many requests held or more
+CAP_HOLD = 0.2  # seconds after a refused step up of the cap before the next; doubles with each refused in a row
+CAP_HOLD_MAX = 3.2  # ... up to this
+CAP_SLOW_PATH = 0.2  # a 429 that takes this share of an answer time or more: the path delays answers
+CAP_LOOK = 0.002  # seconds: how soon the first in line for a slot under a cap looks again when its answer is late
 CAP_STRIKES = 4  # this many 429s in a row at a cap that had not grown: not a concurrency limit, the cap goes
 CAP_KEEP = 0.5  # a 429 at this share of the cap or more lowers the cap to it; well under it, the cap goes
 LONG_GATE = 1.0  # seconds: measurements never span a full gate this long
@@ -90,6 +95,11 @@ class Lane:
         self.latencies: Deque[float] = deque(maxlen=64)
         self._records: Deque[List[float]] = deque()  # [sent_at, outcome, in flight when it went, shared seq]
         self.in_flight = 0
+        # Requests in ``acquire`` (kept by ``forget``): those that took a send slot ahead under a cap,
+        # and the line for a slot under a cap (place -> when that request looks again).
+        self.reserved = 0
+        self.waiting: Dict[int, float] = {}
+        self._places = 0
         self.forget()
 
     def forget(self) -> None:
@@ -113,7 +123,10 @@ class Lane:
         self.cap_since = _NEVER
         self.cap_grew = True  # the cap grew since the last 429 at it (else that 429 refused the cap itself)
         self.cap_strikes = 0  # 429s in a row that refused the cap itself
-        self.refused_at_in_flight: Deque[int] = deque(maxlen=2)
+        self.cap_hold = 0.0  # seconds after the last 429 at the cap before it may grow
+        self.cap_stepped = False  # the cap grew a step that no request at its new edge proved yet
+        self.path_time: Optional[float] = None  # how long the latest 429 took to come back (the path's round trip)
+        self.refused_at: Deque[float] = deque(maxlen=2)  # when the last two hint-less 429 events came
         self.window_budget: Optional[int] = None
         self.window_lo, self.window_hi = _NEVER, float("inf")  # where the current window's end lies
         self.window_probes = 0
@@ -125,11 +138,12 @@ class Lane:
     # ----- what it says now -----
     def current_rate(self, now: float) -> Optional[float]:
         """The adaptive rate now (growth applied), or None when nothing is paced. Under a
-        concurrency cap: the cap per answer time (the pace that keeps just under it in flight)."""
+        concurrency cap: None (an answer frees a slot), or on a path that delays answers
+        (``slow_path``) ``MARGIN`` below the cap per answer time."""
         cap = self.current_cap(now)
         if cap is not None:
             latency = self.typical_latency()
-            return cap / latency * MARGIN if latency > 0.0 else None
+            return cap / latency * MARGIN if latency > 0.0 and self.slow_path() else None
         rate = self.rate
         if rate is None:
             return None
@@ -169,26 +183,74 @@ class Lane:
         """The concurrency cap now (None: none)."""
         return self.cap
 
+    def slow_path(self) -> bool:
+        """Whether the latest 429 took ``CAP_SLOW_PATH`` of an answer time or more to come back: the
+        server answers a 429 at once, so the path delays answers, and the server frees a slot well
+        before the client sees its answer (the number in flight overstates what the server holds)."""
+        return self.path_time is not None and self.path_time >= CAP_SLOW_PATH * self.typical_latency()
+
     def _cap_proved(self, sent_at: float, in_flight: int, now: float) -> None:
         """An accepted request that went with the cap full proves the cap: it grows by one (at
         most one step per answer time, as only a request sent at the new cap proves it), once
-        ``CAP_HOLD`` seconds passed since the last 429 at the cap."""
+        ``cap_hold`` seconds passed since the last 429 at the cap (none after a step that held)."""
         if self.cap is None or in_flight < 0 or sent_at < self.cap_since:
             return
-        if in_flight + 1 >= self.cap and now - self.cap_since >= CAP_HOLD:
+        if in_flight + 1 >= self.cap and now - self.cap_since >= self.cap_hold:
+            if self.cap_stepped:  # the last step held: the next may follow at once
+                self.cap_hold = 0.0
             self.cap += 1
-            self.cap_grew = True
+            self.cap_grew = self.cap_stepped = True
 
-    def full(self, now: float) -> bool:
-        """Whether the concurrency cap is reached."""
+    def ahead(self, place: Optional[int], now: float) -> int:
+        """How many requests in line for a slot under the cap come before the one at ``place``
+        (before one not in line: all) and are due (they look again by ``now``; one still asleep
+        takes no slot from a request that is here)."""
+        count = 0
+        for other, look in self.waiting.items():
+            if other == place:
+                break
+            count += look <= now
+        return count
+
+    def full(self, now: float, place: Optional[int] = None) -> bool:
+        """Whether the concurrency cap leaves no slot for this request (at ``place`` in line): the
+        requests in flight, those due before it in line and, on a quick path, those that took a send
+        slot fill it. On a slow path a send slot is kept even over the cap (see ``_concurrency``)."""
         cap = self.current_cap(now)
-        return cap is not None and self.in_flight >= cap
+        if cap is None:
+            return False
+        slow = self.slow_path()
+        return self.in_flight + (0 if slow else self.reserved) + self.ahead(place, now) >= cap
 
-    def next_free(self, now: float) -> float:
-        """When the oldest request in flight should be answered (a slot under the cap frees)."""
+    def queue(self, place: Optional[int], now: float) -> int:
+        """Wait in line for a slot under the cap (at its end for a request not yet in it): the
+        place, with when it should look again (``next_free``)."""
+        if place is None:
+            self._places += 1
+            place = self._places
+        self.waiting[place] = self.next_free(now, self.ahead(place, now))
+        return place
+
+    def leave(self, place: int) -> None:
+        self.waiting.pop(place, None)
+
+    def next_free(self, now: float, ahead: int = 0) -> float:
+        """When a slot under the cap should free for a request with ``ahead`` requests due before
+        it in line: the answer of the request in flight that many places after the oldest (one
+        answer time later for each full round of them). When that answer is late, the first in
+        line looks again within ``CAP_LOOK``, the others a tenth of an answer time later (2 to 50 ms)."""
         latency = self.typical_latency()
-        oldest = next((r[0] for r in self._records if r[1] == est.PENDING), now)
-        return max(oldest + latency, now + min(0.05, max(0.002, latency / 10.0)))
+        again = CAP_LOOK if ahead == 0 else min(0.05, max(0.002, latency / 10.0))
+        pending: List[float] = []
+        for record in reversed(self._records):  # the latest first: what is in flight went lately
+            if len(pending) >= self.in_flight:
+                break
+            if record[1] == est.PENDING:
+                pending.append(record[0])
+        if not pending:
+            return now + again
+        rounds, index = divmod(ahead, len(pending))
+        return max(pending[-1 - index] + latency * (1 + rounds), now + again)
 
     def sent(self, sent_at: float, seq: Optional[int] = None) -> None:
         """A request went; ``seq``: its number among the sends of every process sharing this lane."""
@@ -316,6 +378,7 @@ class Lane:
         if sent_at is None:
             sent_at = now
         in_flight = self._resolve(sent_at, est.LIMITED)
+        self.path_time = now - sent_at
         self.through_in_window -= 1
         hold = None if wait is None else min(wait, max_gate)
         gate = self.gate
@@ -341,37 +404,68 @@ class Lane:
     def _concurrency(self, in_flight: int, now: float) -> bool:
         """A hint-less 429: whether it shows a concurrency limit (then the cap handles it).
 
-        Two 429 events in a row to requests sent with about the same number in flight (within one,
-        at least ``CAP_MIN``) set a cap of the smaller. The client counts a request in flight until
-        it sees the answer, which may be well after the server freed its slot, so the cap that fits
-        is above the server's limit and rises with the throughput: the cap grows by one whenever a
-        request sent with it full is accepted (``_cap_proved``). Under a cap, a 429 at the cap's
-        edge, or at ``CAP_KEEP`` of it or more, lowers the cap to the number in flight (never raises
-        it); one well under it, or the ``CAP_STRIKES``-th in a row at a cap that had not grown
-        (the cap itself refused: a rate limit), means the limit is not (only) a concurrency limit,
-        and the cap goes."""
+        Two 429 events in a row with about the same number held by the server when they came
+        (within one, at least ``CAP_MIN``; see ``_held_at``) set a cap of the smaller. A cap is a
+        hard limit: requests wait in line for a slot (first come, first served), and an answer
+        frees one. On a slow path (``slow_path``: 429s come back late, so answers do too) it paces
+        instead, at the cap per answer time, and a request whose send slot comes goes even over
+        the cap: the server has likely freed slots whose answers are on their way.
+
+        The client counts a request in flight until it sees the answer, which may be after the
+        server freed its slot, so the cap that fits may be above the server's limit: the cap grows
+        by one whenever a request sent with it full is accepted (``_cap_proved``). For what a 429
+        under a cap does, see ``_refused_at_cap``."""
         if in_flight < 0:
             return False
         if self.cap is not None:
-            at_edge = in_flight >= self.cap - 1 or (in_flight >= CAP_MIN and in_flight >= CAP_KEEP * self.cap)
-            self.cap_strikes = 0 if self.cap_grew else self.cap_strikes + 1
-            self.cap_grew = False
-            if at_edge and self.cap_strikes < CAP_STRIKES:
-                self.cap, self.cap_since = max(1, min(in_flight, self.cap)), now
-                self.last_reaction = now
-                return True
-            self.cap = None
-            self.refused_at_in_flight.clear()
+            return self._refused_at_cap(self.cap, in_flight, now)
+        self.refused_at.append(now)
+        if len(self.refused_at) < 2:
             return False
-        history = self.refused_at_in_flight
-        history.append(in_flight)
-        if len(history) == 2 and abs(history[0] - history[1]) <= 1 and min(history) >= CAP_MIN:
-            self.cap, self.cap_since, self.cap_grew, self.cap_strikes = min(history), now, True, 0
-            self.rate, self.measured, self.pending_event, self.event_peak = None, False, None, None
+        history = [self._held_at(t) for t in self.refused_at]
+        if abs(history[0] - history[1]) > 1 or min(history) < CAP_MIN:
+            return False
+        self.cap, self.cap_since, self.cap_grew, self.cap_strikes = min(history), now, True, 0
+        self.cap_hold, self.cap_stepped = 0.0, False
+        self.rate, self.measured, self.pending_event, self.event_peak = None, False, None, None
+        self.last_reaction = now
+        self.pacer.restart(now)  # reservations made at a guessed rate no longer apply
+        self.epoch += 1
+        return True
+
+    def _refused_at_cap(self, cap: int, in_flight: int, now: float) -> bool:
+        """A hint-less 429 event under a cap; whether the cap stays.
+
+        Right after a step up, it refuses that step: the cap goes back to the level proved (not
+        to the number in flight when the refused request went: requests sent at one moment reach
+        the server in any order, so one sent with fewer in flight may be the one refused), and
+        the next step waits ``CAP_HOLD`` seconds, twice as long after each refused step in a row
+        (up to ``CAP_HOLD_MAX``), so a cap that already fits costs a few 429s a run. Otherwise a
+        429 at the cap's edge, or at ``CAP_KEEP`` of it or more, lowers the cap to the number in
+        flight (never raises it). One well under it, or the ``CAP_STRIKES``-th in a row at a cap
+        that had not grown (the cap itself refused: a rate limit), means the limit is not (only)
+        a concurrency limit, and the cap goes."""
+        at_edge = in_flight >= cap - 1 or (in_flight >= CAP_MIN and in_flight >= CAP_KEEP * cap)
+        self.cap_strikes = 0 if self.cap_grew else self.cap_strikes + 1
+        self.cap_grew = False
+        lowered = min(in_flight, cap)
+        if self.cap_stepped:
+            self.cap_hold, self.cap_stepped = min(max(CAP_HOLD, 2.0 * self.cap_hold), CAP_HOLD_MAX), False
+            lowered = cap - 1
+        if at_edge and self.cap_strikes < CAP_STRIKES:
+            self.cap, self.cap_since = max(1, lowered), now
             self.last_reaction = now
-            self.epoch += 1
             return True
+        self.cap = None
+        self.refused_at.clear()
         return False
+
+    def _held_at(self, refused: float) -> int:
+        """How many requests the server held when a 429 came at ``refused``: those sent within an
+        answer time before it that it did not refuse (counted once they are answered; the
+        requests of a first burst reach the server in any order, so the number in flight when
+        the refused one went says less)."""
+        return est.let_through(self._records, refused - self.typical_latency(), refused + 1e-9)
 
     def _old_news(self, now: float, wait: Optional[float], hold: Optional[float]) -> None:
         """A 429 to a request sent before the last reaction: part of a burst already handled."""
