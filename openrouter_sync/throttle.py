@@ -540,7 +540,8 @@ class Throttle:
             for name in (KEY_SCOPE, *ticket.scopes):
                 if name != target and ticket.sent_at is not None:
                     self._lane(name).refused_elsewhere(ticket.sent_at, now)
-            self._lane(target).refused(ticket.sent_at, now, hint, self._max_gate, self._on_second(hint))
+            self._lane(target).refused(ticket.sent_at, now, hint, self._max_gate, self._on_second(hint),
+                                       self._wall() - now)
             self._publish(before, now)
 
     def _on_second(self, wait: Optional[float]) -> bool:

@@ -244,11 +244,18 @@ class TokenBucket(Server):
 
 
 class FixedWindow(Server):
-    """``limit`` requests per ``window`` seconds; a refusal's wait runs to the window's end."""
+    """``limit`` requests per ``window`` seconds; a refusal's wait runs to the window's end.
+    ``align``: ``"epoch"``, windows aligned to the epoch, like real ones; ``"start"``, counted from
+    the first request, as the benchmark server counts them (the first request is the run's start).
+    ``offset``: seconds the windows' origin lies after that (an arbitrary phase)."""
 
-    def __init__(self, limit: int, window: float, style: str, start: float = EPOCH) -> None:
+    def __init__(self, limit: int, window: float, style: str, start: float = EPOCH, align: str = "epoch",
+                 offset: float = 0.0) -> None:
         self.limit, self.window, self.style = limit, window, style
-        self.origin = math.floor(start / window) * window  # windows aligned to the epoch, like real ones
+        if align not in ("epoch", "start"):
+            raise ValueError(align)
+        base = math.floor(start / window) * window if align == "epoch" else start
+        self.origin = base + offset - (window if base + offset > start else 0.0)
         self.start = start
         self.counts: Dict[int, int] = {}
 

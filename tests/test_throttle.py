@@ -168,6 +168,125 @@ def test_a_refused_probe_makes_the_rest_of_the_wait_real() -> None:
     assert after.sent_at == pytest.approx(window_end)
 
 
+def _whole_seconds(end: float, now: float) -> float:
+    """``Retry-After`` in whole seconds (the true wait rounded up, at least 1) for a window ending at ``end``."""
+    return float(max(1, math.ceil(end - now - 1e-9)))
+
+
+def _first_window(t: Throttle, clock: Clock, end: float) -> Ticket:
+    """10 requests through, 2 refused with whole seconds to ``end``, then the early probe refused too
+    (so the wait is real, not a bucket's coarse second); the gate then holds the rest."""
+    first = [t.acquire(clock.sleep, 60) for _ in range(12)]
+    clock.now += 0.05
+    for ticket in first[:10]:
+        t.on_answer(ticket)
+    for ticket in first[10:]:
+        t.on_rate_limited(ticket, _whole_seconds(end, clock.now))
+    probe = t.acquire(clock.sleep, 60)
+    assert probe.admitted and probe.sent_at is not None and probe.sent_at < end - 1.0
+    t.on_rate_limited(probe, _whole_seconds(end, clock.now))
+    return probe
+
+
+def test_a_whole_second_windows_end_is_probed_on_a_whole_second_of_the_wall_clock() -> None:
+    """A fixed window aligned to the epoch ends 1.63 s in; whole-second waits only say it ends within
+    (0.15, 1.15] s... then (0.35, 1.35]... before the named end. Fixed windows start on whole seconds of
+    the wall clock: one request goes just after the whole second, is accepted, and the gate opens
+    there (it used to run to the named end, half a second late)."""
+    clock = Clock()
+    clock.now = 1_700_000_000.37  # the injected clock reads like wall time
+    end = 1_700_000_002.0
+    _first_window(t := Throttle(clock=clock), clock, end)
+    assert t.blocked_for() > 0.5
+    probe = t.acquire(clock.sleep, 60)
+    assert probe.sent_at == pytest.approx(end + 0.02)
+    clock.now += 0.05
+    t.on_answer(probe)
+    assert t.blocked_for() == 0.0
+    assert t.acquire(clock.sleep, 60).waited == 0.0
+
+
+def test_later_window_ends_are_predicted_whole_seconds_after_a_known_one() -> None:
+    """After a window's end is known, a window's worth goes, and the one request after it is held to
+    the next whole second after that end (not sent at once: refused 1.3 s before the end, it would
+    be told "2" and wait 0.7 s past it). Refused there with "1", the end is the whole second after
+    (the window is 2 s long): everyone waits exactly to it, and the window after is predicted
+    without a probe."""
+    clock = Clock()
+    clock.now = 1_700_000_000.37
+    end = 1_700_000_002.0
+    t = Throttle(clock=clock)
+    _first_window(t, clock, end)
+    probe = t.acquire(clock.sleep, 60)
+    clock.now += 0.05
+    t.on_answer(probe)
+    window = [t.acquire(clock.sleep, 60) for _ in range(9)]  # with the probe, the 10 the first window took
+    assert all(ticket.waited == 0.0 for ticket in window)
+    clock.now += 0.05
+    for ticket in window:
+        t.on_answer(ticket)
+    held = t.acquire(clock.sleep, 60)
+    assert held.sent_at == pytest.approx(end + 1.0 + 0.02)  # the next whole second after the end
+    wait = _whole_seconds(end + 2.0, clock.now)
+    assert wait == 1.0
+    t.on_rate_limited(held, wait)
+    after = t.acquire(clock.sleep, 60)
+    assert after.sent_at == pytest.approx(end + 2.0 + 0.02)
+    t.on_answer(after)
+    for ticket in [t.acquire(clock.sleep, 60) for _ in range(9)]:
+        t.on_answer(ticket)
+    nxt = t.acquire(clock.sleep, 60)  # the window's length is known: the next end, no probe
+    assert nxt.sent_at == pytest.approx(end + 4.0 + 0.02)
+    assert t.rate_limited_count == 4
+
+
+def test_windows_counted_from_the_first_request_are_found_too() -> None:
+    """Windows of 2 s counted from the client's first request (at 100.3): a probe just after the
+    wall clock's whole second (102.0) is refused with "1", one just after 102.3 goes through; the
+    window's length follows (2 s after the first request), so the next end (104.3) is held for
+    without a probe."""
+    clock = Clock()
+    clock.now = 100.3
+    end = 102.3
+    t = Throttle(clock=clock)
+    _first_window(t, clock, end)
+    wall = t.acquire(clock.sleep, 60)
+    assert wall.sent_at == pytest.approx(102.02)
+    t.on_rate_limited(wall, _whole_seconds(end, clock.now))
+    probe = t.acquire(clock.sleep, 60)
+    assert probe.sent_at == pytest.approx(end + 0.02)
+    clock.now += 0.05
+    t.on_answer(probe)
+    assert t.blocked_for() == 0.0
+    for ticket in [t.acquire(clock.sleep, 60) for _ in range(9)]:
+        t.on_answer(ticket)
+    nxt = t.acquire(clock.sleep, 60)
+    assert nxt.sent_at == pytest.approx(end + 2.0 + 0.02)
+
+
+def test_a_bucket_with_whole_second_waits_is_not_taken_for_a_window() -> None:
+    """A token bucket says "1" too: its early probe is accepted, and nothing is held for whole seconds."""
+    clock = Clock()
+    clock.now = 1_700_000_000.37
+    t = Throttle(clock=clock)
+    tickets = [t.acquire(clock.sleep, 60) for _ in range(12)]
+    clock.now += 0.05
+    for ticket in tickets[:10]:
+        t.on_answer(ticket)
+    for ticket in tickets[10:]:
+        t.on_rate_limited(ticket, 1.0)
+    probe = t.acquire(clock.sleep, 60)
+    clock.now += 0.05
+    t.on_answer(probe)
+    assert t.blocked_for() == 0.0
+    sends = []
+    for _ in range(20):
+        ticket = t.acquire(clock.sleep, 60)
+        sends.append(ticket.waited)
+        t.on_answer(ticket)
+    assert max(sends) < 0.2  # paced, never held to a whole second
+
+
 @pytest.mark.parametrize("wait, grain", [(0.63, True), (0.237, False)])
 def test_a_wait_ending_on_a_whole_second_is_a_dates_grain_not_a_tokens_interval(wait: float, grain: bool) -> None:
     """A bucket refusing with an HTTP-date rounded up: the wait (0.63 s here) ends on a whole

@@ -37,6 +37,23 @@ what went through before it as the window's size; an accepted one-at-a-time requ
 window began, and the count starts again). No gate holds the others longer than ``max_gate``
 seconds, and time spent held by a gate that ran its full length never enters a measurement.
 
+Fixed windows with waits in whole seconds (``Retry-After: 2``, the true wait rounded up) only say
+that the window ends within the second before the named end. A refused probe of such a wait
+(a second or more) already makes a window likely: the gate then probes where windows end in
+practice, just after (``WINDOW_SLACK``) a whole second of the wall clock (windows aligned to the
+epoch) or a whole number of seconds after the lane's first send (windows counted from a client's
+first request), then in the middle of what is left (``_window_until``). Windows are whole seconds
+long, so once one end is known (the grid) every later end lies whole seconds on, and a wait in
+whole seconds names it exactly. Once a window's worth went, the rest are held to the next whole
+second after the last end (not sent at once: a request refused more than a second before the end
+is told a wait that ends up to a second after it, and in the last window it finishes last); the
+one request let go there is accepted (a window of a second) or told the end; after that the
+window's length is known and the gate runs to each next end without a 429 (``_hold_for_next_window``).
+Refusals that narrow a window's end to where no point of the grid lies drop it, and so does a
+coarse wait. Not with processes sharing the lane (they know neither this grid nor this
+hold), nor after a wait longer than ``max_gate`` (a gate cut short may open before the window's
+end, and miscount its size): then the one request goes at once.
+
 A wait under a second that ends on a whole second of the wall clock (``on_second``) is an
 HTTP-date's grain, not a token's interval: it caps no guess.
 
@@ -49,7 +66,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Deque, Dict, List, Optional
+from typing import Deque, Dict, List, Optional, Tuple
 
 from . import estimator as est
 from .gate import Gate
@@ -73,6 +90,7 @@ CAP_STRIKES = 4  # this many 429s in a row at a cap that had not grown: not a co
 CAP_KEEP = 0.5  # a 429 at this share of the cap or more lowers the cap to it; well under it, the cap goes
 LONG_GATE = 1.0  # seconds: measurements never span a full gate this long
 WINDOW_PRECISION = 0.05  # seconds: probes narrow a window's end down to this
+WINDOW_SLACK = 0.02  # seconds: a probe or gate for a predicted window end goes this much after it
 WINDOW_MIN = 3  # a fixed window lets at least this many through at once (a bucket refusing exactly, one)
 ROSE = 1.25  # a measurement this much above the last one: the limit rose
 HORIZON = 10.0  # seconds of send history kept
@@ -100,6 +118,8 @@ class Lane:
         self.reserved = 0
         self.waiting: Dict[int, float] = {}
         self._places = 0
+        self.wall_offset = 0.0  # wall-clock time minus this lane's clock, as of the latest 429
+        self.max_gate = math.inf  # the longest a gate may hold the others, as of the latest 429
         self.forget()
 
     def forget(self) -> None:
@@ -130,6 +150,15 @@ class Lane:
         self.window_budget: Optional[int] = None
         self.window_lo, self.window_hi = _NEVER, float("inf")  # where the current window's end lies
         self.window_probes = 0
+        self.window_point: Optional[float] = None  # the window end the current window gate (or its probe) bets on
+        self.window_grid: Optional[float] = None  # a window's end (or just after it): later ones lie whole seconds on
+        self.whole_waits = False  # the latest wait was in whole seconds
+        self.capped = False  # the latest wait was longer than ``max_gate``
+        self.was_capped = False  # some wait was: a gate that opened early may have miscounted a window
+        self.first_sent: Optional[float] = None  # the first send since the lane was made or reset
+        self.first_refused: Optional[float] = None  # the first 429 since then
+        self.window_length: Optional[float] = None  # whole seconds between window ends, once known
+        self.window_holding = False  # the gate holds for the next window's end (``_hold_for_next_window``)
         self.admitted_in_window = 0  # sent since the last barrier
         self.through_in_window = 0  # of those, not refused
         self._records.clear()
@@ -258,8 +287,16 @@ class Lane:
         self.in_flight += 1
         self.admitted_in_window += 1
         self.through_in_window += 1
+        if self.first_sent is None:
+            self.first_sent = sent_at
         if len(self._records) > MAX_RECORDS:
             self._records.popleft()
+        # (Not when processes share this lane: the others know neither this grid nor this gate yet. Nor
+        # after a gate cut short by ``max_gate``: it may open before the window's end, and then what
+        # was sent before the end counts as the window's size, so a hold would come too soon.)
+        if seq is None and self.window_grid is not None and self.whole_waits and self.adaptive \
+                and not self.was_capped and self.budget_spent() and self.gate.until <= sent_at:
+            self._hold_for_next_window(sent_at)
 
     def adopt(self, rate: Optional[float], measured: bool, grow_from: float, now: float,
               reacted: float = _NEVER, exactness: Optional[int] = None) -> None:
@@ -351,9 +388,14 @@ class Lane:
         self.latencies.append(max(0.0, now - sent_at))
         gate = self.gate
         if gate.probe_sent == sent_at:
+            if gate.trusted and gate.until > sent_at and self.window_point is not None and self.whole_waits:
+                self._found_end(self.window_point)  # the window ended by the time this probe bet on
+                self.rate, self.measured, self.pending_event = None, False, None  # its gates govern
+                self.pacer.restart(now)
             if gate.until > now:
                 if not gate.trusted:  # the probe went through before the named wait was over: it was coarse
                     self.exactness = self.exactness - 1 if self.exactness <= 0 else 0
+                    self.window_grid = self.window_length = None
                 gate.open(now)  # (in a fixed window: the next window began)
                 self.grow_from = max(self.grow_from, now)
             else:
@@ -370,10 +412,18 @@ class Lane:
         self._settle(now)
 
     def refused(self, sent_at: Optional[float], now: float, wait: Optional[float], max_gate: float,
-                on_second: bool = False) -> None:
+                on_second: bool = False, wall_offset: float = 0.0) -> None:
         """A 429 from this lane's limiter; ``wait`` is the server's (None, or > 0). ``on_second``: the
-        wait ends on a whole second of the wall clock (an HTTP-date's grain, not a token's interval)."""
+        wait ends on a whole second of the wall clock (an HTTP-date's grain, not a token's interval).
+        ``wall_offset``: wall-clock time minus ``now`` (fixed windows start on whole wall seconds)."""
         self.rate_limited_count += 1
+        self.wall_offset, self.max_gate = wall_offset, max_gate
+        if self.first_refused is None:
+            self.first_refused = now
+        if wait is not None:
+            self.whole_waits = _whole(wait)
+            self.capped = wait > max_gate  # the gate ends at the cap, not where the window ends
+            self.was_capped = self.was_capped or self.capped
         self.interval_wait = None if on_second or wait is None or wait >= 1.0 else wait
         if sent_at is None:
             sent_at = now
@@ -477,9 +527,14 @@ class Lane:
             return
         self._narrow(now, hold)  # the refusals of one burst narrow down where the wait ends
         if gate.trusted and self.window_budget is not None:  # a fixed window
-            gate.until = min(gate.until, self.window_hi)
-            if gate.probe_sent is None and gate.probe_free(now) and gate.probe_at is None:
-                gate.probe_at = self._window_probe()
+            stale = gate.probe_at is None or gate.probe_at <= self.window_lo  # none, or it would surely be refused
+            if gate.probe_sent is None and gate.probe_free(now) and stale:
+                until, gate.probe_at = self._window_until()
+                gate.until = min(gate.until, until)
+                if gate.probe_at is not None and gate.probe_at >= gate.until:
+                    gate.probe_at = None
+            else:
+                gate.until = min(gate.until, self.window_hi)
         else:
             gate.extend(min(now + hold, self.window_hi), now + wait)
 
@@ -491,7 +546,9 @@ class Lane:
         if was_probe and hold is not None:
             self.exactness = self.exactness + 1 if self.exactness >= 0 else 0
         windowed = self.gate.trusted and self.gate.until > now and was_probe
-        if hold is not None and hold >= LONG_GATE and self.exactness >= 2 \
+        # a probe at a predicted window end (``_hold_for_next_window``)
+        gridded = windowed and self.whole_waits and not self.capped and self.window_grid is not None
+        if hold is not None and hold >= LONG_GATE and (self.exactness >= 2 or gridded) \
                 and (self.through_in_window >= WINDOW_MIN or windowed):
             # The server's waits are exact and it takes requests in batches (a fixed window): its
             # gate governs, not pacing. What it let through since the last such gate is its window.
@@ -525,7 +582,11 @@ class Lane:
             self._narrow(now, hold)
             if hold >= LONG_GATE and self.through_in_window >= WINDOW_MIN:
                 self.window_budget = self.through_in_window  # perhaps a window: what it took
-            self._full_gate(min(now + hold, self.window_hi), False, now)
+            if hold >= LONG_GATE and self.whole_waits and not self.capped and self.window_budget is not None:
+                until, probe_at = self._window_until()  # perhaps a window: probe where its end likely is
+                self._full_gate(until, True, now, probe_at=probe_at)
+            else:
+                self._full_gate(min(now + hold, self.window_hi), False, now)
         elif not coarse:
             self.gate.shut(now + hold, now + probe_delay, trusted=False)
             self.grow_from = now + probe_delay
@@ -533,15 +594,120 @@ class Lane:
     def _window_gate(self, now: float, hold: float, fresh: bool) -> None:
         """Shut until a fixed window's end. A wait in whole seconds is rounded up (``Retry-After``
         never sends a client back early), so the end lies in ``(now + hold - 1, now + hold]``; the
-        refusals of one window narrow that down, and a probe halves what is left until it is
-        ``WINDOW_PRECISION`` wide."""
+        refusals of one window narrow that down, and probes (``_window_until``) find it."""
         if fresh:
             self.window_lo, self.window_hi, self.window_probes = _NEVER, float("inf"), 0
         self._narrow(now, hold)
-        self._full_gate(self.window_hi, True, now, probe_at=self._window_probe())
+        until, probe_at = self._window_until()
+        self._full_gate(until, True, now, probe_at=probe_at)
+
+    def _window_until(self) -> Tuple[float, Optional[float]]:
+        """Where a window gate ends and when its probe goes (None: none), for a window end in
+        ``(window_lo, window_hi]`` (``window_point``: the end it bets on).
+
+        Fixed windows are whole seconds long, so once one end is known (``window_grid``) every
+        later one lies a whole number of seconds on: a wait in whole seconds (an interval one
+        second long) then names it exactly, and the gate runs to it (``WINDOW_SLACK`` after, for
+        a server a little behind). Otherwise the gate runs to ``window_hi`` and a probe goes
+        first where windows usually end: on a whole second of the wall clock (windows counted
+        from the epoch) or a whole number of seconds after this lane's first send (windows
+        counted from a client's first request), the earlier first; then, while probes are left,
+        at the middle of the interval (``_window_probe``). A refused probe only raises
+        ``window_lo``; its own request's wait (a floor) then ends within a second after the window's
+        end, in the next window. An accepted one opens the gate, and its bet becomes the grid.
+        A gate that runs its full length ends at or after the window's end: its end is the grid."""
+        lo, hi = self.window_lo, self.window_hi
+        if self.capped:  # the interval ends at the cap: no end to find or bet on
+            self.window_point = None
+            return hi, self._window_probe()
+        point = self._grid_point(lo, hi)
+        if point is not None:
+            if self.window_holding and self.window_grid is not None and point - self.window_grid >= 1.0:
+                self.window_length = point - self.window_grid  # the end after the last one: a window's length
+            self.window_holding = False
+            self.window_point = self.window_grid = point
+            return point + WINDOW_SLACK, None
+        for candidate in sorted(self._candidates(lo)):
+            if candidate + WINDOW_SLACK < hi:
+                self.window_point = candidate
+                return hi, candidate + WINDOW_SLACK
+        probe_at = self._window_probe()
+        self.window_point = hi if probe_at is None else probe_at
+        if probe_at is None and self.whole_waits and hi - lo < 1.0:
+            self.window_grid = hi
+        return hi, probe_at
+
+    def _candidates(self, lo: float) -> List[float]:
+        """The first times after ``lo`` where a window likely ends: a whole second of the wall
+        clock, and a whole number of seconds after this lane's first send."""
+        found = [math.floor(lo + self.wall_offset + 1e-9) + 1.0 - self.wall_offset]
+        if self.first_sent is not None:
+            found.append(self.first_sent + math.floor(lo - self.first_sent + 1e-9) + 1.0)
+        return found
+
+    def _found_end(self, point: float) -> None:
+        """A window ended by ``point`` (a probe there went through): the grid. When that is a whole
+        number of seconds after the first send, and the first 429 came within a second of it,
+        windows are likely counted from the first request, and that many seconds long (unless the
+        first send was on a whole second of the wall clock: then windows aligned to the epoch would
+        end there too, and the first window may have begun before it). After a hold for the next
+        end (``_hold_for_next_window``), the seconds from the last end are the window's length."""
+        first, refused = self.first_sent, self.first_refused
+        if self.window_grid is None and first is not None and refused is not None and refused - first < 1.0 \
+                and abs((first + self.wall_offset + 0.5) % 1.0 - 0.5) > 2 * WINDOW_SLACK:
+            seconds = point - first
+            if seconds >= 1.0 - 1e-6 and _whole(seconds):
+                self.window_length = float(round(seconds))
+        if self.window_holding and self.window_grid is not None and self.window_length is None \
+                and point - self.window_grid >= 1.0:
+            self.window_length = float(round(point - self.window_grid))
+        self.window_holding = False
+        self.window_grid, self.window_point = point, None
+
+    def _grid_point(self, lo: float, hi: float) -> Optional[float]:
+        """The window end in ``(lo, hi]`` (within ``WINDOW_SLACK`` after it) that lies whole seconds
+        from ``window_grid``; None without a grid or a wait in whole seconds. A grid no point of
+        which falls there was wrong: it goes."""
+        grid = self.window_grid
+        if grid is None or not self.whole_waits or not hi - lo <= 1.0 + WINDOW_SLACK:
+            return None
+        point = grid + math.floor(hi + WINDOW_SLACK - grid + 1e-9)
+        if point > lo + 1e-9:
+            return point
+        self.window_grid = self.window_length = None
+        return None
+
+    def _hold_for_next_window(self, now: float) -> None:
+        """A window's worth went, and window ends are known (``window_grid``): hold the rest, and
+        let one request go just after the next whole second from the grid (a window may be one
+        second long). Accepted, a window began there, the gate opens, and a window's worth goes.
+        Refused, its wait (whole seconds) names the window's end, which lies a whole number of
+        seconds from the grid: the gate runs exactly to it, and that request's own wait, which
+        the server rounded up from just under a whole second, ends right at it too. (Sent at once,
+        it would be told to wait up to a second past the end: in the last window, it finishes last.)"""
+        grid = self.window_grid
+        if grid is None:
+            return
+        length = self.window_length
+        if length is not None:  # the next end is known: everyone waits for it
+            point = grid + length * (math.floor((now - grid + WINDOW_SLACK) / length + 1e-9) + 1.0)
+            if point + WINDOW_SLACK - now > self.max_gate:
+                return  # no gate holds the others that long: the one request goes at once, as without a grid
+            self.window_lo, self.window_hi, self.window_probes = point - WINDOW_SLACK, point, 0
+            self.window_point = self.window_grid = point
+            self._full_gate(point + WINDOW_SLACK, True, now)
+        else:
+            point = grid + math.floor(now - grid + WINDOW_SLACK + 1e-9) + 1.0
+            if point + 1.0 - now > self.max_gate:
+                return
+            self.window_lo, self.window_hi, self.window_probes = now, point, 0
+            self.window_point = point
+            self.window_holding = True
+            self._full_gate(point + 1.0, True, now, probe_at=point + WINDOW_SLACK)
+        self.epoch += 1
 
     def _narrow(self, now: float, hold: float) -> None:
-        whole = abs(hold - round(hold)) < 1e-6
+        whole = _whole(hold)
         lo, hi = (now + hold - 1.0 if whole else now + hold), now + hold
         if max(lo, self.window_lo) > min(hi, self.window_hi):  # inconsistent: start afresh
             self.window_lo, self.window_hi = lo, hi
@@ -626,6 +792,11 @@ class Lane:
             fixed = 1.0 / self.fixed_interval
             rate = fixed if rate is None else min(rate, fixed)
         return rate
+
+
+def _whole(wait: float) -> bool:
+    """Whether a wait is a whole number of seconds (perhaps rounded up from less)."""
+    return abs(wait - round(wait)) < 1e-6
 
 
 def finite_positive(value: Optional[float]) -> Optional[float]:
