@@ -30,6 +30,7 @@ from .servers import ServerProcess, ServerSpec
 
 WORKERS = 32
 LATENCY = 0.05
+EPOCH_PHASE = 0.37  # fw-epoch: seconds into a wall-clock window at the run's start (as the simulator's)
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Row:
     says: str  # what the server's 429 says, for the table
     spec: ServerSpec
     ideal: Callable[[int], float]  # prompts -> seconds
+    phase: Optional[float] = None  # start when the wall clock is this many seconds into a window (epoch windows)
 
 
 def bucket_ideal(schedule: list, burst: int = 10, latency: float = LATENCY) -> Callable[[int], float]:
@@ -53,14 +55,15 @@ def bucket_ideal(schedule: list, burst: int = 10, latency: float = LATENCY) -> C
     return ideal
 
 
-def window_ideal(limit: int, window: float, workers: int = WORKERS,
-                 latency: float = LATENCY) -> Callable[[int], float]:
+def window_ideal(limit: int, window: float, workers: int = WORKERS, latency: float = LATENCY,
+                 phase: float = 0.0) -> Callable[[int], float]:
     """The floor for ``n`` requests through a fixed window: each window's quota at its start,
-    ``workers`` at a time; the last window's share takes ``ceil(share / workers)`` latencies."""
+    ``workers`` at a time; the last window's share takes ``ceil(share / workers)`` latencies.
+    ``phase``: the run starts this many seconds into the first window (windows on the wall clock)."""
     def ideal(n: int) -> float:
         windows = math.ceil(n / limit)
         last = n - (windows - 1) * limit
-        return (windows - 1) * window + math.ceil(last / workers) * latency
+        return max(0.0, (windows - 1) * window - phase) + math.ceil(last / workers) * latency
     return ideal
 
 
@@ -84,6 +87,10 @@ def rows_for(n: int) -> dict[str, Row]:
     rows["fw-int"] = Row(f"fixed window {per_window} per 2 s; `Retry-After` whole seconds to the window's end",
                          ServerSpec("window", "int", LATENCY, limit=per_window, window=2.0),
                          window_ideal(per_window, 2.0))
+    rows["fw-epoch"] = Row(f"fixed window {per_window} per 2 s on the wall clock (from the epoch), the run "
+                           f"starting {EPOCH_PHASE} s into one; `Retry-After` whole seconds to the window's end",
+                           ServerSpec("window", "int", LATENCY, limit=per_window, window=2.0, align="epoch"),
+                           window_ideal(per_window, 2.0, phase=EPOCH_PHASE), phase=EPOCH_PHASE)
     rows["fw-meta"] = Row(f"fixed window {per_window} per 2 s; OpenRouter free-tier shape: `metadata.headers` "
                           "X-RateLimit-Reset (epoch ms) = the window's end",
                           ServerSpec("window", "meta", LATENCY, limit=per_window, window=2.0),
@@ -105,8 +112,12 @@ def run_one(kind: str, row: Row, n: int, pythonpath: Optional[str]) -> dict[str,
     """One client against a fresh server of ``row``'s model."""
     ideal = row.ideal(n)
     with ServerProcess(row.spec) as server:
+        start_at = time.time() + 1.0
+        if row.phase is not None:  # the next moment that far into a window of the wall clock
+            window = row.spec.window
+            start_at = (math.floor((start_at - row.phase) / window) + 1) * window + row.phase
         client = Client(kind, server.base_url, f"{kind}-{uuid.uuid4().hex[:8]}", n, WORKERS,
-                        start_at=time.time() + 1.0, pythonpath=pythonpath).start()
+                        start_at=start_at, pythonpath=pythonpath).start()
         client.finish(deadline=time.time() + 1.0 + 15 * ideal + 20)
         stats = server.stats()
     figures = check([client], stats)

@@ -14,7 +14,8 @@ limiters
     ``bucket``       token bucket, ``rate`` per second (a schedule ``[[t, rate], ...]`` of seconds
                      since the first request lets it change mid-run), ``burst`` tokens
     ``window``       fixed window: ``limit`` requests per ``window`` seconds, windows counted from
-                     the first request; the wait is the time to the window's end
+                     the first request (``align: "epoch"``: on the wall clock, from the epoch);
+                     the wait is the time to the window's end
     ``concurrency``  at most ``limit`` requests in flight; no wait is known
 hints
     ``int``          ``Retry-After: <ceil(wait)>``, whole seconds (the only numeric form HTTP defines)
@@ -67,6 +68,7 @@ class ServerSpec:
     schedule: list = field(default_factory=lambda: [[0.0, 50.0]])  # bucket: [[seconds since first request, rate]]
     limit: int = 100  # window: requests per window; concurrency: requests in flight
     window: float = 2.0  # window: seconds
+    align: str = "start"  # window: counted from the first request ("start") or from the epoch ("epoch")
     max_lifetime: float = 600.0
 
 
@@ -115,6 +117,11 @@ class FixedWindow:
     def __init__(self, spec: ServerSpec) -> None:
         self.limit, self.window = spec.limit, spec.window
         self.start: Optional[float] = None
+        if spec.align == "epoch":  # the monotonic clock's reading at the epoch's window boundary before now
+            wall, mono = time.time(), time.monotonic()
+            self.start = mono - wall + math.floor(wall / spec.window) * spec.window
+        elif spec.align != "start":
+            raise ValueError(f"align must be 'start' or 'epoch', got {spec.align!r}")
         self.index, self.count = -1, 0
 
     def admit(self, now: float) -> None:

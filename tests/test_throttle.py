@@ -243,8 +243,8 @@ def test_later_window_ends_are_predicted_whole_seconds_after_a_known_one() -> No
 def test_windows_counted_from_the_first_request_are_found_too() -> None:
     """Windows of 2 s counted from the client's first request (at 100.3): a probe just after the
     wall clock's whole second (102.0) is refused with "1", one just after 102.3 goes through; the
-    window's length follows (2 s after the first request), so the next end (104.3) is held for
-    without a probe."""
+    window's length follows (2 s after the first request), so the next end (104.3) is where the
+    next request goes (first alone, as the length is a guess; see the next test)."""
     clock = Clock()
     clock.now = 100.3
     end = 102.3
@@ -262,6 +262,76 @@ def test_windows_counted_from_the_first_request_are_found_too() -> None:
         t.on_answer(ticket)
     nxt = t.acquire(clock.sleep, 60)
     assert nxt.sent_at == pytest.approx(end + 2.0 + 0.02)
+
+
+def test_a_window_length_guessed_from_the_first_request_is_tried_with_one_request() -> None:
+    """Windows of 2 s that end 0.73 s after the first request (at 100.3), on neither kind of whole
+    second: the probe just after the wall clock's second (101.02) is refused, the one a second after
+    the first request (101.32) goes through, so windows seem counted from it and 1 s long. That is
+    only a guess: at the next guessed end (102.3) one request goes first, and when it is refused the
+    others wait for the end its wait names (103.03), instead of all going at once to be refused."""
+    clock = Clock()
+    clock.now = 100.3
+    ends = [101.03 + 2.0 * k for k in range(4)]
+    t = Throttle(clock=clock)
+
+    def answer(ticket: Ticket) -> bool:
+        assert ticket.sent_at is not None
+        end = next(e for e in ends if e > ticket.sent_at)
+        if ticket.sent_at < end - 2.0 + 1e-9 or sent_in[ends.index(end)] >= 10:
+            t.on_rate_limited(ticket, _whole_seconds(end, clock.now))
+            return False
+        sent_in[ends.index(end)] += 1
+        t.on_answer(ticket)
+        return True
+
+    sent_in = [10, 0, 0, 0]  # the first window's 10 are the burst below
+    burst = [t.acquire(clock.sleep, 60) for _ in range(12)]
+    clock.now += 0.05
+    for ticket in burst[:10]:
+        t.on_answer(ticket)
+    for ticket in burst[10:]:
+        t.on_rate_limited(ticket, _whole_seconds(ends[0], clock.now))
+    probes = []
+    while True:
+        probe = t.acquire(clock.sleep, 60)
+        probes.append(probe.sent_at)
+        if answer(probe):
+            break
+    assert probes[-1] == pytest.approx(101.32)
+    for _ in range(9):
+        assert answer(t.acquire(clock.sleep, 60))
+    first = t.acquire(clock.sleep, 60)
+    assert first.sent_at == pytest.approx(102.32)  # the guessed end: one request ...
+    clock.now += 0.002  # (a 429 is back in 2 ms)
+    assert not answer(first)  # ... refused: the window is longer
+    after = t.acquire(clock.sleep, 60)
+    assert after.sent_at is not None and after.sent_at >= ends[1]  # the others wait for the end it names
+    assert answer(after)
+    assert t.rate_limited_count <= 5
+
+
+def test_at_a_guessed_window_end_the_others_wait_for_a_refusal_to_come_back() -> None:
+    """At an end guessed from windows counted from the first request (as above), the first request
+    goes alone; the others follow only when a refusal would have been back by then (1.5 times the
+    last 429's round trip, at least 5 ms), so a wrong guess costs one 429, not one per request."""
+    clock = Clock()
+    clock.now = 100.3
+    end = 102.3
+    t = Throttle(clock=clock)
+    _first_window(t, clock, end)
+    wall = t.acquire(clock.sleep, 60)
+    clock.now += 0.004
+    t.on_rate_limited(wall, _whole_seconds(end, clock.now))  # the wall clock's second: too early
+    probe = t.acquire(clock.sleep, 60)
+    assert probe.sent_at == pytest.approx(end + 0.02)
+    clock.now += 0.05
+    t.on_answer(probe)
+    for ticket in [t.acquire(clock.sleep, 60) for _ in range(9)]:
+        t.on_answer(ticket)
+    first, second = t.acquire(clock.sleep, 60), t.acquire(clock.sleep, 60)  # both waiting at once
+    assert first.sent_at == pytest.approx(end + 2.0 + 0.02)
+    assert second.sent_at == pytest.approx(end + 2.0 + 0.02 + 1.5 * 0.004)
 
 
 def test_a_bucket_with_whole_second_waits_is_not_taken_for_a_window() -> None:

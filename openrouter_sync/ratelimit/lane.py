@@ -42,13 +42,17 @@ that the window ends within the second before the named end. A refused probe of 
 (a second or more) already makes a window likely: the gate then probes where windows end in
 practice, just after (``WINDOW_SLACK``) a whole second of the wall clock (windows aligned to the
 epoch) or a whole number of seconds after the lane's first send (windows counted from a client's
-first request), then in the middle of what is left (``_window_until``). Windows are whole seconds
-long, so once one end is known (the grid) every later end lies whole seconds on, and a wait in
+first request), and, while the 429s so far are under a fifth of the window's size, at evenly
+spread points before them (a window on neither kind of whole second), then in the middle of what
+is left (``_window_until``). Windows are whole seconds long, so once one end is known (the grid:
+the send of the probe that went through) every later end lies whole seconds on, and a wait in
 whole seconds names it exactly. Once a window's worth went, the rest are held to the next whole
 second after the last end (not sent at once: a request refused more than a second before the end
 is told a wait that ends up to a second after it, and in the last window it finishes last); the
 one request let go there is accepted (a window of a second) or told the end; after that the
 window's length is known and the gate runs to each next end without a 429 (``_hold_for_next_window``).
+A length guessed from windows that seem counted from the first request is tried once: one
+request goes at the next end, the rest when no refusal came back in time for it.
 Refusals that narrow a window's end to where no point of the grid lies drop it, and so does a
 coarse wait. Not with processes sharing the lane (they know neither this grid nor this
 hold), nor after a wait longer than ``max_gate`` (a gate cut short may open before the window's
@@ -91,6 +95,7 @@ CAP_KEEP = 0.5  # a 429 at this share of the cap or more lowers the cap to it; w
 LONG_GATE = 1.0  # seconds: measurements never span a full gate this long
 WINDOW_PRECISION = 0.05  # seconds: probes narrow a window's end down to this
 WINDOW_SLACK = 0.02  # seconds: a probe or gate for a predicted window end goes this much after it
+SCAN_SHARE = 5  # the 429s at a window's first end, probes included, stay under this share of its size
 WINDOW_MIN = 3  # a fixed window lets at least this many through at once (a bucket refusing exactly, one)
 ROSE = 1.25  # a measurement this much above the last one: the limit rose
 HORIZON = 10.0  # seconds of send history kept
@@ -158,6 +163,7 @@ class Lane:
         self.first_sent: Optional[float] = None  # the first send since the lane was made or reset
         self.first_refused: Optional[float] = None  # the first 429 since then
         self.window_length: Optional[float] = None  # whole seconds between window ends, once known
+        self.window_tentative = False  # ... or only guessed (windows counted from the first request)
         self.window_holding = False  # the gate holds for the next window's end (``_hold_for_next_window``)
         self.admitted_in_window = 0  # sent since the last barrier
         self.through_in_window = 0  # of those, not refused
@@ -389,7 +395,9 @@ class Lane:
         gate = self.gate
         if gate.probe_sent == sent_at:
             if gate.trusted and gate.until > sent_at and self.window_point is not None and self.whole_waits:
-                self._found_end(self.window_point)  # the window ended by the time this probe bet on
+                # The window ended by the time this probe went (not the time it was due: a late
+                # probe proves only its own send, and a grid set early would send requests too soon).
+                self._found_end(sent_at, self.window_point)
                 self.rate, self.measured, self.pending_event = None, False, None  # its gates govern
                 self.pacer.restart(now)
             if gate.until > now:
@@ -611,10 +619,11 @@ class Lane:
         a server a little behind). Otherwise the gate runs to ``window_hi`` and a probe goes
         first where windows usually end: on a whole second of the wall clock (windows counted
         from the epoch) or a whole number of seconds after this lane's first send (windows
-        counted from a client's first request), the earlier first; then, while probes are left,
-        at the middle of the interval (``_window_probe``). A refused probe only raises
+        counted from a client's first request), the earlier first, each preceded by evenly
+        spread probes while 429s are left for them (``_scan_point``); then, while probes are
+        left, at the middle of the interval (``_window_probe``). A refused probe only raises
         ``window_lo``; its own request's wait (a floor) then ends within a second after the window's
-        end, in the next window. An accepted one opens the gate, and its bet becomes the grid.
+        end, in the next window. An accepted one opens the gate, and its send becomes the grid.
         A gate that runs its full length ends at or after the window's end: its end is the grid."""
         lo, hi = self.window_lo, self.window_hi
         if self.capped:  # the interval ends at the cap: no end to find or bet on
@@ -623,12 +632,17 @@ class Lane:
         point = self._grid_point(lo, hi)
         if point is not None:
             if self.window_holding and self.window_grid is not None and point - self.window_grid >= 1.0:
-                self.window_length = point - self.window_grid  # the end after the last one: a window's length
+                # the end after the last one: a window's length
+                self.window_length, self.window_tentative = point - self.window_grid, False
             self.window_holding = False
             self.window_point = self.window_grid = point
             return point + WINDOW_SLACK, None
         for candidate in sorted(self._candidates(lo)):
             if candidate + WINDOW_SLACK < hi:
+                scan = self._scan_point(lo, hi)
+                if scan is not None and scan < candidate:
+                    self.window_point = scan
+                    return hi, scan
                 self.window_point = candidate
                 return hi, candidate + WINDOW_SLACK
         probe_at = self._window_probe()
@@ -636,6 +650,18 @@ class Lane:
         if probe_at is None and self.whole_waits and hi - lo < 1.0:
             self.window_grid = hi
         return hi, probe_at
+
+    def _scan_point(self, lo: float, hi: float) -> Optional[float]:
+        """The next of the probes left, spread evenly over ``(lo, hi)``, for a window that ends on
+        neither kind of whole second (the caller sends it only when it comes before the next likely
+        end); None when none is left or the stretch is short. The probes left: the window's size
+        over ``SCAN_SHARE`` in 429s, less every 429 so far. A refused one costs its own request a
+        wait that ends in the next window, never more."""
+        left = (self.window_budget or 0) // SCAN_SHARE - self.rate_limited_count
+        width = hi - lo
+        if left <= 0 or width <= 4 * WINDOW_PRECISION:
+            return None
+        return lo + width / (left + 1)
 
     def _candidates(self, lo: float) -> List[float]:
         """The first times after ``lo`` where a window likely ends: a whole second of the wall
@@ -645,24 +671,32 @@ class Lane:
             found.append(self.first_sent + math.floor(lo - self.first_sent + 1e-9) + 1.0)
         return found
 
-    def _found_end(self, point: float) -> None:
-        """A window ended by ``point`` (a probe there went through): the grid. When that is a whole
-        number of seconds after the first send, and the first 429 came within a second of it,
-        windows are likely counted from the first request, and that many seconds long (unless the
-        first send was on a whole second of the wall clock: then windows aligned to the epoch would
-        end there too, and the first window may have begun before it). After a hold for the next
-        end (``_hold_for_next_window``), the seconds from the last end are the window's length."""
+    def _found_end(self, sent_at: float, bet: float) -> None:
+        """A window ended by ``sent_at``, when a probe that bet on an end at ``bet`` went through: the
+        grid (the send, not the bet: a late probe proves only its own send, and a grid set early
+        would send requests too soon). When the bet was a whole number of seconds after the first
+        send, the probe went on time, and the first 429 came within a second of that send, windows
+        are perhaps counted from the first request, and that many seconds long (not when the first
+        send was itself on a whole second of the wall clock: windows aligned to the epoch would end
+        there too). That length is tentative: the next end gets a probe (``_hold_for_next_window``),
+        since a window on neither kind of whole second may have ended anywhere before the bet.
+        After a hold for the next end, the seconds from the last end are the window's length."""
         first, refused = self.first_sent, self.first_refused
+        on_time = sent_at - bet <= WINDOW_SLACK + 1e-3
         if self.window_grid is None and first is not None and refused is not None and refused - first < 1.0 \
-                and abs((first + self.wall_offset + 0.5) % 1.0 - 0.5) > 2 * WINDOW_SLACK:
-            seconds = point - first
+                and on_time and abs((first + self.wall_offset + 0.5) % 1.0 - 0.5) > 2 * WINDOW_SLACK:
+            seconds = bet - first
             if seconds >= 1.0 - 1e-6 and _whole(seconds):
-                self.window_length = float(round(seconds))
+                self.window_length, self.window_tentative = float(round(seconds)), True
+        elif self.window_tentative and self.window_grid is not None and on_time:
+            self.window_tentative = False  # the probe at the predicted end went through on time
         if self.window_holding and self.window_grid is not None and self.window_length is None \
-                and point - self.window_grid >= 1.0:
-            self.window_length = float(round(point - self.window_grid))
+                and sent_at - self.window_grid >= 1.0:
+            self.window_length, self.window_tentative = float(round(sent_at - self.window_grid)), False
         self.window_holding = False
-        self.window_grid, self.window_point = point, None
+        # (a probe sent on time, just after the end it bet on: the bet, as the later gates and probes
+        # go ``WINDOW_SLACK`` after the ends they predict)
+        self.window_grid, self.window_point = (bet if on_time else sent_at), None
 
     def _grid_point(self, lo: float, hi: float) -> Optional[float]:
         """The window end in ``(lo, hi]`` (within ``WINDOW_SLACK`` after it) that lies whole seconds
@@ -693,9 +727,15 @@ class Lane:
             point = grid + length * (math.floor((now - grid + WINDOW_SLACK) / length + 1e-9) + 1.0)
             if point + WINDOW_SLACK - now > self.max_gate:
                 return  # no gate holds the others that long: the one request goes at once, as without a grid
-            self.window_lo, self.window_hi, self.window_probes = point - WINDOW_SLACK, point, 0
-            self.window_point = self.window_grid = point
-            self._full_gate(point + WINDOW_SLACK, True, now)
+            if self.window_tentative:  # a guessed length: one request first, the rest unless it is refused
+                self.window_lo, self.window_hi, self.window_probes = now, point, 0
+                self.window_point = point
+                settle = max(WINDOW_SLACK / 4, 1.5 * (self.path_time or 0.0))  # time enough for a refusal to come back
+                self._full_gate(point + WINDOW_SLACK + settle, True, now, probe_at=point + WINDOW_SLACK)
+            else:
+                self.window_lo, self.window_hi, self.window_probes = point - WINDOW_SLACK, point, 0
+                self.window_point = self.window_grid = point
+                self._full_gate(point + WINDOW_SLACK, True, now)
         else:
             point = grid + math.floor(now - grid + WINDOW_SLACK + 1e-9) + 1.0
             if point + 1.0 - now > self.max_gate:
