@@ -188,15 +188,22 @@ def _first_window(t: Throttle, clock: Clock, end: float) -> Ticket:
     return probe
 
 
+def _past_first_window(now: float, end: float) -> tuple[Throttle, Clock]:
+    """A throttle on a clock reading ``now``, through ``_first_window`` for a window ending at ``end``."""
+    clock = Clock()
+    clock.now = now
+    t = Throttle(clock=clock)
+    _first_window(t, clock, end)
+    return t, clock
+
+
 def test_a_whole_second_windows_end_is_probed_on_a_whole_second_of_the_wall_clock() -> None:
     """A fixed window aligned to the epoch ends 1.63 s in; whole-second waits only say it ends within
     (0.15, 1.15] s... then (0.35, 1.35]... before the named end. Fixed windows start on whole seconds of
     the wall clock: one request goes just after the whole second, is accepted, and the gate opens
     there (it used to run to the named end, half a second late)."""
-    clock = Clock()
-    clock.now = 1_700_000_000.37  # the injected clock reads like wall time
     end = 1_700_000_002.0
-    _first_window(t := Throttle(clock=clock), clock, end)
+    t, clock = _past_first_window(1_700_000_000.37, end)  # the injected clock reads like wall time
     assert t.blocked_for() > 0.5
     probe = t.acquire(clock.sleep, 60)
     assert probe.sent_at == pytest.approx(end + 0.02)
@@ -212,11 +219,8 @@ def test_later_window_ends_are_predicted_whole_seconds_after_a_known_one() -> No
     be told "2" and wait 0.7 s past it). Refused there with "1", the end is the whole second after
     (the window is 2 s long): everyone waits exactly to it, and the window after is predicted
     without a probe."""
-    clock = Clock()
-    clock.now = 1_700_000_000.37
     end = 1_700_000_002.0
-    t = Throttle(clock=clock)
-    _first_window(t, clock, end)
+    t, clock = _past_first_window(1_700_000_000.37, end)
     probe = t.acquire(clock.sleep, 60)
     clock.now += 0.05
     t.on_answer(probe)
@@ -244,14 +248,14 @@ def test_windows_counted_from_the_first_request_are_found_too() -> None:
     """Windows of 2 s counted from the client's first request (at 100.3): a probe just after the
     wall clock's whole second (102.0) is refused with "1", one just after 102.3 goes through; the
     window's length follows (2 s after the first request), so the next end (104.3) is where the
-    next request goes (first alone, as the length is a guess; see the next test)."""
-    clock = Clock()
-    clock.now = 100.3
+    next request goes. The length is a guess (see the next test): that request goes first, alone,
+    and the others only when a refusal would have been back (1.5 times the last 429's round trip),
+    so a wrong guess costs one 429, not one per request."""
     end = 102.3
-    t = Throttle(clock=clock)
-    _first_window(t, clock, end)
+    t, clock = _past_first_window(100.3, end)
     wall = t.acquire(clock.sleep, 60)
     assert wall.sent_at == pytest.approx(102.02)
+    clock.now += 0.004
     t.on_rate_limited(wall, _whole_seconds(end, clock.now))
     probe = t.acquire(clock.sleep, 60)
     assert probe.sent_at == pytest.approx(end + 0.02)
@@ -260,8 +264,9 @@ def test_windows_counted_from_the_first_request_are_found_too() -> None:
     assert t.blocked_for() == 0.0
     for ticket in [t.acquire(clock.sleep, 60) for _ in range(9)]:
         t.on_answer(ticket)
-    nxt = t.acquire(clock.sleep, 60)
-    assert nxt.sent_at == pytest.approx(end + 2.0 + 0.02)
+    first, second = t.acquire(clock.sleep, 60), t.acquire(clock.sleep, 60)  # both waiting at once
+    assert first.sent_at == pytest.approx(end + 2.0 + 0.02)
+    assert second.sent_at == pytest.approx(end + 2.0 + 0.02 + 1.5 * 0.004)
 
 
 def test_a_window_length_guessed_from_the_first_request_is_tried_with_one_request() -> None:
@@ -309,29 +314,6 @@ def test_a_window_length_guessed_from_the_first_request_is_tried_with_one_reques
     assert after.sent_at is not None and after.sent_at >= ends[1]  # the others wait for the end it names
     assert answer(after)
     assert t.rate_limited_count <= 5
-
-
-def test_at_a_guessed_window_end_the_others_wait_for_a_refusal_to_come_back() -> None:
-    """At an end guessed from windows counted from the first request (as above), the first request
-    goes alone; the others follow only when a refusal would have been back by then (1.5 times the
-    last 429's round trip, at least 5 ms), so a wrong guess costs one 429, not one per request."""
-    clock = Clock()
-    clock.now = 100.3
-    end = 102.3
-    t = Throttle(clock=clock)
-    _first_window(t, clock, end)
-    wall = t.acquire(clock.sleep, 60)
-    clock.now += 0.004
-    t.on_rate_limited(wall, _whole_seconds(end, clock.now))  # the wall clock's second: too early
-    probe = t.acquire(clock.sleep, 60)
-    assert probe.sent_at == pytest.approx(end + 0.02)
-    clock.now += 0.05
-    t.on_answer(probe)
-    for ticket in [t.acquire(clock.sleep, 60) for _ in range(9)]:
-        t.on_answer(ticket)
-    first, second = t.acquire(clock.sleep, 60), t.acquire(clock.sleep, 60)  # both waiting at once
-    assert first.sent_at == pytest.approx(end + 2.0 + 0.02)
-    assert second.sent_at == pytest.approx(end + 2.0 + 0.02 + 1.5 * 0.004)
 
 
 def test_a_bucket_with_whole_second_waits_is_not_taken_for_a_window() -> None:
