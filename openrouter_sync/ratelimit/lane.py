@@ -53,6 +53,11 @@ one request let go there is accepted (a window of a second) or told the end; aft
 window's length is known and the gate runs to each next end without a 429 (``_hold_for_next_window``).
 A length guessed from windows that seem counted from the first request is tried once: one
 request goes at the next end, the rest when no refusal came back in time for it.
+When the first probe of the first wait (whole seconds) goes through, a window may have ended
+right after the first refusals (the run began late in it): the count starts again at the probe,
+with what went before as the window's size and the probe's send as an end, and a window's worth
+going quickly with no refusal leads to that hold; a refusal or a slow window's worth (a bucket)
+drops it (``_straddled``).
 Refusals that narrow a window's end to where no point of the grid lies drop it, and so does a
 coarse wait. Not with processes sharing the lane (they know neither this grid nor this
 hold), nor after a wait longer than ``max_gate`` (a gate cut short may open before the window's
@@ -97,6 +102,7 @@ WINDOW_PRECISION = 0.05  # seconds: probes narrow a window's end down to this
 WINDOW_SLACK = 0.02  # seconds: a probe or gate for a predicted window end goes this much after it
 SCAN_SHARE = 5  # the 429s at a window's first end, probes included, stay under this share of its size
 WINDOW_MIN = 3  # a fixed window lets at least this many through at once (a bucket refusing exactly, one)
+STRADDLE_PACE = 3.0  # after a coarse first probe, a window's worth must go within this many times the first one's time
 ROSE = 1.25  # a measurement this much above the last one: the limit rose
 HORIZON = 10.0  # seconds of send history kept
 MAX_RECORDS = 4096
@@ -167,6 +173,8 @@ class Lane:
         self.window_holding = False  # the gate holds for the next window's end (``_hold_for_next_window``)
         self.admitted_in_window = 0  # sent since the last barrier
         self.through_in_window = 0  # of those, not refused
+        self.straddle_from: Optional[float] = None  # a coarse first probe that perhaps began a window (``_straddled``)
+        self.straddle_by = _NEVER  # ... and by when a window's worth must go after its send
         self._records.clear()
         self.epoch += 1
 
@@ -300,6 +308,8 @@ class Lane:
         # (Not when processes share this lane: the others know neither this grid nor this gate yet. Nor
         # after a gate cut short by ``max_gate``: it may open before the window's end, and then what
         # was sent before the end counts as the window's size, so a hold would come too soon.)
+        if self.straddle_from is not None and not self.window_holding and sent_at > self.straddle_by:
+            self.straddle_from = self.window_grid = self.window_budget = None  # too slow for a window's worth
         if seq is None and self.window_grid is not None and self.whole_waits and self.adaptive \
                 and not self.was_capped and self.budget_spent() and self.gate.until <= sent_at:
             self._hold_for_next_window(sent_at)
@@ -400,10 +410,15 @@ class Lane:
                 self._found_end(sent_at, self.window_point)
                 self.rate, self.measured, self.pending_event = None, False, None  # its gates govern
                 self.pacer.restart(now)
+            if gate.trusted:
+                self.straddle_from = None  # the probe at a window's end answered: the window's count was right
             if gate.until > now:
                 if not gate.trusted:  # the probe went through before the named wait was over: it was coarse
+                    first = self.exactness == 0 and self.events == 1
                     self.exactness = self.exactness - 1 if self.exactness <= 0 else 0
                     self.window_grid = self.window_length = None
+                    if first:
+                        self._straddled(sent_at)
                 gate.open(now)  # (in a fixed window: the next window began)
                 self.grow_from = max(self.grow_from, now)
             else:
@@ -443,6 +458,14 @@ class Lane:
         was_probe = gate.probe_sent == sent_at
         if was_probe:
             gate.free_probe()
+        if self.straddle_from is not None:
+            if was_probe:
+                self.straddle_from = None
+            elif sent_at >= self.straddle_from:  # refused after the coarse probe: no window began there
+                self.straddle_from = self.window_grid = self.window_budget = None
+                if self.window_holding:
+                    self.window_holding = False
+                    gate.open(now)
         if not self.adaptive:
             if hold is not None:
                 if gate.until > now:
@@ -458,6 +481,35 @@ class Lane:
         if wait is not None and self.gate.until > now:
             self.gate.named_until = max(self.gate.named_until, now + wait)
         self._settle(now)
+
+    def _straddled(self, sent_at: float) -> None:
+        """The first probe of the first wait went through early: a bucket's coarse wait, or a fixed
+        window whose first end came right after its refusals (the run began late in a window). A
+        window's count would then run on over two windows: it starts again at the probe, what went
+        before it is taken as the window's size, and the probe's send as where the window ended
+        (a wait in whole seconds of a second or more: the end lies after the refusals, and by the
+        probe). When that many went since, with no refusal and within ``STRADDLE_PACE`` times the
+        first 429's time after the first send (a window takes them as fast as they come; a bucket
+        only at its rate), the rest are held for the next end (``_hold_for_next_window``), whose
+        probe's answer settles it. A refusal of a request sent after the probe (a bucket empties at
+        once), or a window's worth not gone in that time, drops all this."""
+        if not (self.adaptive and self.whole_waits and not self.was_capped and self.window_budget is None):
+            return
+        admitted = through = 0
+        for record in reversed(self._records):
+            if record[0] < sent_at:
+                break
+            if len(record) <= 4:
+                admitted += 1
+                through += record[1] != est.LIMITED
+        before = self.through_in_window - through
+        first, refused = self.first_sent, self.first_refused
+        if before < WINDOW_MIN or first is None or refused is None:
+            return
+        self.straddle_by = sent_at + STRADDLE_PACE * (refused - first)
+        self.window_budget = before
+        self.admitted_in_window, self.through_in_window = admitted, through
+        self.window_grid = self.straddle_from = sent_at
 
     def _concurrency(self, in_flight: int, now: float) -> bool:
         """A hint-less 429: whether it shows a concurrency limit (then the cap handles it).
