@@ -38,19 +38,20 @@ window began, and the count starts again). No gate holds the others longer than 
 seconds, and time spent held by a gate that ran its full length never enters a measurement.
 
 Fixed windows with waits in whole seconds (``Retry-After: 2``, the true wait rounded up) only say
-that the window ends within the second before the named end. A refused probe of such a wait
-(a second or more) already makes a window likely: the gate then probes where windows end in
-practice, just after (``WINDOW_SLACK``) a whole second of the wall clock (windows aligned to the
-epoch) or a whole number of seconds after the lane's first send (windows counted from a client's
-first request), and, while the 429s so far are under a fifth of the window's size, at evenly
-spread points before them (a window on neither kind of whole second), then in the middle of what
-is left (``_window_until``). Windows are whole seconds long, so once one end is known (the grid:
-the send of the probe that went through) every later end lies whole seconds on, and a wait in
-whole seconds names it exactly. Once a window's worth went, the rest are held to the next whole
-second after the last end (not sent at once: a request refused more than a second before the end
-is told a wait that ends up to a second after it, and in the last window it finishes last); the
-one request let go there is accepted (a window of a second) or told the end; after that the
-window's length is known and the gate runs to each next end without a 429 (``_hold_for_next_window``).
+that the window ends within the second before the named end. A refused probe of such a wait (a
+second or more) already makes a window likely: the gate then probes where windows end in practice,
+just after (``WINDOW_SLACK``) a whole second of the wall clock (windows aligned to the epoch) or a
+whole number of seconds after the lane's first send (windows counted from a client's first
+request), and, while the 429s so far are under a fifth of the window's size, at evenly spread
+points before them (a window on neither kind of whole second), then in the middle of what is left
+(``_window_until``). Windows are whole seconds long, so once one end is known (the grid: where the
+probe that went through bet it was, or its send if it went late) every later end lies whole
+seconds on, and a wait in whole seconds names it exactly. Once a window's worth went, the rest are
+held to the next whole second after the last end (not sent at once: a request refused more than a
+second before the end is told a wait that ends up to a second after it, and in the last window it
+finishes last); the one request let go there is accepted (a window of a second) or told the end;
+after that the window's length is known and the gate runs to each next end without a 429
+(``_hold_for_next_window``).
 A length guessed from windows that seem counted from the first request is tried once: one
 request goes at the next end, the rest when no refusal came back in time for it.
 When the first probe of the first wait (whole seconds) goes through, a window may have ended
@@ -305,11 +306,11 @@ class Lane:
             self.first_sent = sent_at
         if len(self._records) > MAX_RECORDS:
             self._records.popleft()
+        if self.straddle_from is not None and not self.window_holding and sent_at > self.straddle_by:
+            self._drop_straddle(sent_at)  # too slow for a window's worth: a bucket
         # (Not when processes share this lane: the others know neither this grid nor this gate yet. Nor
         # after a gate cut short by ``max_gate``: it may open before the window's end, and then what
         # was sent before the end counts as the window's size, so a hold would come too soon.)
-        if self.straddle_from is not None and not self.window_holding and sent_at > self.straddle_by:
-            self.straddle_from = self.window_grid = self.window_budget = None  # too slow for a window's worth
         if seq is None and self.window_grid is not None and self.whole_waits and self.adaptive \
                 and not self.was_capped and self.budget_spent() and self.gate.until <= sent_at:
             self._hold_for_next_window(sent_at)
@@ -405,8 +406,7 @@ class Lane:
         gate = self.gate
         if gate.probe_sent == sent_at:
             if gate.trusted and gate.until > sent_at and self.window_point is not None and self.whole_waits:
-                # The window ended by the time this probe went (not the time it was due: a late
-                # probe proves only its own send, and a grid set early would send requests too soon).
+                # The window ended by the time this probe went (see ``_found_end`` for which time is the grid).
                 self._found_end(sent_at, self.window_point)
                 self.rate, self.measured, self.pending_event = None, False, None  # its gates govern
                 self.pacer.restart(now)
@@ -462,10 +462,7 @@ class Lane:
             if was_probe:
                 self.straddle_from = None
             elif sent_at >= self.straddle_from:  # refused after the coarse probe: no window began there
-                self.straddle_from = self.window_grid = self.window_budget = None
-                if self.window_holding:
-                    self.window_holding = False
-                    gate.open(now)
+                self._drop_straddle(now)
         if not self.adaptive:
             if hold is not None:
                 if gate.until > now:
@@ -499,7 +496,7 @@ class Lane:
         for record in reversed(self._records):
             if record[0] < sent_at:
                 break
-            if len(record) <= 4:
+            if len(record) <= 4:  # this process's sends (adopted refusals carry a fifth field)
                 admitted += 1
                 through += record[1] != est.LIMITED
         before = self.through_in_window - through
@@ -510,6 +507,13 @@ class Lane:
         self.window_budget = before
         self.admitted_in_window, self.through_in_window = admitted, through
         self.window_grid = self.straddle_from = sent_at
+
+    def _drop_straddle(self, now: float) -> None:
+        """What ``_straddled`` took for a window was not one: its count, its end and any hold go."""
+        self.straddle_from = self.window_grid = self.window_budget = None
+        if self.window_holding:
+            self.window_holding = False
+            self.gate.open(now)
 
     def _concurrency(self, in_flight: int, now: float) -> bool:
         """A hint-less 429: whether it shows a concurrency limit (then the cap handles it).
@@ -675,7 +679,8 @@ class Lane:
         spread probes while 429s are left for them (``_scan_point``); then, while probes are
         left, at the middle of the interval (``_window_probe``). A refused probe only raises
         ``window_lo``; its own request's wait (a floor) then ends within a second after the window's
-        end, in the next window. An accepted one opens the gate, and its send becomes the grid.
+        end, in the next window. An accepted one opens the gate, and the end it found becomes the
+        grid (``_found_end``).
         A gate that runs its full length ends at or after the window's end: its end is the grid."""
         lo, hi = self.window_lo, self.window_hi
         if self.capped:  # the interval ends at the cap: no end to find or bet on
@@ -725,8 +730,9 @@ class Lane:
 
     def _found_end(self, sent_at: float, bet: float) -> None:
         """A window ended by ``sent_at``, when a probe that bet on an end at ``bet`` went through: the
-        grid (the send, not the bet: a late probe proves only its own send, and a grid set early
-        would send requests too soon). When the bet was a whole number of seconds after the first
+        grid is the bet when the probe went on time (within ``WINDOW_SLACK`` after it, as probes
+        go), else the send (a late probe proves only its own send, and a grid set early would send
+        requests too soon). When the bet was a whole number of seconds after the first
         send, the probe went on time, and the first 429 came within a second of that send, windows
         are perhaps counted from the first request, and that many seconds long (not when the first
         send was itself on a whole second of the wall clock: windows aligned to the epoch would end
@@ -746,8 +752,6 @@ class Lane:
                 and sent_at - self.window_grid >= 1.0:
             self.window_length, self.window_tentative = float(round(sent_at - self.window_grid)), False
         self.window_holding = False
-        # (a probe sent on time, just after the end it bet on: the bet, as the later gates and probes
-        # go ``WINDOW_SLACK`` after the ends they predict)
         self.window_grid, self.window_point = (bet if on_time else sent_at), None
 
     def _grid_point(self, lo: float, hi: float) -> Optional[float]:
