@@ -1,13 +1,14 @@
 """The rate-control matrix: every server model, openrouter-sync and the plain loop side by side.
 
-    python -m benchmarks.ratelimit_matrix [--quick] [--rows tb-int,fw-int] [--pythonpath DIR]
+    python -m benchmarks.ratelimit_matrix [--quick | --prompts N] [--rows tb-int,fw-int] [--pythonpath DIR]
 
 Each row starts a fresh independent server (``benchmarks/servers.py``, its own process) and runs
 both clients against it one after the other, each in its own process (``benchmarks/clients.py``):
 openrouter-sync ``run_sheets(backend, prompts, max_workers=32)`` on a fresh backend, and the plain
-``ThreadPoolExecutor`` + ``requests.Session`` + tenacity loop. 300 prompts (``--quick``: 150),
-32 workers, 50 ms latency. Per client: makespan against the row's ideal (the floor: see
-``bucket_ideal`` and ``window_ideal``), 429s (and their share of the prompts), and correctness
+``ThreadPoolExecutor`` + ``requests.Session`` + tenacity loop. 300 prompts (``--quick``: 150;
+``--prompts N``: N, with the window's size and the time of a rate change following N), 32 workers,
+50 ms latency. Per client: makespan against the row's ideal (the floor: see ``bucket_ideal`` and
+``window_ideal``), 429s (and their share of the prompts), and correctness
 (every prompt answered with its own answer, none answered twice).
 
 ``--pythonpath DIR`` measures the ``openrouter_sync`` package in DIR (e.g. a clean checkout);
@@ -96,7 +97,8 @@ def rows_for(n: int) -> dict[str, Row]:
                           ServerSpec("window", "meta", LATENCY, limit=per_window, window=2.0),
                           window_ideal(per_window, 2.0))
     rows["conc"] = Row("at most 8 in flight; upstream 429 \"Provider returned error\", no hint",
-                       ServerSpec("concurrency", "upstream", LATENCY, limit=8), lambda m: m * LATENCY / 8)
+                       ServerSpec("concurrency", "upstream", LATENCY, limit=8),
+                       lambda m: math.ceil(m / 8) * LATENCY)  # 8 answer times at a time: 300 need 38 rounds
     drop, rise = [[0, 50], [half_at_50, 20]], [[0, 20], [half_at_20, 50]]
     rows["drop"] = Row(f"token bucket drops 50 -> 20/s after {half_at_50:g} s; whole-second `Retry-After`",
                        ServerSpec("bucket", "int", LATENCY, burst=10, schedule=drop), bucket_ideal(drop))
@@ -163,12 +165,15 @@ def legend(rows: dict[str, Row], names: list[str]) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="150 prompts a row instead of 300")
+    parser.add_argument("--prompts", type=int, help="this many prompts a row instead of 300")
     parser.add_argument("--rows", help="comma-separated row names (default: all): " + ", ".join(rows_for(300)))
     parser.add_argument("--clients", default="ours,plain", help="comma-separated: ours, plain")
     parser.add_argument("--pythonpath", help="measure the openrouter_sync package found in this directory")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
-    n = 150 if args.quick else 300
+    n = args.prompts or (150 if args.quick else 300)
+    if n < 3:
+        parser.error("--prompts must be at least 3")
     rows = rows_for(n)
     names = args.rows.split(",") if args.rows else list(rows)
     unknown = [name for name in names if name not in rows]

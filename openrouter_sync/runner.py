@@ -13,6 +13,7 @@ were not yet handed to ``on_result``, and every finished sheet is already in the
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from .result import ExecutionResult, utc_now
 from .retry import Interrupted
 from .sheet import Sheet, SheetKeys, as_sheet
 from .summary import RunSummary
+from .throttle import Throttle
 
 OnResult = Callable[[int, ExecutionResult], Any]
 _Collect = Callable[[int, ExecutionResult], None]
@@ -86,6 +88,29 @@ def _work(backend: Any, sheet: Sheet, cancel: threading.Event, stream: bool, ind
     return result
 
 
+class _Left:
+    """The sheets of a run not yet answered, for the throttle (``Throttle.expect``): None while the
+    input's length is unknown and not yet used up."""
+
+    def __init__(self, total: Optional[int], pending: dict[Any, Any]) -> None:
+        self.total = total
+        self.pending = pending
+        self.done = 0
+        self.exhausted = False
+
+    def __call__(self) -> Optional[int]:
+        if self.exhausted:
+            return len(self.pending)
+        if self.total is None:
+            return None
+        return max(self.total - self.done, len(self.pending))
+
+
+def _expecting(backend: Any, left: _Left) -> contextlib.AbstractContextManager[None]:
+    throttle = getattr(backend, "throttle", None)
+    return throttle.expect(left) if isinstance(throttle, Throttle) else contextlib.nullcontext()
+
+
 def _check_modes(max_workers: int, on_mismatch: str) -> None:
     if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
         raise ValueError(f"max_workers must be an integer >= 1, got {max_workers!r}")
@@ -115,7 +140,10 @@ def _iterate(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers: 
     keys = SheetKeys() if checkpoint is not None else None  # ids matter (and cost memory) only for a checkpoint
     finished_normally = False
 
+    left = _Left(len(sheets) if isinstance(sheets, Sequence) else None, pending)  # not ``total``: for show only
+
     def finish(index: int, sheet: Sheet, result: ExecutionResult) -> tuple[int, Sheet, ExecutionResult]:
+        left.done += 1
         if collect is not None:
             collect(index, result)
         meter.update(result)
@@ -132,28 +160,30 @@ def _iterate(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers: 
             yield finish(index, sheet, future.result())
 
     try:
-        for index, item in enumerate(sheets):
-            sheet = as_sheet(item)
-            key = keys.assign(index, sheet) if keys is not None else sheet.id
-            settings: Optional[Settings] = None
-            if checkpoint is not None and key is not None:
-                settings = settings_for(backend, sheet, endpoint)
-                stored = checkpoint.restore(key, settings)
-                if stored is not None:
-                    yield finish(index, sheet, stored)
-                    continue
-                if on_mismatch == "refuse":
-                    why = checkpoint.mismatch(key, settings)
-                    if why is not None:
-                        raise CheckpointMismatch(f"{checkpoint.path}: the answer for {key!r} was made with other "
-                                                 f"settings: {why}", [(index, key, why)])
-            while len(pending) >= window:
+        with _expecting(backend, left):
+            for index, item in enumerate(sheets):
+                sheet = as_sheet(item)
+                key = keys.assign(index, sheet) if keys is not None else sheet.id
+                settings: Optional[Settings] = None
+                if checkpoint is not None and key is not None:
+                    settings = settings_for(backend, sheet, endpoint)
+                    stored = checkpoint.restore(key, settings)
+                    if stored is not None:
+                        yield finish(index, sheet, stored)
+                        continue
+                    if on_mismatch == "refuse":
+                        why = checkpoint.mismatch(key, settings)
+                        if why is not None:
+                            raise CheckpointMismatch(f"{checkpoint.path}: the answer for {key!r} was made with other "
+                                                     f"settings: {why}", [(index, key, why)])
+                while len(pending) >= window:
+                    yield from harvest(block=True)
+                future = pool.submit(_work, backend, sheet, cancel, stream, index, key, checkpoint, settings)
+                pending[future] = (index, sheet)
+                yield from harvest(block=False)
+            left.exhausted = True
+            while pending:
                 yield from harvest(block=True)
-            future = pool.submit(_work, backend, sheet, cancel, stream, index, key, checkpoint, settings)
-            pending[future] = (index, sheet)
-            yield from harvest(block=False)
-        while pending:
-            yield from harvest(block=True)
         finished_normally = True
     finally:
         if not finished_normally:

@@ -155,6 +155,8 @@ class Throttle:
         self._window_seen = 0  # the key-wide lane's count of sends in the window, as last taken over
         self._shared_refusals: Deque[float] = deque(maxlen=4 * _RING)  # sends whose 429 went to the ring
         self._share_pid, self._share_token = 0, ""  # see _share_id
+        self._work: Dict[int, Callable[[], Optional[int]]] = {}  # see expect
+        self._works = 0
         Throttle._all.add(self)
 
     @classmethod
@@ -325,6 +327,36 @@ class Throttle:
                 lane.gate.shut(now + hold, None, trusted=True)
             lane.epoch += 1
 
+    @contextmanager
+    def expect(self, left: Callable[[], Optional[int]]) -> Iterator[None]:
+        """While inside, ``left()`` says how many requests are still to come through this throttle
+        from a batch (``run_sheets`` declares its sheets not yet answered; None: not known yet). Near
+        the end of the work, the learned rate then stops growing where a refused step's named wait
+        would outlast the work (see ``Lane.hold_growth``). Not with processes sharing the state:
+        their work is not known here."""
+        with self._lock:
+            self._works += 1
+            token = self._works
+            self._work[token] = left
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._work[token]
+
+    def _work_left(self) -> Optional[int]:
+        """The requests still to come from the declared batches (None: some batch does not know,
+        none is declared, or other processes share the state)."""
+        if not self._work or self._shared is not None:
+            return None
+        total = 0
+        for left in self._work.values():
+            count = left()
+            if count is None:
+                return None
+            total += count
+        return total
+
     # ----- the send side -----
     def acquire(self, sleep: Sleep, max_wait: float, *, gate: bool = True, scopes: Sequence[str] = (),
                 budget: float = math.inf) -> Ticket:
@@ -439,6 +471,9 @@ class Throttle:
         wake: Optional[float] = None
         probes: List[Lane] = []
         refuse = 0.0
+        left = self._work_left()
+        for lane in lanes:
+            lane.hold_growth(now, left)
         for lane in lanes:
             g = lane.gate
             look: Optional[float] = None

@@ -392,7 +392,7 @@ class Run:
 def simulate(server: Server, n: int = 300, workers: int = 32, *, plain: bool = False,
              throttle: Optional[Throttle] = None, models: Sequence[str] = ("openai/gpt-4o-mini",),
              seed: int = 1, stagger: float = 0.0003, max_attempts: int = 60, max_wait: float = 120.0,
-             clock: Optional[VirtualTime] = None,
+             clock: Optional[VirtualTime] = None, batch: bool = True,
              sample: Optional[Tuple[float, Callable[[float], None]]] = None) -> Run:
     """Run ``n`` prompts (model ``models[i % len(models)]``) through ``workers`` virtual threads.
 
@@ -402,6 +402,8 @@ def simulate(server: Server, n: int = 300, workers: int = 32, *, plain: bool = F
     reported as a 429. ``plain=True``: the usual hand-written loop instead (no throttle, tenacity's
     ``wait_exponential_jitter(initial=0.1, max=5)``, waits named by the server ignored).
     ``sample``: (every, callback) to call ``callback(seconds since the start)`` while workers run.
+    ``batch``: declare the prompts not yet answered to the throttle (``Throttle.expect``), as
+    ``run_sheets`` does.
     """
     vt = clock or VirtualTime()
     start = vt.now
@@ -482,7 +484,11 @@ def simulate(server: Server, n: int = 300, workers: int = 32, *, plain: bool = F
                 vt.sleep(every)
 
         vt.spawn(sampler)
-    vt.run()
+    if throttle is not None and batch:
+        with throttle.expect(lambda: n - len(finished) - counts["failures"]):
+            vt.run()
+    else:
+        vt.run()
     return Run(makespan=last[0] - start, ideal=server.ideal(n), prompts=n, requests=counts["requests"],
                refusals=counts["refusals"], failures=counts["failures"], finished_at=finished, throttle=throttle,
                waited=waited)

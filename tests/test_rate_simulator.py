@@ -87,6 +87,11 @@ ROWS: Dict[str, Row] = {
         Row(lambda: on_quick_sockets(Concurrency(8, upstream=True), shuffle=3)),
     "bucket, Retry-After: 1, quick sockets": Row(lambda: on_quick_sockets(TokenBucket(50, 10, "whole"))),
     "bucket, no hint, quick sockets": Row(lambda: on_quick_sockets(TokenBucket(50, 10, "none"))),
+    # other batch sizes: a growth step refused near the end waits its whole second and finishes last
+    # unless the rate stops growing there (1.19x, 1.12x and 1.12x before ``Lane.hold_growth``)
+    **{f"bucket, Retry-After: 1, quick sockets, {n} prompts": Row(
+        lambda: on_quick_sockets(TokenBucket(50, 10, "whole")), n=n) for n in (240, 340, 420)},
+    "bucket, Retry-After: 1, on sockets, 240 prompts": Row(lambda: on_sockets(TokenBucket(50, 10, "whole")), n=240),
     # the cap starts at what the server held at the first refusals (answers still quick on fresh
     # connections); the first step up comes back late, which shows the path delays answers: the cap
     # then paces and lets send slots go over it, each accepted one a step up
@@ -280,3 +285,44 @@ def test_windows_longer_than_max_gate_seconds_are_no_slower_than_the_plain_loop(
     plain = simulate(FixedWindow(100, 2.0, "whole"), 300, plain=True)
     assert run.failures == 0
     assert run.makespan <= plain.makespan and run.ratio <= 1.35, run.ratio
+
+
+def test_near_the_end_of_a_batch_a_growth_step_is_not_risked() -> None:
+    """240 prompts on a bucket with whole-second waits: undeclared, a growth step is refused 0.3 s
+    before the end and its prompt finishes a second later; declared (as ``run_sheets`` declares its
+    sheets), the rate stops growing when the work left would go within a named wait or so."""
+    told = simulate(on_quick_sockets(TokenBucket(50, 10, "whole")), 240)
+    untold = simulate(on_quick_sockets(TokenBucket(50, 10, "whole")), 240, batch=False)
+    assert untold.ratio > 1.15
+    assert told.ratio <= 1.06 and told.refusals < untold.refusals
+
+
+def test_declared_work_holds_the_learned_rate_only_near_its_end() -> None:
+    """``Throttle.expect``: with little work left the learned rate stops growing and falls back to
+    what went through lately (here nothing: to the rate measured); with more declared, or none,
+    it grows on; an unknown count holds nothing."""
+    vt = VirtualTime()
+    throttle = Throttle(clock=vt.time)
+    simulate(TokenBucket(50, 10, "whole"), 150, clock=vt, throttle=throttle, batch=False)
+    learned = throttle.learned_rate
+    assert learned is not None and 40 < learned < 50
+
+    def sleep(seconds: float) -> None:  # outside ``simulate``: time moves on by itself
+        vt.now += seconds
+
+    vt.now += 3.0  # a measured rate holds a second, then doubles each second
+    grown = throttle.learned_rate
+    assert grown is not None and grown >= 4 * learned
+    with throttle.expect(lambda: None):  # not known: nothing held
+        throttle.acquire(sleep, 60)
+        assert throttle.learned_rate == pytest.approx(grown, rel=0.01)
+    with throttle.expect(lambda: 5), throttle.expect(lambda: 5):  # 10 left, well within a second
+        throttle.acquire(sleep, 60)
+        held = throttle.learned_rate
+        assert held is not None and held == pytest.approx(learned, rel=0.02)  # the measured rate, not grown
+        vt.now += 2.0
+        assert throttle.learned_rate == held
+    with throttle.expect(lambda: 1000):
+        throttle.acquire(sleep, 60)
+        vt.now += 1.0
+        assert throttle.learned_rate == pytest.approx(2 * held, rel=0.01)

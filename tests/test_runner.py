@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -29,6 +30,7 @@ from openrouter_sync import (
 from openrouter_sync.checkpoint import load_checkpoint
 from openrouter_sync.progress import ProgressInfo
 from openrouter_sync.testing import FakeOpenRouter, RecordedRequest, Reply, fake_reply
+from openrouter_sync.throttle import Throttle
 
 pytestmark = pytest.mark.socket
 MODEL = "openai/gpt-4o-mini"
@@ -198,6 +200,50 @@ def test_iter_sheets_is_lazy_and_bounded(fake: FakeOpenRouter, key: str) -> None
             assert result.success
             seen.add(index)
     assert seen == set(range(200)) and in_flight_max <= 4
+
+
+class _Recording(Throttle):
+    """A throttle that notes what the run declares it has left, at each request it lets go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.declared: list = []
+        self.seen: list[Optional[int]] = []
+        self.left_after: Optional[int] = None
+
+    @contextlib.contextmanager
+    def expect(self, left):  # type: ignore[no-untyped-def]
+        self.declared.append(left)
+        with super().expect(left):
+            yield
+        self.left_after = left()
+
+    def acquire(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        for left in self.declared:
+            self.seen.append(left())
+        return super().acquire(*args, **kwargs)
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["list", "generator"])
+def test_a_run_declares_its_sheets_not_yet_answered_to_the_throttle(fake: FakeOpenRouter, key: str,
+                                                                    lazy: bool) -> None:
+    """So that the learned rate stops growing near the end (``Throttle.expect``): a list's length
+    is known at once; a generator's (``iter_sheets``) once it is used up (None until then)."""
+    throttle = _Recording()
+    prompts = [f"left {i}" for i in range(40)]
+    with _backend(fake, key, throttle=throttle) as b:
+        if lazy:
+            results = [result for _index, _sheet, result in iter_sheets(b, iter(prompts), max_workers=4)]
+        else:
+            results = run_sheets(b, prompts, max_workers=4)
+    assert len(results) == 40 and all(r.success for r in results) and len(throttle.declared) == 1
+    known = [n for n in throttle.seen if n is not None]
+    assert known == sorted(known, reverse=True) and all(0 < n <= 40 for n in known)
+    if lazy:
+        assert None in throttle.seen and len(known) < 40
+    else:
+        assert len(known) == 40 and known[0] == 40
+    assert throttle.left_after == 0
 
 
 def test_progress_callback_text_and_on_result(fake: FakeOpenRouter, key: str, monkeypatch: pytest.MonkeyPatch) -> None:

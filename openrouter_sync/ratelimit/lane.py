@@ -19,6 +19,9 @@ The pacing rate:
   times the last one) it is the geometric mean of the measurement and the rate that drew it.
 - A measured rate holds for ``CRUISE_HOLD`` seconds, then doubles every ``CRUISE_DOUBLING``
   seconds until the next 429, so a raised limit is found; far above any demand, pacing stops.
+  Near the end of a batch (the work left, declared by the runner, would go within ``END_SPAN``
+  named waits) it stops growing: a refused step would cost its request that wait, and it would
+  finish last (``hold_growth``).
 
 The gate. A wait the server names bounds the others' wait from above; it is not a measurement
 (a whole-second ``Retry-After: 1`` may mean 20 ms). A wait no longer than about two pacing
@@ -104,6 +107,7 @@ WINDOW_SLACK = 0.02  # seconds: a probe or gate for a predicted window end goes 
 SCAN_SHARE = 5  # the 429s at a window's first end, probes included, stay under this share of its size
 WINDOW_MIN = 3  # a fixed window lets at least this many through at once (a bucket refusing exactly, one)
 STRADDLE_PACE = 3.0  # after a coarse first probe, a window's worth must go within this many times the first one's time
+END_SPAN = 1.5  # near a batch's end: the work left goes within this many named waits at the learned rate
 ROSE = 1.25  # a measurement this much above the last one: the limit rose
 HORIZON = 10.0  # seconds of send history kept
 MAX_RECORDS = 4096
@@ -165,6 +169,8 @@ class Lane:
         self.window_point: Optional[float] = None  # the window end the current window gate (or its probe) bets on
         self.window_grid: Optional[float] = None  # a window's end (or just after it): later ones lie whole seconds on
         self.whole_waits = False  # the latest wait was in whole seconds
+        self.refusal_wait: Optional[float] = None  # the latest wait named with a 429 (what a refused step costs)
+        self.growth_held = False  # near the end of a batch: the rate does not grow (``hold_growth``)
         self.capped = False  # the latest wait was longer than ``max_gate``
         self.was_capped = False  # some wait was: a gate that opened early may have miscounted a window
         self.first_sent: Optional[float] = None  # the first send since the lane was made or reset
@@ -197,9 +203,33 @@ class Lane:
             doubling = CRUISE_DOUBLING
         else:
             doubling = PROBE_DOUBLING
-        if quiet > 0.0:
+        if quiet > 0.0 and not self.growth_held:
             rate *= 2.0 ** min(40.0, quiet / doubling)
         return None if rate > UNLIMITED else rate
+
+    def hold_growth(self, now: float, left: Optional[int]) -> None:
+        """Near the end of a batch, stop the rate growing: while the ``left`` requests still to come
+        (None: not known) would go within ``END_SPAN`` times the wait the server named with its
+        latest 429, at the learned rate. A growth step that a 429 answers costs its request that
+        wait (a whole second for ``Retry-After: 1``), more than the step can gain there, and that
+        request would finish last. A measured rate only (a guess still has to find the server's
+        rate). The rate falls back to what went through in the last half second (none of it
+        refused yet), never below the measured rate nor above the grown one: growth is planned
+        ahead in send slots, so the grown rate may not have been sent at all. Once more work is
+        declared (or none is), it grows on from there."""
+        cost = self.refusal_wait
+        hold = (left is not None and self.rate is not None and self.measured and cost is not None
+                and self.cap is None and left < END_SPAN * self.rate * cost)
+        if hold == self.growth_held:
+            return
+        rate = self.current_rate(now)
+        self.growth_held = hold
+        if rate is None or self.rate is None:
+            return
+        if hold:
+            rate = max(self.rate, min(rate, 2.0 * est.let_through(self._records, now - 0.5, now)))
+        self.rate = rate
+        self.grow_from = max(self.grow_from, now - (CRUISE_HOLD if self.measured else 0.0))
 
     def interval(self, now: float) -> float:
         rate = self.current_rate(now)
@@ -443,6 +473,7 @@ class Lane:
         self.wall_offset, self.max_gate = wall_offset, max_gate
         if self.first_refused is None:
             self.first_refused = now
+        self.refusal_wait = wait
         if wait is not None:
             self.whole_waits = _whole(wait)
             self.capped = wait > max_gate  # the gate ends at the cap, not where the window ends
