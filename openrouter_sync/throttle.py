@@ -333,7 +333,8 @@ class Throttle:
         from a batch (``run_sheets`` declares its sheets not yet answered; None: not known yet). Near
         the end of the work, the learned rate then stops growing where a refused step's named wait
         would outlast the work (see ``Lane.hold_growth``). Not with processes sharing the state:
-        their work is not known here."""
+        their work is not known here. ``left`` is called with this throttle's lock held, as a
+        request plans its send: it must be quick and must not call the throttle."""
         with self._lock:
             self._works += 1
             token = self._works
