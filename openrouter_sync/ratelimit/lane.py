@@ -719,10 +719,7 @@ class Lane:
             return hi, self._window_probe()
         point = self._grid_point(lo, hi)
         if point is not None:
-            if self.window_holding and self.window_grid is not None and point - self.window_grid >= 1.0:
-                # the end after the last one: a window's length
-                self.window_length, self.window_tentative = point - self.window_grid, False
-            self.window_holding = False
+            self._end_after_hold(point)
             self.window_point = self.window_grid = point
             return point + WINDOW_SLACK, None
         for candidate in sorted(self._candidates(lo)):
@@ -779,11 +776,16 @@ class Lane:
                 self.window_length, self.window_tentative = float(round(seconds)), True
         elif self.window_tentative and self.window_grid is not None and on_time:
             self.window_tentative = False  # the probe at the predicted end went through on time
-        if self.window_holding and self.window_grid is not None and self.window_length is None \
-                and sent_at - self.window_grid >= 1.0:
-            self.window_length, self.window_tentative = float(round(sent_at - self.window_grid)), False
-        self.window_holding = False
+        self._end_after_hold(sent_at)
         self.window_grid, self.window_point = (bet if on_time else sent_at), None
+
+    def _end_after_hold(self, end: float) -> None:
+        """A window end found (``end``) ends any hold for it (``_hold_for_next_window``); when it lies a
+        second or more after the last end, the whole seconds between them are the window's length."""
+        if self.window_holding and self.window_grid is not None and self.window_length is None \
+                and end - self.window_grid >= 1.0:
+            self.window_length, self.window_tentative = float(round(end - self.window_grid)), False
+        self.window_holding = False
 
     def _grid_point(self, lo: float, hi: float) -> Optional[float]:
         """The window end in ``(lo, hi]`` (within ``WINDOW_SLACK`` after it) that lies whole seconds
