@@ -99,11 +99,9 @@ class _Left:
         self.exhausted = False
 
     def __call__(self) -> Optional[int]:
-        if self.exhausted:
-            return len(self.pending)
-        if self.total is None:
-            return None
-        return max(self.total - self.done, len(self.pending))
+        if self.total is not None:
+            return self.total - self.done  # (the pending sheets are among them)
+        return len(self.pending) if self.exhausted else None
 
 
 def _expecting(backend: Any, left: _Left) -> contextlib.AbstractContextManager[None]:
