@@ -19,7 +19,7 @@ from .result import ExecutionResult
 from .retry import RetryPolicy
 from .sheet import Sheet, as_sheet
 from .streaming import Stream
-from .throttle import Throttle
+from .throttle import KeyThrottles, Throttle
 from .transport import DEFAULT_MAX_RESPONSE_BYTES, Transport
 
 DEFAULT_MODEL = "minimax/minimax-m1-80k"
@@ -65,14 +65,13 @@ class OpenRouterBackend:
         self.working_directory = None
         self._key = ApiKey(api_key_env, api_key)
         self._state = SheetState()
-        self._pacing = (requests_per_minute, adaptive_rate)
         own = throttle if throttle is not None else None if share_throttle else Throttle()
-        self._own_throttle = self._configure(own) if own is not None else None
-        self._throttles: dict[Optional[str], Throttle] = {}
+        self._throttles = KeyThrottles(self.base_url, own, requests_per_minute=requests_per_minute,
+                                       adaptive=adaptive_rate)
         self.transport = Transport(self.base_url, req.request_headers(app_url, app_title), pool_size=pool_size,
                                    connect_timeout=float(connect_timeout),
                                    max_response_bytes=max_response_bytes)
-        self.pipeline = Pipeline(self.transport, self._throttle_for,
+        self.pipeline = Pipeline(self.transport, self._throttles,
                                  retry_policy if retry_policy is not None else RetryPolicy())
         self.activity = self.pipeline.activity  # calls waiting to retry right now
 
@@ -123,22 +122,7 @@ class OpenRouterBackend:
     @property
     def throttle(self) -> Throttle:
         """The rate-limit state this backend's calls go through (shared per endpoint and key)."""
-        return self._throttle_for(self._key.get()[0])
-
-    def _throttle_for(self, key: Optional[str]) -> Throttle:
-        throttle = self._own_throttle or self._throttles.get(key)
-        if throttle is None:
-            throttle = self._throttles[key] = self._configure(Throttle.for_endpoint(self.base_url, key))
-        return throttle
-
-    def _configure(self, throttle: Throttle) -> Throttle:
-        """Apply this backend's pacing options to a throttle it starts using."""
-        rpm, adaptive = self._pacing
-        if rpm is not None:
-            throttle.set_requests_per_minute(rpm)
-        if not adaptive:
-            throttle.adaptive = False
-        return throttle
+        return self._throttles(self._key.get()[0])
 
     # ----- the reference's per-sheet state -----
     def apply_overrides(self, overrides: Mapping[str, Any]) -> None:

@@ -38,7 +38,7 @@ from ._log import logger
 from .ratelimit.lane import Lane, finite_positive
 from .ratelimit.shared import TIMES, SharedState, State, StateStore
 
-__all__ = ["KEY_SCOPE", "ScopeStatus", "Throttle", "ThrottleStatus", "Ticket"]
+__all__ = ["KEY_SCOPE", "KeyThrottles", "ScopeStatus", "Throttle", "ThrottleStatus", "Ticket"]
 
 Sleep = Callable[[float], None]
 
@@ -792,6 +792,33 @@ class Throttle:
             self._commit_shared(state)
             if gated:
                 self._share_gate(state, now)
+
+
+class KeyThrottles:
+    """Which throttle a backend's calls with a key go through: the backend's own (``own``), or the
+    process-wide one for the endpoint and key (:meth:`Throttle.for_endpoint`). A throttle gets the
+    backend's pacing options when the backend starts using it."""
+
+    def __init__(self, base_url: str, own: Optional[Throttle], *, requests_per_minute: Optional[float] = None,
+                 adaptive: bool = True) -> None:
+        self.base_url = base_url
+        self._pacing = (requests_per_minute, adaptive)
+        self._own = self._configure(own) if own is not None else None
+        self._by_key: Dict[Optional[str], Throttle] = {}
+
+    def __call__(self, key: Optional[str]) -> Throttle:
+        throttle = self._own or self._by_key.get(key)
+        if throttle is None:  # two threads may both get here: the same throttle, configured alike
+            throttle = self._by_key[key] = self._configure(Throttle.for_endpoint(self.base_url, key))
+        return throttle
+
+    def _configure(self, throttle: Throttle) -> Throttle:
+        rpm, adaptive = self._pacing
+        if rpm is not None:
+            throttle.set_requests_per_minute(rpm)
+        if not adaptive:
+            throttle.adaptive = False
+        return throttle
 
 
 _SLOT_HORIZON = 3600.0  # seconds: no chain of send slots legitimately reaches further ahead

@@ -158,3 +158,17 @@ def test_backends_for_one_endpoint_and_key_share_one_throttle() -> None:
     mine = Throttle()
     assert OpenRouterBackend(base_url=URL, api_key="k" * 20, throttle=mine).throttle is mine
     assert "shared-0123456789" not in repr(a.throttle) + repr(a.throttle.status())
+
+
+def test_a_backend_applies_its_pacing_options_to_the_throttle_it_uses() -> None:
+    from openrouter_sync import OpenRouterBackend
+
+    key = "sk-or-v1-pacing-0123456789"
+    paced = OpenRouterBackend(base_url=URL + "/paced", api_key=key, requests_per_minute=120, adaptive_rate=False)
+    assert paced.throttle.requests_per_minute == 120.0 and paced.throttle.adaptive is False
+    assert OpenRouterBackend(base_url=URL + "/paced", api_key=key).throttle is paced.throttle  # shared, as set
+    mine = Throttle()
+    OpenRouterBackend(base_url=URL, api_key=key, throttle=mine, requests_per_minute=30)
+    assert mine.requests_per_minute == 30.0 and mine.adaptive is True
+    untouched = OpenRouterBackend(base_url=URL + "/untouched", api_key=key)
+    assert untouched.throttle.requests_per_minute is None and untouched.throttle.adaptive is True
