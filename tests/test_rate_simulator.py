@@ -69,6 +69,16 @@ ROWS: Dict[str, Row] = {
     # limits that change in the middle of the run
     "bucket 50 -> 20 at 3 s, whole seconds": Row(lambda: TokenBucket(50, 10, "whole", changes=[(3.0, 20.0)])),
     "bucket 50 -> 20 at 3 s, no hint": Row(lambda: TokenBucket(50, 10, "none", changes=[(3.0, 20.0)])),
+    # a raised limit is found by growing the rate a quarter of a second after the last 429 (1.109x
+    # with a whole second, then a bound of 1.20 as a known gap; 1.149x and 1.179x for the next two)
+    "bucket 20 -> 50 at 3 s, whole seconds": Row(lambda: TokenBucket(20, 10, "whole", changes=[(3.0, 50.0)])),
+    **{f"bucket 20 -> 50 at {at} s, whole seconds, quick sockets": Row(
+        lambda at=at: on_quick_sockets(TokenBucket(20, 10, "whole", changes=[(at, 50.0)]))) for at in (3.0, 4.5)},
+    # near the end of a batch, a measurement after the rise is not raised towards the rate that drew its
+    # 429 (1.112x when it was: paced above the new limit, the last 429 came with half a second of work
+    # left, and its request finished 0.6 s after the others)
+    "bucket 20 -> 50 at 7.5 s, whole seconds, on sockets":
+        Row(lambda: on_sockets(TokenBucket(20, 10, "whole", changes=[(7.5, 50.0)]))),
     "upstream concurrency limit 8, no hint": Row(lambda: Concurrency(8)),
     # as on real sockets (see on_sockets): the client sees answers 42 ms after the server is done
     "bucket, Retry-After: 1, on sockets": Row(lambda: on_sockets(TokenBucket(50, 10, "whole"))),
@@ -97,9 +107,6 @@ ROWS: Dict[str, Row] = {
     # then paces and lets send slots go over it, each accepted one a step up
     "upstream concurrency limit 8, on sockets": Row(lambda: on_sockets(Concurrency(8))),
     # known gaps, bounded where they stand (see docs/rate-limits.md):
-    # a raised limit is found by growing the rate after a second without a 429: about 2 s late
-    "bucket 20 -> 50 at 3 s, whole seconds": Row(lambda: TokenBucket(20, 10, "whole", changes=[(3.0, 50.0)]),
-                                                 max_ratio=1.20),
     # whole seconds on a window that ends on neither kind of whole second, with the first burst's 429s
     # back 42 ms late (30 of them): no 429 is left for probes before the likely ends, and the one
     # that goes through is 0.25 s late, as are the later ends predicted from it
@@ -288,11 +295,11 @@ def test_windows_longer_than_max_gate_seconds_are_no_slower_than_the_plain_loop(
 
 
 def test_near_the_end_of_a_batch_a_growth_step_is_not_risked() -> None:
-    """240 prompts on a bucket with whole-second waits: undeclared, a growth step is refused 0.3 s
+    """260 prompts on a bucket with whole-second waits: undeclared, a growth step is refused shortly
     before the end and its prompt finishes a second later; declared (as ``run_sheets`` declares its
     sheets), the rate stops growing when the work left would go within a named wait or so."""
-    told = simulate(on_quick_sockets(TokenBucket(50, 10, "whole")), 240)
-    untold = simulate(on_quick_sockets(TokenBucket(50, 10, "whole")), 240, batch=False)
+    told = simulate(on_quick_sockets(TokenBucket(50, 10, "whole")), 260)
+    untold = simulate(on_quick_sockets(TokenBucket(50, 10, "whole")), 260, batch=False)
     assert untold.ratio > 1.15
     assert told.ratio <= 1.06 and told.refusals < untold.refusals
 
@@ -304,22 +311,20 @@ def test_declared_work_holds_the_learned_rate_only_near_its_end() -> None:
     vt = VirtualTime()
     throttle = Throttle(clock=vt.time)
     simulate(TokenBucket(50, 10, "whole"), 150, clock=vt, throttle=throttle, batch=False)
-    learned = throttle.learned_rate
-    assert learned is not None and 40 < learned < 50
 
     def sleep(seconds: float) -> None:  # outside ``simulate``: time moves on by itself
         vt.now += seconds
 
-    vt.now += 3.0  # a measured rate holds a second, then doubles each second
+    vt.now += 3.0  # a measured rate holds a moment, then doubles each second
     grown = throttle.learned_rate
-    assert grown is not None and grown >= 4 * learned
+    assert grown is not None and grown > 200
     with throttle.expect(lambda: None):  # not known: nothing held
         throttle.acquire(sleep, 60)
         assert throttle.learned_rate == pytest.approx(grown, rel=0.01)
     with throttle.expect(lambda: 5), throttle.expect(lambda: 5):  # 10 left, well within a second
         throttle.acquire(sleep, 60)
         held = throttle.learned_rate
-        assert held is not None and held == pytest.approx(learned, rel=0.02)  # the measured rate, not grown
+        assert held is not None and 40 < held < 50  # the rate measured on the 50/s bucket, not grown
         vt.now += 2.0
         assert throttle.learned_rate == held
     with throttle.expect(lambda: 1000):

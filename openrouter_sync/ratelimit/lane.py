@@ -16,9 +16,13 @@ The pacing rate:
   it. When nothing much was refused inside the stretch measured, the client may have sent less
   than the server would take, so the measurement is only a floor: after a guess the rate is at
   least ``PEAK_SHARE`` of the guess that drew the refusal; after a rise (a measurement ``ROSE``
-  times the last one) it is the geometric mean of the measurement and the rate that drew it.
+  times the last one) it is the geometric mean of the measurement and the rate that drew it
+  (except near the end of a batch, below).
 - A measured rate holds for ``CRUISE_HOLD`` seconds, then doubles every ``CRUISE_DOUBLING``
   seconds until the next 429, so a raised limit is found; far above any demand, pacing stops.
+  The hold is short (a quarter of a second): on a steady limit each growth step meets it with one
+  429 event, about one a second (one every 1.7 s with a hold of a second), and a raised limit is
+  found up to three quarters of a second sooner.
   Near the end of a batch (the work left, declared by the runner, would go within ``END_SPAN``
   named waits) it stops growing: a refused step would cost its request that wait, and it would
   finish last (``hold_growth``).
@@ -90,7 +94,7 @@ UNLIMITED = 5000.0  # a rate above this paces nothing
 MARGIN = 0.97  # pace this much below a measured rate
 DECREASE = 0.5  # an event cuts the rate at once to this share, before its measurement
 PROBE_DOUBLING = 0.1  # seconds for a guessed rate to double while no 429 comes
-CRUISE_HOLD = 1.0  # seconds a measured rate holds before it grows
+CRUISE_HOLD = 0.25  # seconds a measured rate holds before it grows (a raised limit is found sooner)
 CRUISE_DOUBLING = 1.0  # seconds for a measured rate to double after that
 PROBE_SHARE = 0.1  # the probe goes after this share of the named wait at the earliest
 PEAK_SHARE = 0.5  # after a guess: at least this share of the guess that drew the refusal
@@ -895,10 +899,12 @@ class Lane:
             # would take (a concurrency limit, or a bucket that filled up, wastes what is not used),
             # so the measurement is a floor, and the rate that drew the refusal a ceiling. That
             # matters after a guess that grew from below, and when the limit rose (the measurement
-            # is well above the last one); otherwise the measurement stands.
+            # is well above the last one); otherwise the measurement stands. Not near the end of a
+            # batch, where the rate no longer grows: a rate above the new limit would draw a 429 there,
+            # and its request, told to wait, would finish last.
             if not self.measured:
                 rate = max(rate, PEAK_SHARE * peak)
-            elif self.last_measured is not None and rate > ROSE * self.last_measured:
+            elif self.last_measured is not None and rate > ROSE * self.last_measured and not self.growth_held:
                 rate = math.sqrt(rate * peak)
         self.last_measured = measured.rate * scale
         self.rate = max(MIN_RATE, rate * MARGIN)
