@@ -131,14 +131,14 @@ def _iterate(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers: 
     own_executor = executor is None
     pool: cf.Executor = executor or cf.ThreadPoolExecutor(max_workers, thread_name_prefix="openrouter-sync")
     cancel = threading.Event()
-    meter = Progress(total if total is not None else (len(sheets) if isinstance(sheets, Sequence) else None), progress,
-                     activity=getattr(backend, "activity", None))
+    length = len(sheets) if isinstance(sheets, Sequence) else None  # None: known once the input is used up
+    meter = Progress(total if total is not None else length, progress, activity=getattr(backend, "activity", None))
     pending: dict[cf.Future[ExecutionResult], tuple[int, Sheet]] = {}
     window = 2 * workers
     keys = SheetKeys() if checkpoint is not None else None  # ids matter (and cost memory) only for a checkpoint
     finished_normally = False
 
-    left = _Left(len(sheets) if isinstance(sheets, Sequence) else None, pending)  # not ``total``: for show only
+    left = _Left(length, pending)  # not ``total``: that one is for show only
 
     def finish(index: int, sheet: Sheet, result: ExecutionResult) -> tuple[int, Sheet, ExecutionResult]:
         left.done += 1
