@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import uuid
 from typing import Iterator
 
@@ -12,6 +13,12 @@ from openrouter_sync.testing import FakeOpenRouter
 
 NO_RETRY = RetryPolicy(max_attempts=1)
 FAST_RETRY = RetryPolicy(max_attempts=4, backoff_base=0.01, backoff_max=0.05, max_wait_seconds=2.0)
+
+# A suite started in the background by a shell without job control inherits SIGINT ignored, and so
+# would every process it starts (Python then raises no KeyboardInterrupt): the Ctrl-C tests need it
+# delivered, as in a terminal. A handler (unlike an ignore) is not inherited: children get the default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
