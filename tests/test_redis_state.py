@@ -296,7 +296,7 @@ def test_times_are_stored_as_wall_clock_and_read_back_in_this_machines_monotonic
         state.update(next_slot=5003.123456789, rate_at=4999.5, grow_from=4990.25, rate=2.0, sends=4,
                      reacted=float("-inf"), refused=[[4998.0, 7, "a"], ["junk"]])
     raw = json.loads(redis.Redis(port=server.port).get(f"openrouter-sync:{{{name}}}:state"))
-    assert raw["next_slot"] == pytest.approx(wall + 3.123456789) and "base" not in raw
+    assert raw["next_slot"] == pytest.approx(wall + 3.123456789, rel=0, abs=1e-6) and "base" not in raw
     with b.locked() as state:
         assert state is not None
         assert state["next_slot"] == pytest.approx(23.123456789, abs=1e-6)
