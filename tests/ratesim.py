@@ -16,13 +16,14 @@ time, a body text, or nothing.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import math
 import random
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 from openrouter_sync.throttle import Throttle
 
@@ -406,32 +407,102 @@ def simulate(server: Server, n: int = 300, workers: int = 32, *, plain: bool = F
     ``run_sheets`` does.
     """
     vt = clock or VirtualTime()
-    start = vt.now
-    if throttle is None and not plain:
-        throttle = Throttle(clock=vt.time)
-    rng = random.Random(seed)
-    queue = list(range(n))
-    queue.reverse()
-    counts = {"requests": 0, "refusals": 0, "failures": 0}
-    finished: Dict[str, float] = {}
-    waited: Dict[str, float] = {}
-    last = [start]
+    client = _Client(vt, server, n, workers, plain=plain, throttle=throttle, models=models, seed=seed,
+                     stagger=stagger, max_attempts=max_attempts, max_wait=max_wait, batch=batch)
+    if sample is not None:
+        every, callback = sample
 
-    def backoff(attempt: int) -> float:
-        if plain:
-            return min(0.1 * 2.0 ** (attempt - 1) + rng.uniform(0.0, 1.0), 5.0)
-        return min(10.0, 0.2 * 2.0 ** (attempt - 1)) * (1.0 - 0.5 * rng.random())
+        def sampler() -> None:
+            while client.alive:
+                callback(vt.now - client.start)
+                vt.sleep(every)
 
-    def one(index: int) -> None:
-        model = models[index % len(models)]
+        vt.spawn(sampler)
+    with client.declared():
+        vt.run()
+    return client.run()
+
+
+def simulate_processes(server: Server, processes: int, n: int, workers: int, *, seed: int = 1,
+                       shared: bool = False) -> List[Run]:
+    """``processes`` clients, each with its own throttle (like processes that share no state;
+    ``shared=True``: one throttle for all, as one process would), ``n`` prompts and ``workers``
+    threads each, started together against one ``server``. Each run's makespan counts from the
+    common start; its ideal is the server's for all the prompts together."""
+    vt = VirtualTime()
+    common = Throttle(clock=vt.time) if shared else None
+    clients = [_Client(vt, server, n, workers, throttle=common or Throttle(clock=vt.time), seed=seed + i,
+                       stagger=0.0003, tag=f"p{i}-") for i in range(processes)]
+    with contextlib.ExitStack() as stack:
+        for client in clients:
+            stack.enter_context(client.declared())
+        vt.run()
+    runs = [client.run() for client in clients]
+    for run in runs:
+        run.ideal = server.ideal(n * processes)
+    return runs
+
+
+class _Client:
+    """One client's virtual worker threads, spawned on ``vt`` (see ``simulate``)."""
+
+    def __init__(self, vt: VirtualTime, server: Server, n: int, workers: int, *, plain: bool = False,
+                 throttle: Optional[Throttle] = None, models: Sequence[str] = ("openai/gpt-4o-mini",),
+                 seed: int = 1, stagger: float = 0.0003, max_attempts: int = 60, max_wait: float = 120.0,
+                 batch: bool = True, tag: str = "") -> None:
+        self.vt, self.server, self.n, self.plain = vt, server, n, plain
+        self.models, self.max_attempts, self.max_wait, self.batch, self.tag = models, max_attempts, max_wait, batch, tag
+        self.start = vt.now
+        if throttle is None and not plain:
+            throttle = Throttle(clock=vt.time)
+        self.throttle = throttle
+        self.rng = random.Random(seed)
+        self.queue = list(range(n))
+        self.queue.reverse()
+        self.counts = {"requests": 0, "refusals": 0, "failures": 0}
+        self.finished: Dict[str, float] = {}
+        self.waited: Dict[str, float] = {}
+        self.last = self.start
+        self.alive = workers
+        if server.stagger is not None:
+            stagger = server.stagger
+        for i in range(workers):
+            vt.spawn(self.worker, after=i * stagger)
+
+    def declared(self) -> ContextManager[None]:
+        """While inside, the prompts not yet answered are declared to the throttle (as ``run_sheets`` does)."""
+        if self.throttle is None or not self.batch:
+            return contextlib.nullcontext()
+        return self.throttle.expect(lambda: self.n - len(self.finished) - self.counts["failures"])
+
+    def run(self) -> Run:
+        return Run(makespan=self.last - self.start, ideal=self.server.ideal(self.n), prompts=self.n,
+                   requests=self.counts["requests"], refusals=self.counts["refusals"],
+                   failures=self.counts["failures"], finished_at=self.finished, throttle=self.throttle,
+                   waited=self.waited)
+
+    def backoff(self, attempt: int) -> float:
+        if self.plain:
+            return min(0.1 * 2.0 ** (attempt - 1) + self.rng.uniform(0.0, 1.0), 5.0)
+        return min(10.0, 0.2 * 2.0 ** (attempt - 1)) * (1.0 - 0.5 * self.rng.random())
+
+    def worker(self) -> None:
+        while self.queue:
+            self.one(self.queue.pop())
+        self.alive -= 1
+
+    def one(self, index: int) -> None:
+        vt, server, throttle, counts = self.vt, self.server, self.throttle, self.counts
+        key = f"{self.tag}{index}"
+        model = self.models[index % len(self.models)]
         scopes = scopes_for(model)
-        for attempt in range(1, max_attempts + 1):
+        for attempt in range(1, self.max_attempts + 1):
             ticket = None
             if server.think:
                 vt.sleep(server.think)
             if throttle is not None:
-                ticket = throttle.acquire(vt.sleep, max_wait, scopes=scopes)
-                waited[f"{index}"] = waited.get(f"{index}", 0.0) + ticket.waited
+                ticket = throttle.acquire(vt.sleep, self.max_wait, scopes=scopes)
+                self.waited[key] = self.waited.get(key, 0.0) + ticket.waited
                 if not ticket.admitted:
                     counts["failures"] += 1  # the lead's retry code gives up here
                     return
@@ -447,8 +518,8 @@ def simulate(server: Server, n: int = 300, workers: int = 32, *, plain: bool = F
                 server.finish(vt.now)
                 if throttle is not None and ticket is not None:
                     throttle.on_answer(ticket)
-                finished[f"{index}"] = vt.now
-                last[0] = max(last[0], vt.now)
+                self.finished[key] = vt.now
+                self.last = max(self.last, vt.now)
                 return
             if answer.status == 429:
                 counts["refusals"] += 1
@@ -456,39 +527,10 @@ def simulate(server: Server, n: int = 300, workers: int = 32, *, plain: bool = F
                     throttle.on_rate_limited(ticket, answer.wait, answer.scope)
             elif throttle is not None and ticket is not None:
                 throttle.on_answer(ticket)  # a 503: an answer; its wait never reaches the throttle
-            wait = answer.wait if answer.wait is not None and not plain else backoff(attempt)
-            if wait > max_wait:
+            wait = answer.wait if answer.wait is not None and not self.plain else self.backoff(attempt)
+            if wait > self.max_wait:
                 counts["failures"] += 1  # the retry policy gives up on waits this long
                 return
             if wait > 0:
                 vt.sleep(wait)
         counts["failures"] += 1
-
-    alive = [workers]
-
-    def worker() -> None:
-        while queue:
-            one(queue.pop())
-        alive[0] -= 1
-
-    if server.stagger is not None:
-        stagger = server.stagger
-    for i in range(workers):
-        vt.spawn(worker, after=i * stagger)
-    if sample is not None:
-        every, callback = sample
-
-        def sampler() -> None:
-            while alive[0]:
-                callback(vt.now - start)
-                vt.sleep(every)
-
-        vt.spawn(sampler)
-    if throttle is not None and batch:
-        with throttle.expect(lambda: n - len(finished) - counts["failures"]):
-            vt.run()
-    else:
-        vt.run()
-    return Run(makespan=last[0] - start, ideal=server.ideal(n), prompts=n, requests=counts["requests"],
-               refusals=counts["refusals"], failures=counts["failures"], finished_at=finished, throttle=throttle,
-               waited=waited)
