@@ -206,21 +206,19 @@ def test_a_whole_second_windows_end_is_probed_on_a_whole_second_of_the_wall_cloc
     t, clock = _past_first_window(1_700_000_000.37, end)  # the injected clock reads like wall time
     assert t.blocked_for() > 0.5
     probe = t.acquire(clock.sleep, 60)
-    assert probe.sent_at == pytest.approx(end + 0.02)
+    assert probe.sent_at == pytest.approx(end + 0.02, rel=0, abs=1e-4)
     clock.now += 0.05
     t.on_answer(probe)
     assert t.blocked_for() == 0.0
     assert t.acquire(clock.sleep, 60).waited == 0.0
 
 
-def test_later_window_ends_are_predicted_whole_seconds_after_a_known_one() -> None:
-    """After a window's end is known, a window's worth goes, and the one request after it is held to
-    the next whole second after that end (not sent at once: refused 1.3 s before the end, it would
-    be told "2" and wait 0.7 s past it). Refused there with "1", the end is the whole second after
-    (the window is 2 s long): everyone waits exactly to it, and the window after is predicted
-    without a probe."""
-    end = 1_700_000_002.0
-    t, clock = _past_first_window(1_700_000_000.37, end)
+def _past_two_windows(end: float) -> tuple[Throttle, Clock]:
+    """Through ``_past_first_window`` (an epoch-aligned window of 10 ending at ``end``) and the
+    window after it: its end found (the first window's count of 10 went, the one request after
+    it is held to the next whole second, refused there with "1", so the window is 2 s long), and
+    its 10 sent. The window's length is known from here on."""
+    t, clock = _past_first_window(end - 1.63, end)
     probe = t.acquire(clock.sleep, 60)
     clock.now += 0.05
     t.on_answer(probe)
@@ -230,18 +228,64 @@ def test_later_window_ends_are_predicted_whole_seconds_after_a_known_one() -> No
     for ticket in window:
         t.on_answer(ticket)
     held = t.acquire(clock.sleep, 60)
-    assert held.sent_at == pytest.approx(end + 1.0 + 0.02)  # the next whole second after the end
+    assert held.sent_at == pytest.approx(end + 1.0 + 0.02, rel=0, abs=1e-4)  # the next whole second after the end
     wait = _whole_seconds(end + 2.0, clock.now)
     assert wait == 1.0
     t.on_rate_limited(held, wait)
     after = t.acquire(clock.sleep, 60)
-    assert after.sent_at == pytest.approx(end + 2.0 + 0.02)
+    assert after.sent_at == pytest.approx(end + 2.0 + 0.02, rel=0, abs=1e-4)
     t.on_answer(after)
     for ticket in [t.acquire(clock.sleep, 60) for _ in range(9)]:
         t.on_answer(ticket)
-    nxt = t.acquire(clock.sleep, 60)  # the window's length is known: the next end, no probe
-    assert nxt.sent_at == pytest.approx(end + 4.0 + 0.02)
+    return t, clock
+
+
+def test_later_window_ends_are_predicted_whole_seconds_after_a_known_one() -> None:
+    """After a window's end is known, a window's worth goes, and the one request after it is held to
+    the next whole second after that end (not sent at once: refused 1.3 s before the end, it would
+    be told "2" and wait 0.7 s past it). Refused there with "1", the end is the whole second after
+    (the window is 2 s long): everyone waits exactly to it, and the window after is predicted
+    without a probe (the first window with a known end sends no budget probe, see the next test)."""
+    end = 1_700_000_002.0
+    t, clock = _past_two_windows(end)
+    nxt = t.acquire(clock.sleep, 60)  # the window's length is known: the next end
+    assert nxt.sent_at == pytest.approx(end + 4.0 + 0.02, rel=0, abs=1e-4)
     assert t.rate_limited_count == 4
+
+
+def test_a_window_that_takes_more_than_its_count_is_found_by_budget_probes() -> None:
+    """A window's count is what went through in one window: a share of what other clients left
+    (who may since have stopped), or a token bucket that looked like a window. A hold that never
+    sent past it would keep it for good (a process held to 3 requests a window for minutes). A
+    second before the end one request goes alone; accepted, the window takes one more, and the next
+    goes at once, alone too; refused, the rest wait for the end it names. The next window's count
+    includes those accepted, and after a refused probe one window goes without. (The first window
+    with a known end goes without too: a window's count is usually right.)"""
+    end = 1_700_000_002.0
+    t, clock = _past_two_windows(end)
+    for ticket in [t.acquire(clock.sleep, 60) for _ in range(10)]:  # at the next end (end + 4), no probe before
+        assert ticket.sent_at == pytest.approx(end + 4.0 + 0.02, rel=0, abs=1e-4)
+        t.on_answer(ticket)
+    end += 2.0
+    grown = []
+    for _ in range(2):
+        probe = t.acquire(clock.sleep, 60)
+        assert probe.sent_at == pytest.approx(max(clock.now, end + 3.0 + 0.02), rel=0, abs=1e-4)
+        grown.append(probe.sent_at)
+        clock.now += 0.05
+        t.on_answer(probe)  # the window took it
+    assert grown[1] - grown[0] == pytest.approx(0.05, abs=1e-4)  # the second at once after the first's answer
+    last = t.acquire(clock.sleep, 60)
+    assert last.sent_at == pytest.approx(end + 3.0 + 0.12, rel=0, abs=1e-4)
+    clock.now += 0.004
+    t.on_rate_limited(last, _whole_seconds(end + 4.0, clock.now))  # full
+    window = [t.acquire(clock.sleep, 60) for _ in range(12)]  # 10 + the 2 it took more
+    assert all(ticket.sent_at == pytest.approx(end + 4.0 + 0.02, rel=0, abs=1e-4) for ticket in window)
+    clock.now += 0.05
+    for ticket in window:
+        t.on_answer(ticket)
+    held = t.acquire(clock.sleep, 60)  # no budget probe in this window: held to its end
+    assert held.sent_at == pytest.approx(end + 6.0 + 0.02, rel=0, abs=1e-4)
 
 
 def test_windows_counted_from_the_first_request_are_found_too() -> None:

@@ -57,8 +57,14 @@ seconds on, and a wait in whole seconds names it exactly. Once a window's worth 
 held to the next whole second after the last end (not sent at once: a request refused more than a
 second before the end is told a wait that ends up to a second after it, and in the last window it
 finishes last); the one request let go there is accepted (a window of a second) or told the end;
-after that the window's length is known and the gate runs to each next end without a 429
-(``_hold_for_next_window``).
+after that the window's length is known and the gate runs to each next end
+(``_hold_for_next_window``), with no pacing: the window's gates govern. A window's count is only
+what went through in one window (a share of what other clients left, who may stop; or a token
+bucket whose refusals happened to look like a window), so a second before an end requests go on
+one at a time, each accepted one a request more the window takes, until one is refused (its own
+wait ends just after the end); after each refused one in a row a window more goes without, up to
+every fourth (``_budget_probe_at``). A window is never taken to be longer than a second more than
+the longest wait named (``_plausible_length``).
 A length guessed from windows that seem counted from the first request is tried once: one
 request goes at the next end, the rest when no refusal came back in time for it.
 When the first probe of the first wait (whole seconds) goes through, a window may have ended
@@ -109,6 +115,7 @@ LONG_GATE = 1.0  # seconds: measurements never span a full gate this long
 WINDOW_PRECISION = 0.05  # seconds: probes narrow a window's end down to this
 WINDOW_SLACK = 0.02  # seconds: a probe or gate for a predicted window end goes this much after it
 SCAN_SHARE = 5  # the 429s at a window's first end, probes included, stay under this share of its size
+BUDGET_SKIP_MAX = 3  # after this many budget probes refused in a row, every fourth window probes
 WINDOW_MIN = 3  # a fixed window lets at least this many through at once (a bucket refusing exactly, one)
 STRADDLE_PACE = 3.0  # after a coarse first probe, a window's worth must go within this many times the first one's time
 END_SPAN = 1.5  # near a batch's end: the work left goes within this many named waits at the learned rate
@@ -174,6 +181,7 @@ class Lane:
         self.window_grid: Optional[float] = None  # a window's end (or just after it): later ones lie whole seconds on
         self.whole_waits = False  # the latest wait was in whole seconds
         self.refusal_wait: Optional[float] = None  # the latest wait named with a 429 (what a refused step costs)
+        self.longest_wait = 0.0  # the longest wait named with a 429 (a window is at most a second longer)
         self.growth_held = False  # near the end of a batch: the rate does not grow (``hold_growth``)
         self.capped = False  # the latest wait was longer than ``max_gate``
         self.was_capped = False  # some wait was: a gate that opened early may have miscounted a window
@@ -182,6 +190,9 @@ class Lane:
         self.window_length: Optional[float] = None  # whole seconds between window ends, once known
         self.window_tentative = False  # ... or only guessed (windows counted from the first request)
         self.window_holding = False  # the gate holds for the next window's end (``_hold_for_next_window``)
+        self.budget_probing = False  # ... and lets budget probes through first (``_budget_probe_at``)
+        self.budget_refusals = 0  # budget probes refused in a row
+        self.budget_skip = 1  # windows before the next budget probe (the first with a known end goes without)
         self.admitted_in_window = 0  # sent since the last barrier
         self.through_in_window = 0  # of those, not refused
         self.straddle_from: Optional[float] = None  # a coarse first probe that perhaps began a window (``_straddled``)
@@ -438,7 +449,9 @@ class Lane:
         self._cap_proved(sent_at, in_flight, now)
         self.latencies.append(max(0.0, now - sent_at))
         gate = self.gate
-        if gate.probe_sent == sent_at:
+        if gate.probe_sent == sent_at and self.budget_probing:
+            self._budget_grew(now)
+        elif gate.probe_sent == sent_at:
             if gate.trusted and gate.until > sent_at and self.window_point is not None and self.whole_waits:
                 # The window ended by the time this probe went (see ``_found_end`` for which time is the grid).
                 self._found_end(sent_at, self.window_point)
@@ -479,6 +492,7 @@ class Lane:
             self.first_refused = now
         self.refusal_wait = wait
         if wait is not None:
+            self.longest_wait = max(self.longest_wait, wait)
             self.whole_waits = _whole(wait)
             self.capped = wait > max_gate  # the gate ends at the cap, not where the window ends
             self.was_capped = self.was_capped or self.capped
@@ -493,6 +507,9 @@ class Lane:
         was_probe = gate.probe_sent == sent_at
         if was_probe:
             gate.free_probe()
+            if self.budget_probing:  # the window was full: its end is named; the next probe waits longer
+                self.budget_refusals += 1
+                self.budget_skip = min(self.budget_refusals, BUDGET_SKIP_MAX)
         if self.straddle_from is not None:
             if was_probe:
                 self.straddle_from = None
@@ -776,18 +793,25 @@ class Lane:
         if self.window_grid is None and first is not None and refused is not None and refused - first < 1.0 \
                 and on_time and abs((first + self.wall_offset + 0.5) % 1.0 - 0.5) > 2 * WINDOW_SLACK:
             seconds = bet - first
-            if seconds >= 1.0 - 1e-6 and _whole(seconds):
+            if seconds >= 1.0 - 1e-6 and _whole(seconds) and self._plausible_length(seconds):
                 self.window_length, self.window_tentative = float(round(seconds)), True
         elif self.window_tentative and self.window_grid is not None and on_time:
             self.window_tentative = False  # the probe at the predicted end went through on time
         self._end_after_hold(sent_at)
         self.window_grid, self.window_point = (bet if on_time else sent_at), None
 
+    def _plausible_length(self, seconds: float) -> bool:
+        """Whether a fixed window may be ``seconds`` long: at most a second longer than the longest
+        wait the server named. A window's first refusals come early in it, with waits close to its
+        length; a token bucket names a second or so, and the seconds between the ends its probes
+        happened to find are no window (a window that long would hold a window's count for that long)."""
+        return seconds <= self.longest_wait + 1.0 + 1e-6
+
     def _end_after_hold(self, end: float) -> None:
         """A window end found (``end``) ends any hold for it (``_hold_for_next_window``); when it lies a
         second or more after the last end, the whole seconds between them are the window's length."""
         if self.window_holding and self.window_grid is not None and self.window_length is None \
-                and end - self.window_grid >= 1.0:
+                and end - self.window_grid >= 1.0 and self._plausible_length(end - self.window_grid):
             self.window_length, self.window_tentative = float(round(end - self.window_grid)), False
         self.window_holding = False
 
@@ -815,20 +839,25 @@ class Lane:
         grid = self.window_grid
         if grid is None:
             return
+        self.rate, self.measured, self.pending_event = None, False, None  # the window's gates govern, not pacing
         length = self.window_length
         if length is not None:  # the next end is known: everyone waits for it
             point = grid + length * (math.floor((now - grid + WINDOW_SLACK) / length + 1e-9) + 1.0)
             if point + WINDOW_SLACK - now > self.max_gate:
                 return  # no gate holds the others that long: the one request goes at once, as without a grid
-            if self.window_tentative:  # a guessed length: one request first, the rest unless it is refused
+            probe_at = self._budget_probe_at(point, now)
+            if self.window_tentative and probe_at is None:  # a guessed length: one first, the rest unless refused
                 self.window_lo, self.window_hi, self.window_probes = now, point, 0
                 self.window_point = point
                 settle = max(WINDOW_SLACK / 4, 1.5 * (self.path_time or 0.0))  # time enough for a refusal to come back
                 self._full_gate(point + WINDOW_SLACK + settle, True, now, probe_at=point + WINDOW_SLACK)
             else:
                 self.window_lo, self.window_hi, self.window_probes = point - WINDOW_SLACK, point, 0
-                self.window_point = self.window_grid = point
-                self._full_gate(point + WINDOW_SLACK, True, now)
+                self.window_point = point
+                if not self.window_tentative:
+                    self.window_grid = point
+                self._full_gate(point + WINDOW_SLACK, True, now, probe_at=probe_at)
+                self.budget_probing = probe_at is not None
         else:
             point = grid + math.floor(now - grid + WINDOW_SLACK + 1e-9) + 1.0
             if point + 1.0 - now > self.max_gate:
@@ -838,6 +867,33 @@ class Lane:
             self.window_holding = True
             self._full_gate(point + 1.0, True, now, probe_at=point + WINDOW_SLACK)
         self.epoch += 1
+
+    def _budget_probe_at(self, end: float, now: float) -> Optional[float]:
+        """When the hold for the window that ends at ``end`` lets its first budget probe go (None:
+        this window lets none, ``budget_skip``). A window's count is what went through in an
+        earlier one: a share of what other clients left, or a window that was no window (a token
+        bucket whose 429s happened to name the probes' ends), and a hold that never sends past it
+        would keep that count for good. So, a second before the end, requests go on one at a time:
+        one accepted is one more the window takes (``_budget_grew``); one refused names the end,
+        and its own wait, rounded up to the second, ends just after it, where the rest go. After
+        each refused in a row, one more window goes without (up to ``BUDGET_SKIP_MAX``), so a
+        window whose count is right costs a 429 every few windows."""
+        if self.budget_skip > 0:
+            self.budget_skip -= 1
+            return None
+        return max(now, end - 1.0 + WINDOW_SLACK)
+
+    def _budget_grew(self, now: float) -> None:
+        """A budget probe went through before the window's end: the window takes one more than its
+        count (not counted in the next window's), and the next request probes at once."""
+        self.window_budget = (self.window_budget or 0) + 1
+        self.admitted_in_window = max(0, self.admitted_in_window - 1)
+        self.through_in_window = max(0, self.through_in_window - 1)
+        self.budget_refusals = 0
+        gate = self.gate
+        gate.free_probe()
+        if gate.until > now:
+            gate.probe_at = now
 
     def _narrow(self, now: float, hold: float) -> None:
         whole = _whole(hold)
@@ -866,6 +922,7 @@ class Lane:
             self.barrier = until
         self.grow_from = until
         self.admitted_in_window = self.through_in_window = 0
+        self.budget_probing = False
 
     def _first_guess(self, now: float, wait: Optional[float]) -> float:
         through = est.let_through(self._records, now - 1.0, now + 1e-9) * self.share_scale(now - 1.0, now)
