@@ -835,7 +835,12 @@ class Lane:
         Refused, its wait (whole seconds) names the window's end, which lies a whole number of
         seconds from the grid: the gate runs exactly to it, and that request's own wait, which
         the server rounded up from just under a whole second, ends right at it too. (Sent at once,
-        it would be told to wait up to a second past the end: in the last window, it finishes last.)"""
+        it would be told to wait up to a second past the end: in the last window, it finishes last.)
+        Once the window's length is known, the gate runs to the next end, and its budget probes
+        (``_budget_probe_at``) go first, a second before it; a guessed length's one request at the
+        end goes only in a window without them. The pacing of a measured rate stops: the window's
+        gates govern (paced, the request meant to go at the next end went after the gate had opened,
+        so the end was never found)."""
         grid = self.window_grid
         if grid is None:
             return
