@@ -25,6 +25,8 @@ steps = st.lists(st.one_of(
     st.tuples(st.just("answer"), st.integers(0, 63)),
     st.tuples(st.just("refuse"), st.integers(0, 63), waits, st.sampled_from([None, "model:a/x"])),
     st.tuples(st.just("later"), st.floats(0.0, 3.0)),
+    # a burst as servers see them: k sent at once, the first j let through, the rest refused alike
+    st.tuples(st.just("burst"), st.integers(1, 24), st.integers(0, 24), waits),
 ), max_size=160)
 
 
@@ -70,6 +72,16 @@ def run_plan(plan: List[Any]) -> None:
                 assert ticket.refused_for is not None and ticket.refused_for > 0.0
         elif kind == "later":
             clock.now += step[1]
+        elif kind == "burst":
+            clock.slept = 0.0
+            burst = [throttle.acquire(clock.sleep, MAX_WAIT) for _ in range(step[1])]
+            assert clock.slept <= MAX_WAIT + 50.0 * (len(out) + step[1]) + 1e-6
+            clock.now += 0.05
+            for index, ticket in enumerate(t for t in burst if t.admitted):
+                if index < step[2]:
+                    throttle.on_answer(ticket)
+                else:
+                    throttle.on_rate_limited(ticket, step[3])
         elif out:
             ticket = out.pop(step[1] % len(out))
             if kind == "answer":
