@@ -844,7 +844,6 @@ class Lane:
         grid = self.window_grid
         if grid is None:
             return
-        self.rate, self.measured, self.pending_event = None, False, None  # the window's gates govern, not pacing
         length = self.window_length
         if length is not None:  # the next end is known: everyone waits for it
             point = grid + length * (math.floor((now - grid + WINDOW_SLACK) / length + 1e-9) + 1.0)
@@ -871,6 +870,7 @@ class Lane:
             self.window_point = point
             self.window_holding = True
             self._full_gate(point + 1.0, True, now, probe_at=point + WINDOW_SLACK)
+        self.rate, self.measured, self.pending_event = None, False, None  # the window's gates govern, not pacing
         self.epoch += 1
 
     def _budget_probe_at(self, end: float, now: float) -> Optional[float]:
