@@ -431,8 +431,8 @@ def simulate_processes(server: Server, processes: int, n: int, workers: int, *, 
     common start; its ideal is the server's for all the prompts together."""
     vt = VirtualTime()
     common = Throttle(clock=vt.time) if shared else None
-    clients = [_Client(vt, server, n, workers, throttle=common or Throttle(clock=vt.time), seed=seed + i,
-                       stagger=0.0003, tag=f"p{i}-") for i in range(processes)]
+    clients = [_Client(vt, server, n, workers, throttle=common or Throttle(clock=vt.time), seed=seed + i, tag=f"p{i}-")
+               for i in range(processes)]
     with contextlib.ExitStack() as stack:
         for client in clients:
             stack.enter_context(client.declared())
