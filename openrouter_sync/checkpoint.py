@@ -312,9 +312,11 @@ class _Lock:
 class Checkpoint:
     """A checkpoint in use by one run: locked, read once, appended to from worker threads.
 
-    ``restore(key, settings)`` gives the stored answer when it may be reused; ``write`` never
-    raises: when the file cannot be written (disk full, ...) it logs a warning once, stops
-    writing, and ``error``/``unwritten`` say so.
+    ``restore(key, settings)`` gives the stored answer when it may be reused (attachments put
+    back); ``write`` never raises: when the file cannot be written (disk full, ...) it logs a
+    warning once, stops writing, and ``error``/``unwritten`` say so. ``spent`` is the cost the
+    records read say was paid (every record, superseded ones too: money spent on the batch).
+    ``keep_raw`` says whether a result's ``raw`` is written.
     """
 
     def __init__(self, path: PathLike, *, resume: bool = True, fsync: bool = False, keep_raw: bool = False) -> None:
