@@ -12,7 +12,7 @@ Answers, reasoning and prompts are kept as they were, except that the secrets th
 of (the API key and the other credentials given to it) are replaced by ``[REDACTED]``; error
 texts are redacted like log lines (anything shaped like a key, too). ``raw`` (the response body)
 is kept only with ``keep_raw=True``. Base64 attachments (``data:`` URLs and the like, in
-``messages`` and in the result) are stored once per file in ``<checkpoint>.attachments/`` and
+``messages`` and in ``raw``) are stored once per file in ``<checkpoint>.attachments/`` and
 referenced from the records (see ``openrouter_sync.attachments``); keep that folder with the file.
 
 The latest valid record of an id wins. A successful record is reused only when its ``settings``
@@ -49,6 +49,9 @@ Settings = dict[str, Any]
 _ERROR_FIELDS = ("stderr", "error_message")
 #: Sheet fields kept in a record (so a results file says what was asked).
 _SHEET_FIELDS = ("prompt", "system", "messages", "metadata")
+#: Where base64 attachments are stored apart (see ``openrouter_sync.attachments``): the sheet's
+#: messages and the result's raw body; first-class result fields keep theirs inline.
+_ATTACHING_SHEET_FIELD, _ATTACHING_RESULT_FIELD = "messages", "raw"
 #: How many ignored lines are named one by one in the log.
 _NAMED_LINES = 20
 
@@ -251,15 +254,10 @@ def _kept(value: Any, store: Optional[attachments.AttachmentStore]) -> Any:
 
 
 def _with_attachments(result: ExecutionResult, folder: Path) -> ExecutionResult:
-    """``result`` with the attachments its fields refer to put back (only fields holding containers)."""
-    changed = {}
-    for item in dataclasses.fields(result):
-        value = getattr(result, item.name)
-        if isinstance(value, (dict, list)):
-            expanded = attachments.expand(value, folder)
-            if expanded is not value:
-                changed[item.name] = expanded
-    return dataclasses.replace(result, **changed) if changed else result
+    """``result`` with the attachments its ``raw`` refers to put back."""
+    value = getattr(result, _ATTACHING_RESULT_FIELD, None)
+    expanded: Any = attachments.expand(value, folder) if isinstance(value, dict) else value
+    return result if expanded is value else dataclasses.replace(result, **{_ATTACHING_RESULT_FIELD: expanded})
 
 
 class _Lock:
@@ -411,13 +409,14 @@ class Checkpoint:
             data.pop("raw", None)
         store = self.attachments
         data = {name: redact(value) if name in _ERROR_FIELDS and isinstance(value, str) else
-                _kept(value, store if isinstance(value, (dict, list)) else None) for name, value in data.items()}
+                _kept(value, store if name == _ATTACHING_RESULT_FIELD else None) for name, value in data.items()}
         record: dict[str, Any] = {"id": key, "index": index}
         if label is not None:
             record["label"] = label
         if sheet is not None:
             kept = {name: getattr(sheet, name, None) for name in _SHEET_FIELDS}
-            kept = {name: _kept(value, store if name == "messages" else None) for name, value in kept.items()}
+            kept = {name: _kept(value, store if name == _ATTACHING_SHEET_FIELD else None)
+                    for name, value in kept.items()}
             record["sheet"] = {name: value for name, value in kept.items() if value}
         if settings is not None:
             record["settings"] = settings
