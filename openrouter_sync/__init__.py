@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     )
     from .progress import ProgressInfo
     from .request import CallSpec
-    from .runner import RunInterrupted, RunResults, iter_sheets, run_sheets
+    from .runner import RunAborted, RunInterrupted, RunResults, iter_sheets, run_sheets
     from .sheet import Sheet
     from .summary import RunSummary
     from .throttle import Throttle
@@ -42,6 +42,7 @@ _ERRORS = ("AuthenticationError", "BadRequestError", "CancelledError", "Configur
 
 # Imported on first use, so that "import openrouter_sync" costs little more than requests + tenacity.
 _LAZY = {"Sheet": "sheet", "run_sheets": "runner", "iter_sheets": "runner", "RunInterrupted": "runner",
+         "RunAborted": "runner",
          "RunResults": "runner", "RunSummary": "summary", "ProgressInfo": "progress", "Throttle": "throttle",
          "CallSpec": "request", "ModelInfo": "endpoints", "KeyInfo": "endpoints", "GenerationInfo": "endpoints",
          "CheckpointError": "checkpoint", "CheckpointLocked": "checkpoint", "CheckpointMismatch": "checkpoint",
@@ -82,6 +83,7 @@ __all__ = [
     "OpenRouterError",
     "ProgressInfo",
     "RetryPolicy",
+    "RunAborted",
     "RunInterrupted",
     "RunResults",
     "RunSummary",

@@ -88,3 +88,12 @@ def attach_redaction(handlers: Iterable[logging.Handler]) -> None:
     for handler in handlers:
         if _filter not in handler.filters:
             handler.addFilter(_filter)
+
+
+def redact_secrets(text: str) -> str:
+    """Return ``text`` with the registered secrets (``register_secret``) replaced, and nothing else.
+
+    For text that is the user's own and is kept as it was (answers and prompts in a checkpoint),
+    where a key-shaped example (``sk-proj-EXAMPLE...``) is not a key."""
+    secret_re = _secret_re
+    return secret_re.sub(REDACTED, text) if text and secret_re is not None else text

@@ -6,7 +6,14 @@ A record (one line, ASCII only: ``ensure_ascii``, so no answer can make a write 
      "sheet": {"prompt": "...", "metadata": {...}},
      "settings": {"model": "...", "temperature": 0.7, "max_tokens": 16384, "options": {...},
                   "endpoint": "https://openrouter.ai/api/v1"},
-     "result": {...ExecutionResult.to_dict(), text fields redacted...}}
+     "result": {...ExecutionResult.to_dict()...}}
+
+Answers, reasoning and prompts are kept as they were, except that the secrets the library knows
+of (the API key and the other credentials given to it) are replaced by ``[REDACTED]``; error
+texts are redacted like log lines (anything shaped like a key, too). ``raw`` (the response body)
+is kept only with ``keep_raw=True``. Base64 attachments (``data:`` URLs and the like, in
+``messages`` and in ``raw``) are stored once per file in ``<checkpoint>.attachments/`` and
+referenced from the records (see ``openrouter_sync.attachments``); keep that folder with the file.
 
 The latest valid record of an id wins. A successful record is reused only when its ``settings``
 equal the settings the sheet would be sent with now. A line that is not a valid record (torn,
@@ -25,9 +32,10 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Optional, Union
+from typing import IO, Any, Iterator, Optional, Union
 
-from ._log import logger, redact
+from . import attachments
+from ._log import logger, redact, redact_secrets
 from .result import ExecutionResult
 
 try:
@@ -37,10 +45,13 @@ except ImportError:  # Windows: no advisory lock (documented)
 
 PathLike = Union[str, Path]
 Settings = dict[str, Any]
-#: Result fields whose text is redacted before it is written.
-_TEXT_FIELDS = ("stdout", "stderr", "error_message", "reasoning")
+#: Result fields of the library's or a server's error text: redacted like a log line before they are written.
+_ERROR_FIELDS = ("stderr", "error_message")
 #: Sheet fields kept in a record (so a results file says what was asked).
 _SHEET_FIELDS = ("prompt", "system", "messages", "metadata")
+#: Where base64 attachments are stored apart (see ``openrouter_sync.attachments``): the sheet's
+#: messages and the result's raw body; first-class result fields keep theirs inline.
+_ATTACHING_SHEET_FIELD, _ATTACHING_RESULT_FIELD = "messages", "raw"
 #: How many ignored lines are named one by one in the log.
 _NAMED_LINES = 20
 
@@ -161,19 +172,18 @@ def _parse(data: Any) -> Record:
     return Record(key, result, index, label, settings, sheet, data=data)
 
 
-def read_records(path: PathLike) -> dict[str, Record]:
-    """Every id's latest valid record, in the order ids first appear. A missing file is empty.
+def scan_records(path: PathLike) -> Iterator[Record]:
+    """Every valid record of a checkpoint, in file order (a superseded one too). A missing file has none.
 
     Lines that are not valid records are skipped with a warning naming the line (a torn last
     line after a crash, a hand-edited or foreign record); their sheets run again.
     """
-    records: dict[str, Record] = {}
     path = Path(path)
     if not path.exists():
-        return records
+        return
     if not path.is_file():  # a device or a pipe (/dev/full reads zeros forever): nothing to resume from
         logger.warning("checkpoint %s is not a regular file; nothing is read from it", path)
-        return records
+        return
     old = bad = 0
     with open(path, encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, 1):
@@ -189,13 +199,23 @@ def read_records(path: PathLike) -> dict[str, Record]:
                 continue
             record.line = number
             old += record.settings is None
-            records[record.id] = record
+            yield record
     if bad > _NAMED_LINES:
         logger.warning("%s: %d more lines ignored (%d in all)", path, bad - _NAMED_LINES, bad)
     if old:
         logger.warning("%s: %d record(s) do not say which settings made them (an older version wrote them); "
                        "their sheets will run again", path, old)
-    return records
+
+
+def read_records(path: PathLike) -> dict[str, Record]:
+    """Every id's latest valid record, in the order ids first appear (see ``scan_records``)."""
+    return {record.id: record for record in scan_records(path)}
+
+
+def recorded_cost(record: Record) -> float:
+    """What a record says its answer cost (0 when it says nothing usable)."""
+    cost = record.result.cost
+    return float(cost) if isinstance(cost, (int, float)) and math.isfinite(cost) and cost > 0 else 0.0
 
 
 def load_checkpoint(path: PathLike, settings: Optional[Settings] = None) -> dict[str, ExecutionResult]:
@@ -203,11 +223,41 @@ def load_checkpoint(path: PathLike, settings: Optional[Settings] = None) -> dict
 
     With ``settings``, only those made with exactly these settings (see ``settings_for``)."""
     done: dict[str, ExecutionResult] = {}
+    folder = attachments.folder_for(Path(path))
     for key, record in read_records(path).items():
         if record.result.success and (settings is None or record.settings == settings):
             record.result.from_checkpoint = True
-            done[key] = record.result
+            done[key] = _with_attachments(record.result, folder)
     return done
+
+
+def record_data(record: Record, path: PathLike) -> dict[str, Any]:
+    """The line of ``record`` as parsed, with the attachments it refers to put back (for exports)."""
+    expanded: dict[str, Any] = attachments.expand(record.data, attachments.folder_for(Path(path)))
+    return expanded
+
+
+def _kept(value: Any, store: Optional[attachments.AttachmentStore]) -> Any:
+    """``value`` as a record keeps it: registered secrets redacted in every string; with ``store``,
+    base64 attachments replaced by references to their stored copy."""
+    if isinstance(value, str):
+        if store is not None and attachments.is_attachment(value):
+            marker = store.put(value)
+            if marker is not None:
+                return marker
+        return redact_secrets(value)
+    if isinstance(value, dict):
+        return {name: _kept(item, store) for name, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_kept(item, store) for item in value]
+    return value
+
+
+def _with_attachments(result: ExecutionResult, folder: Path) -> ExecutionResult:
+    """``result`` with the attachments its ``raw`` refers to put back."""
+    value = getattr(result, _ATTACHING_RESULT_FIELD, None)
+    expanded: Any = attachments.expand(value, folder) if isinstance(value, dict) else value
+    return result if expanded is value else dataclasses.replace(result, **{_ATTACHING_RESULT_FIELD: expanded})
 
 
 class _Lock:
@@ -260,19 +310,28 @@ class _Lock:
 class Checkpoint:
     """A checkpoint in use by one run: locked, read once, appended to from worker threads.
 
-    ``restore(key, settings)`` gives the stored answer when it may be reused; ``write`` never
-    raises: when the file cannot be written (disk full, ...) it logs a warning once, stops
-    writing, and ``error``/``unwritten`` say so.
+    ``restore(key, settings)`` gives the stored answer when it may be reused (attachments put
+    back); ``write`` never raises: when the file cannot be written (disk full, ...) it logs a
+    warning once, stops writing, and ``error``/``unwritten`` say so. ``spent`` is the cost the
+    records read say was paid (every record, superseded ones too: money spent on the batch).
+    ``keep_raw`` says whether a result's ``raw`` is written.
     """
 
-    def __init__(self, path: PathLike, *, resume: bool = True, fsync: bool = False) -> None:
+    def __init__(self, path: PathLike, *, resume: bool = True, fsync: bool = False, keep_raw: bool = False) -> None:
         self.path = Path(path)
         if self.path.is_dir():
             raise CheckpointError(f"{self.path} is a directory, not a checkpoint file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = _Lock(self.path)
+        self.keep_raw = keep_raw
+        self.attachments = attachments.AttachmentStore(attachments.folder_for(self.path))
+        self.records: dict[str, Record] = {}
+        #: What the records read say their answers cost, superseded records included (money spent).
+        self.spent = 0.0
         try:
-            self.records = read_records(self.path) if resume else {}
+            for record in scan_records(self.path) if resume else ():
+                self.records[record.id] = record
+                self.spent += recorded_cost(record)
             self._handle: Optional[IO[str]] = self._open()
         except BaseException:
             self._lock.release()
@@ -302,7 +361,8 @@ class Checkpoint:
         record = self.records.get(key)
         if record is None or not record.result.success or settings is None or record.settings != settings:
             return None
-        return dataclasses.replace(record.result, from_checkpoint=True, sheet_id=key)  # a copy per call
+        return _with_attachments(dataclasses.replace(record.result, from_checkpoint=True, sheet_id=key),
+                                 self.attachments.folder)  # a copy per call
 
     def mismatch(self, key: str, settings: Optional[Settings]) -> Optional[str]:
         """Why the stored answer for ``key`` cannot be reused (other settings), or None."""
@@ -339,21 +399,24 @@ class Checkpoint:
                 return False
         return True
 
-    @staticmethod
-    def _line(key: str, index: int, result: ExecutionResult, settings: Optional[Settings], sheet: Any,
+    def _line(self, key: str, index: int, result: ExecutionResult, settings: Optional[Settings], sheet: Any,
               label: Optional[str]) -> str:
+        """The record as one line: answers and prompts as they were, except for the registered secrets
+        (the key, ...); error texts redacted like log lines; base64 attachments stored once, apart."""
         data = result.to_dict()
         data.pop("from_checkpoint", None)
-        for name in _TEXT_FIELDS:
-            if isinstance(data.get(name), str):
-                data[name] = redact(data[name])
+        if not self.keep_raw:
+            data.pop("raw", None)
+        store = self.attachments
+        data = {name: redact(value) if name in _ERROR_FIELDS and isinstance(value, str) else
+                _kept(value, store if name == _ATTACHING_RESULT_FIELD else None) for name, value in data.items()}
         record: dict[str, Any] = {"id": key, "index": index}
         if label is not None:
             record["label"] = label
         if sheet is not None:
             kept = {name: getattr(sheet, name, None) for name in _SHEET_FIELDS}
-            if isinstance(kept["prompt"], str):
-                kept["prompt"] = redact(kept["prompt"])
+            kept = {name: _kept(value, store if name == _ATTACHING_SHEET_FIELD else None)
+                    for name, value in kept.items()}
             record["sheet"] = {name: value for name, value in kept.items() if value}
         if settings is not None:
             record["settings"] = settings

@@ -29,11 +29,11 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 from ._version import __version__
 from .backend import DEFAULT_BASE_URL, DEFAULT_MODEL, OpenRouterBackend
-from .checkpoint import CheckpointError, CheckpointLocked, CheckpointMismatch, Record, read_records
+from .checkpoint import CheckpointError, CheckpointLocked, CheckpointMismatch, Record, read_records, record_data
 from .errors import OpenRouterError
 from .request import OVERRIDE_KEYS
 from .retry import RetryPolicy
-from .runner import RunInterrupted, run_sheets
+from .runner import RunAborted, RunInterrupted, run_sheets
 from .sheet import Sheet
 from .summary import plural
 from .testing.demo import OFFLINE_ENV, demo_backend
@@ -50,6 +50,7 @@ _OFFLINE_VALUES = {"": "never", "0": "never", "no": "never", "false": "never", "
 #: Python parameter names in library messages, as the options a CLI user typed.
 _OPTION_NAMES = {"max_workers": "-w/--workers", "pool_size": "-w/--workers", "timeout_seconds": "--timeout",
                  "requests_per_minute": "--rpm", "max_attempts": "--attempts", "max_tokens": "--max-tokens",
+                 "max_cost": "--max-cost",
                  "base_url": "--base-url", "model": "-m/--model", "temperature": "--temperature"}
 _CSV_COLUMNS = ("id", "index", "label", "prompt", "success", "answer", "error_type", "error_message",
                 "finish_reason", "model", "input_tokens", "output_tokens", "cost", "attempts", "duration_seconds",
@@ -252,7 +253,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             results = run_sheets(backend, sheets, max_workers=args.workers, checkpoint=args.output,
                                  progress=not args.no_progress, checkpoint_tag="offline" if offline else None,
-                                 on_mismatch="redo" if args.force else "refuse", resume=not args.fresh)
+                                 on_mismatch="redo" if args.force else "refuse", resume=not args.fresh,
+                                 max_cost=args.max_cost)
         except CheckpointMismatch as exc:
             index, _, why = exc.found[0]
             raise UsageError(
@@ -267,6 +269,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"\n{exc.summary}\ninterrupted: {exc.summary.total} of {len(sheets)} sheets finished; run the "
                   f"same command again to resume from {args.output}", file=sys.stderr)
             return EXIT_INTERRUPTED
+        except RunAborted as exc:
+            print(f"\n{exc.summary}", file=sys.stderr)
+            _err(f"{exc}; run the same command again to resume from {args.output}")
+            return EXIT_FAILED
     print(results.summary, file=sys.stderr)
     print(f"results: {args.output} (one JSON line per finished sheet; `openrouter-sync export {args.output}` "
           "gives one per prompt, in input order)", file=sys.stderr)
@@ -388,7 +394,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                                  for k, v in row.items()})
         else:
             for record in records:
-                out.write(_printable(json.dumps(record.data, ensure_ascii=False)) + "\n")
+                out.write(_printable(json.dumps(record_data(record, source), ensure_ascii=False)) + "\n")
 
     if not args.output or args.output == "-":
         write(sys.stdout)
@@ -476,6 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="prompts in flight at once (default: %(default)s)")
     run.add_argument("--rpm", type=_number(float, 0, low_open=True), metavar="N",
                      help="client-side limit, requests per minute (default: none)")
+    run.add_argument("--max-cost", type=_number(float, 0, low_open=True), dest="max_cost", metavar="USD",
+                     help="spending cap: send no new prompt once the answers' reported cost reaches USD dollars, "
+                          "counting what earlier runs on -o spent; prompts in flight finish; the rest are "
+                          "left for a rerun with a higher cap (default: no cap)")
     run.add_argument("--attempts", type=_number(int, 1), metavar="N",
                      help=f"attempts per prompt, 1 = no retries (default: {RetryPolicy().max_attempts})")
     redo = run.add_mutually_exclusive_group()
@@ -499,9 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="a results file's final answers: one per prompt, in input order",
                             description="Write the latest record of each sheet of a results file, in input "
-                                        "order: JSONL (the records as stored) or CSV (id, index, label, prompt, "
-                                        "success, answer, error_type, error_message, finish_reason, model, "
-                                        "input_tokens, output_tokens, cost, attempts, duration_seconds, metadata).")
+                                        "order: JSONL (the records as stored, with their attachments put back) "
+                                        "or CSV (id, index, label, prompt, success, answer, error_type, "
+                                        "error_message, finish_reason, model, input_tokens, output_tokens, cost, "
+                                        "attempts, duration_seconds, metadata).")
     export.add_argument("results", help="a results file written by `openrouter-sync run`")
     export.add_argument("-o", "--output", metavar="FILE", help="where to write (default: stdout)")
     export.add_argument("--format", choices=("jsonl", "csv"),

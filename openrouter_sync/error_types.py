@@ -37,6 +37,7 @@ class ErrorType(str, Enum):
     CONNECTION = "connection"  # could not connect, or the connection broke: exit_code 503
     TIMEOUT = "timeout"  # the per-attempt deadline passed: exit_code 408, exit_reason "timeout"
     CANCELLED = "cancelled"  # a run was interrupted before this sheet finished
+    BUDGET_EXCEEDED = "budget_exceeded"  # not sent: the run's spending cap (max_cost) was reached
     INVALID_SHEET = "invalid_sheet"  # a sheet whose settings are invalid (run_sheets goes on)
     INTERNAL_ERROR = "internal_error"  # a bug raised inside one sheet (run_sheets goes on)
 

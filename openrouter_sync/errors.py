@@ -59,6 +59,10 @@ class CancelledError(OpenRouterError):
     """The sheet was cancelled before it finished."""
 
 
+class BudgetExceededError(CancelledError):
+    """The sheet was not sent: its run's spending cap (``max_cost``) had been reached."""
+
+
 _EXCEPTIONS: dict[ErrorType, type[OpenRouterError]] = {
     ErrorType.CONFIGURATION: ConfigurationError,
     ErrorType.AUTHENTICATION: AuthenticationError,
@@ -75,6 +79,7 @@ _EXCEPTIONS: dict[ErrorType, type[OpenRouterError]] = {
     ErrorType.UNPROCESSABLE: BadRequestError,
     ErrorType.INVALID_SHEET: BadRequestError,
     ErrorType.CANCELLED: CancelledError,
+    ErrorType.BUDGET_EXCEEDED: BudgetExceededError,
 }
 
 

@@ -8,12 +8,23 @@ cut, and ``RunInterrupted`` (a ``KeyboardInterrupt``) is raised within about a s
 ``results`` hold what finished (``None`` for the rest), including sheets that finished but
 were not yet handed to ``on_result``, and every finished sheet is already in the checkpoint
 (each worker records its sheet the moment it finishes).
+
+Any other early end (a ``break`` out of ``iter_sheets``, an exception from ``on_result`` or from
+the input) cuts nothing: no new sheet or attempt starts, the sheets in flight finish, and their
+answers, which the server has made and billed, are kept (in the checkpoint, in ``results`` and
+the summary's cost). ``run_sheets`` then raises ``RunAborted``, holding the results like
+``RunInterrupted``.
+
+``max_cost`` caps spending: once the cost the answers reported reaches it, no new sheet starts;
+the sheets in flight finish, and the rest get ``budget_exceeded`` results without being sent.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import logging
+import math
 import threading
 import time
 from pathlib import Path
@@ -36,6 +47,8 @@ _Collect = Callable[[int, ExecutionResult], None]
 _MISMATCH_MODES = ("redo", "refuse")
 #: After Ctrl-C, how long to let cut requests return (so what they finished is recorded).
 _SETTLE_SECONDS = 0.5
+#: Results that are not written to a checkpoint: the sheet was not (wholly) sent, so a rerun sends it.
+_NOT_RECORDED = (ErrorType.CANCELLED, ErrorType.BUDGET_EXCEEDED)
 
 
 class RunResults(list):  # type: ignore[type-arg]
@@ -54,6 +67,66 @@ class RunInterrupted(KeyboardInterrupt):
         super().__init__(f"run interrupted: {summary.total} of {len(results)} sheets finished")
         self.results = results
         self.summary = summary
+
+
+class RunAborted(Exception):
+    """Raised by ``run_sheets`` when ``on_result`` (or a progress callback, or the executor) raises.
+
+    The sheets in flight were let finish first, so no answer the server made is lost: ``results``
+    (None where unfinished) and ``summary`` (its ``cost`` counts them) hold them, as in
+    ``RunInterrupted``, and they are in the checkpoint. ``error`` (also ``__cause__``) is the
+    exception that stopped the run."""
+
+    def __init__(self, results: list[Optional[ExecutionResult]], summary: RunSummary, error: BaseException) -> None:
+        super().__init__(redact(f"run stopped by {type(error).__name__}: {error}; {summary.total} of "
+                                f"{len(results)} sheets finished"))
+        self.results = results
+        self.summary = summary
+        self.error = error
+
+
+class _Budget:
+    """A run's spending cap: the cost its answers reported (thread-safe), and whether a sheet may start.
+
+    ``before`` is what the checkpoint's records say earlier runs spent."""
+
+    def __init__(self, cap: Optional[float], before: float = 0.0) -> None:
+        self.cap = cap
+        self.before = before
+        self.spent = 0.0
+        self._lock = threading.Lock()
+        self._warned = False
+
+    def add(self, result: ExecutionResult) -> None:
+        if self.cap is None:
+            return
+        cost = result.cost
+        if isinstance(cost, (int, float)) and math.isfinite(cost) and cost > 0:
+            with self._lock:
+                self.spent += cost
+        elif cost is None and result.success and not self._warned:
+            self._warned = True
+            logger.warning("max_cost: an answer reported no cost (the server sends none); only reported costs "
+                           "count toward the spending cap")
+
+    def reached(self) -> bool:
+        return self.cap is not None and self.before + self.spent >= self.cap
+
+    def refused(self, sheet: Sheet, key: Optional[str]) -> ExecutionResult:
+        earlier = f", ${self.before:.6f} of it by earlier runs" if self.before else ""
+        result = _failed(sheet, ErrorType.BUDGET_EXCEEDED,
+                         f"not sent: the spending cap max_cost=${self.cap:g} was reached "
+                         f"(${self.before + self.spent:.6f} spent{earlier}); a rerun with a higher max_cost sends it")
+        result.sheet_id = key
+        return result
+
+
+def _check_cost(max_cost: Optional[float]) -> None:
+    if max_cost is None:
+        return
+    if isinstance(max_cost, bool) or not isinstance(max_cost, (int, float)) or not math.isfinite(max_cost) \
+            or max_cost <= 0:
+        raise ValueError(f"max_cost must be a number of US dollars > 0, got {max_cost!r}")
 
 
 def _failed(sheet: Sheet, error_type: ErrorType, message: str) -> ExecutionResult:
@@ -79,11 +152,15 @@ def _run_one(backend: Any, sheet: Sheet, cancel: threading.Event, stream: bool) 
 
 
 def _work(backend: Any, sheet: Sheet, cancel: threading.Event, stream: bool, index: int, key: Optional[str],
-          checkpoint: Optional[Checkpoint], settings: Optional[Settings]) -> ExecutionResult:
-    """Run one sheet on a worker thread and record it in the checkpoint at once (not when harvested)."""
+          checkpoint: Optional[Checkpoint], settings: Optional[Settings], budget: _Budget) -> ExecutionResult:
+    """Run one sheet on a worker thread (unless the spending cap was reached while it waited to start)
+    and record it in the checkpoint at once (not when harvested)."""
+    if budget.reached():
+        return budget.refused(sheet, key)
     result = _run_one(backend, sheet, cancel, stream)
+    budget.add(result)
     result.sheet_id = key
-    if checkpoint is not None and key is not None and result.error_type != ErrorType.CANCELLED:
+    if checkpoint is not None and key is not None and result.error_type not in _NOT_RECORDED:
         checkpoint.write(key, index, result, settings=settings, sheet=sheet, label=sheet.label)
     return result
 
@@ -109,20 +186,23 @@ def _expecting(backend: Any, left: _Left) -> contextlib.AbstractContextManager[N
     return throttle.expect(left) if isinstance(throttle, Throttle) else contextlib.nullcontext()
 
 
-def _check_modes(max_workers: int, on_mismatch: str) -> None:
+def _check_modes(max_workers: int, on_mismatch: str, max_cost: Optional[float], keep_raw: bool) -> None:
     if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
         raise ValueError(f"max_workers must be an integer >= 1, got {max_workers!r}")
     if on_mismatch not in _MISMATCH_MODES:
         raise ValueError(f"on_mismatch must be 'redo' or 'refuse', got {on_mismatch!r}")
+    _check_cost(max_cost)
+    if not isinstance(keep_raw, bool):
+        raise TypeError(f"keep_raw must be True or False, got {keep_raw!r}")
 
 
 def _iterate(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers: int, progress: ProgressArg,
              on_result: Optional[OnResult], checkpoint: Optional[Checkpoint], endpoint: str, on_mismatch: str,
-             executor: Optional[cf.Executor], stream: bool, total: Optional[int],
+             executor: Optional[cf.Executor], stream: bool, total: Optional[int], budget: _Budget,
              collect: Optional[_Collect] = None) -> Generator[tuple[int, Sheet, ExecutionResult], None, None]:
     """The engine of ``iter_sheets`` and ``run_sheets``. ``collect(index, result)`` (run_sheets) hears of
-    every finished sheet as soon as it is harvested, and on an interruption of those finished but not
-    yet harvested, so none is lost from ``RunInterrupted.results``."""
+    every finished sheet as soon as it is harvested, and on an early end of those finished but not
+    yet harvested, so none is lost from ``RunInterrupted.results`` / ``RunAborted.results``."""
     workers = max_workers
     if executor is not None:  # size the pool and the window to the threads that will really run
         workers = max(workers, int(getattr(executor, "_max_workers", workers)))
@@ -137,16 +217,22 @@ def _iterate(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers: 
     window = 2 * workers
     keys = SheetKeys() if checkpoint is not None else None  # ids matter (and cost memory) only for a checkpoint
     finished_normally = False
+    on_result_raised = False
 
     left = _Left(length, pending)  # not ``total``: that one is for show only
 
     def finish(index: int, sheet: Sheet, result: ExecutionResult) -> tuple[int, Sheet, ExecutionResult]:
+        nonlocal on_result_raised
         left.done += 1
         if collect is not None:
             collect(index, result)
         meter.update(result)
         if on_result is not None:
-            on_result(index, result)
+            try:
+                on_result(index, result)
+            except BaseException:
+                on_result_raised = True
+                raise
         return index, sheet, result
 
     def harvest(block: bool) -> Iterator[tuple[int, Sheet, ExecutionResult]]:
@@ -156,6 +242,57 @@ def _iterate(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers: 
         for future in finished:
             index, sheet = pending.pop(future)
             yield finish(index, sheet, future.result())
+
+    def finished_pending() -> Iterator[tuple[int, Sheet, ExecutionResult]]:
+        for future, (index, sheet) in pending.items():
+            if future.done() and not future.cancelled() and future.exception() is None:
+                result = future.result()
+                if result.error_type != ErrorType.CANCELLED:
+                    yield index, sheet, result
+
+    def cut() -> None:
+        """Ctrl-C: cut the requests in flight, keep what finished meanwhile."""
+        cancel.set()
+        for future in pending:
+            future.cancel()
+        abort_tagged(cancel)
+        running = [f for f in pending if not f.done()]
+        if running:  # cut by now: let them return, so whatever finished is recorded
+            cf.wait(running, timeout=_SETTLE_SECONDS)
+        if collect is not None:
+            for index, _sheet, result in finished_pending():
+                collect(index, result)
+        pending.clear()
+
+    def drain() -> None:
+        """Any other early end: start nothing more, let the sheets in flight finish, report them."""
+        nonlocal on_result_raised
+        cancel.set()  # no sheet still queued and no retry starts; the attempts in flight are not cut
+        for future in pending:
+            future.cancel()
+        while any(not f.done() for f in pending):
+            cf.wait([f for f in pending if not f.done()], timeout=0.25)
+        late = list(finished_pending())
+        pending.clear()
+        for index, _sheet, result in late:
+            left.done += 1
+            if collect is not None:
+                collect(index, result)
+            try:
+                meter.update(result)
+                if on_result is not None and not on_result_raised:
+                    on_result(index, result)
+            except Exception:
+                on_result_raised = True
+                logger.exception("a callback raised for sheet %s while the run was stopping; on_result is not "
+                                 "called again", result.sheet_id or f"#{index}")
+        if late and collect is None:
+            cost = sum(r.cost or 0.0 for _, _, r in late)
+            where = "in the checkpoint" if checkpoint is not None else \
+                "reported to on_result" if on_result is not None and not on_result_raised else "not kept anywhere"
+            logger.log(logging.INFO if where != "not kept anywhere" else logging.WARNING,
+                       "iter_sheets stopped early: %d sheet(s) in flight finished afterwards (cost $%.6f); %s",
+                       len(late), cost, where)
 
     try:
         with _expecting(backend, left):
@@ -176,28 +313,27 @@ def _iterate(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers: 
                                                      f"settings: {why}", [(index, key, why)])
                 while len(pending) >= window:
                     yield from harvest(block=True)
-                future = pool.submit(_work, backend, sheet, cancel, stream, index, key, checkpoint, settings)
+                if budget.reached():
+                    yield finish(index, sheet, budget.refused(sheet, key))
+                    continue
+                future = pool.submit(_work, backend, sheet, cancel, stream, index, key, checkpoint, settings, budget)
                 pending[future] = (index, sheet)
                 yield from harvest(block=False)
             left.exhausted = True
             while pending:
                 yield from harvest(block=True)
         finished_normally = True
+    except KeyboardInterrupt:
+        cut()
+        raise
+    except BaseException:  # GeneratorExit (the caller stopped iterating), or an exception from a callback or the input
+        try:
+            drain()
+        except KeyboardInterrupt:  # Ctrl-C while waiting for the sheets in flight
+            cut()
+            raise
+        raise
     finally:
-        if not finished_normally:
-            cancel.set()
-            for future in pending:
-                future.cancel()
-            abort_tagged(cancel)
-            running = [f for f in pending if not f.done()]
-            if running:  # cut by now: let them return, so whatever finished is recorded
-                cf.wait(running, timeout=_SETTLE_SECONDS)
-            if collect is not None:
-                for future, (index, _sheet) in pending.items():
-                    if future.done() and not future.cancelled() and future.exception() is None:
-                        result = future.result()
-                        if result.error_type != ErrorType.CANCELLED:
-                            collect(index, result)
         meter.close()
         if own_executor:
             pool.shutdown(wait=finished_normally, **({"cancel_futures": True} if not finished_normally else {}))
@@ -207,7 +343,8 @@ def iter_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_worker
                 progress: ProgressArg = False, on_result: Optional[OnResult] = None,
                 checkpoint: Union[str, Path, None] = None, executor: Optional[cf.Executor] = None,
                 stream: bool = False, total: Optional[int] = None, checkpoint_tag: Optional[str] = None,
-                on_mismatch: str = "redo", resume: bool = True) -> Iterator[tuple[int, Sheet, ExecutionResult]]:
+                on_mismatch: str = "redo", resume: bool = True, max_cost: Optional[float] = None,
+                keep_raw: bool = False) -> Iterator[tuple[int, Sheet, ExecutionResult]]:
     """Yield ``(index, sheet, result)`` as sheets finish (not in input order).
 
     Inputs are read lazily and at most ``2 * max_workers`` sheets are in flight, so memory does
@@ -215,13 +352,20 @@ def iter_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_worker
     same settings) are yielded from it without being sent, and reported to ``on_result`` like the
     others. The keyword arguments are those of ``run_sheets`` (with ``on_mismatch="refuse"``,
     ``CheckpointMismatch`` is raised when the first such sheet is reached, not up front).
+
+    Leaving the loop early (``break``, an exception in its body) or an exception from
+    ``on_result`` starts nothing more, but the sheets in flight finish, when the generator is
+    closed, so that their answers (made and billed by the server) are written to the checkpoint
+    and, after a ``break``, reported to ``on_result``. The exception from ``on_result`` then
+    propagates. Ctrl-C cuts the sheets in flight instead.
     """
-    _check_modes(max_workers, on_mismatch)
-    opened = Checkpoint(checkpoint, resume=resume) if checkpoint is not None else None
+    _check_modes(max_workers, on_mismatch, max_cost, keep_raw)
+    opened = Checkpoint(checkpoint, resume=resume, keep_raw=keep_raw) if checkpoint is not None else None
     try:
         yield from _iterate(backend, sheets, max_workers=max_workers, progress=progress, on_result=on_result,
                             checkpoint=opened, endpoint=endpoint_of(backend, checkpoint_tag),
-                            on_mismatch=on_mismatch, executor=executor, stream=stream, total=total)
+                            on_mismatch=on_mismatch, executor=executor, stream=stream, total=total,
+                            budget=_Budget(max_cost, opened.spent if opened is not None else 0.0))
     finally:
         if opened is not None:
             opened.close()
@@ -249,7 +393,7 @@ def run_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers
                progress: ProgressArg = False, on_result: Optional[OnResult] = None,
                checkpoint: Union[str, Path, None] = None, executor: Optional[cf.Executor] = None,
                stream: bool = False, checkpoint_tag: Optional[str] = None, on_mismatch: str = "redo",
-               resume: bool = True) -> RunResults:
+               resume: bool = True, max_cost: Optional[float] = None, keep_raw: bool = False) -> RunResults:
     """Run every sheet (``Sheet`` objects and plain prompt strings, mixed) on ``max_workers`` threads.
 
     Returns one ``ExecutionResult`` per input, in input order; a failing sheet gives a failed
@@ -271,9 +415,22 @@ def run_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers
     ``"offline"`` for its fake server, whose port changes every run). A checkpoint is locked while
     in use: a second run on it raises ``CheckpointLocked`` before sending anything. A failed write
     (disk full) never raises: the run goes on, a warning is logged and ``summary.checkpoint_error``
-    says the checkpoint is incomplete.
+    says the checkpoint is incomplete. ``keep_raw=True`` also writes each result's ``raw`` (the
+    response body) to the checkpoint; it is left out by default, so that large batches keep small
+    files (a restored result then has ``raw=None``).
+
+    ``max_cost=5.0`` caps spending at 5 US dollars: once the costs the answers reported (``cost``)
+    add up to it, no new sheet is sent. Sheets in flight finish and are kept (so the total may pass
+    the cap by what they cost); the others get ``budget_exceeded`` results, which are not
+    written to the checkpoint, so a rerun with a higher cap sends them. With a checkpoint, the
+    cap covers the whole batch: what its records say earlier runs spent counts too (with
+    ``resume=False``, only this run). Answers that report no cost count as free (with a warning).
+
+    An exception from ``on_result`` (or a progress callback) stops the run: nothing more starts,
+    the sheets in flight finish and are kept, and ``RunAborted`` is raised with ``results`` and
+    ``summary``, like ``RunInterrupted`` on Ctrl-C.
     """
-    _check_modes(max_workers, on_mismatch)
+    _check_modes(max_workers, on_mismatch, max_cost, keep_raw)
     items = [as_sheet(item) for item in sheets]
     labels = [sheet.label or sheet.id or f"#{index}" for index, sheet in enumerate(items)]
     opened: Optional[Checkpoint] = None
@@ -282,8 +439,9 @@ def run_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers
     if checkpoint is not None:
         assign = SheetKeys().assign
         keys = [assign(index, sheet) for index, sheet in enumerate(items)]  # duplicate ids fail before anything
-        opened = Checkpoint(checkpoint, resume=resume)
+        opened = Checkpoint(checkpoint, resume=resume, keep_raw=keep_raw)
     results: list[Optional[ExecutionResult]] = [None] * len(items)
+    budget = _Budget(max_cost, opened.spent if opened is not None else 0.0)
 
     def collect(index: int, result: ExecutionResult) -> None:
         results[index] = result
@@ -291,22 +449,30 @@ def run_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers
     def summary() -> RunSummary:
         return RunSummary.from_results(results, time.monotonic() - started, labels=labels,
                                        checkpoint_error=None if opened is None else opened.error,
-                                       checkpoint_unwritten=0 if opened is None else opened.unwritten)
+                                       checkpoint_unwritten=0 if opened is None else opened.unwritten,
+                                       max_cost=max_cost, earlier_cost=budget.before)
 
     started = time.monotonic()
     engine = _iterate(backend, items, max_workers=max_workers, progress=progress, on_result=on_result,
                       checkpoint=opened, endpoint=endpoint, on_mismatch="redo", executor=executor,
-                      stream=stream, total=len(items), collect=collect)
+                      stream=stream, total=len(items), budget=budget, collect=collect)
     try:
         if opened is not None and on_mismatch == "refuse":
             _refuse_mismatches(backend, items, keys, opened, endpoint)
         for _ in engine:
             pass
     except KeyboardInterrupt:
-        engine.close()  # if Ctrl-C came between two results: cancel, cut, collect the finished
+        with contextlib.suppress(KeyboardInterrupt):  # if Ctrl-C came between two results: cut, collect the finished
+            engine.throw(KeyboardInterrupt())
         if opened is not None:
             opened.close()
         raise RunInterrupted(results, summary()) from None
+    except CheckpointMismatch:  # raised before anything was sent
+        raise
+    except Exception as exc:  # from on_result or another callback: the sheets in flight have finished
+        if opened is not None:
+            opened.close()
+        raise RunAborted(results, summary(), exc) from exc
     finally:
         if opened is not None:
             opened.close()

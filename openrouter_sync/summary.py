@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
 from ._log import redact
+from .error_types import ErrorType
 from .result import ExecutionResult
 
 #: How many failed / cut sheets the text names (all of them are in the data).
@@ -34,6 +35,9 @@ class RunSummary:
     run reported one. ``failures`` name each failed sheet ``(label, error_type, reason)``;
     ``truncated`` names the answers cut by the token limit (``finish_reason == "length"``).
     ``checkpoint_error`` is set when the checkpoint could not be written (it is incomplete).
+    ``max_cost`` is the run's spending cap (None: none); ``earlier_cost`` what the checkpoint's
+    records say earlier runs of the batch spent (it counts toward the cap, not toward ``cost``);
+    ``budget_exceeded`` counts the sheets not sent because the cap was reached.
     """
 
     total: int = 0
@@ -54,15 +58,19 @@ class RunSummary:
     truncated: list[str] = field(default_factory=list)
     checkpoint_error: Optional[str] = None
     checkpoint_unwritten: int = 0
+    max_cost: Optional[float] = None
+    earlier_cost: float = 0.0
+    budget_exceeded: int = 0
 
     @classmethod
     def from_results(cls, results: Iterable[Optional[ExecutionResult]], wall_seconds: float = 0.0,
                      slowest: int = 5, labels: Optional[Sequence[str]] = None,
-                     checkpoint_error: Optional[str] = None, checkpoint_unwritten: int = 0) -> RunSummary:
+                     checkpoint_error: Optional[str] = None, checkpoint_unwritten: int = 0,
+                     max_cost: Optional[float] = None, earlier_cost: float = 0.0) -> RunSummary:
         """Summarise results (None entries: unfinished). ``labels[i]`` names result ``i``
         (default: its sheet id, else ``#i``)."""
         summary = cls(wall_seconds=wall_seconds, checkpoint_error=checkpoint_error,
-                      checkpoint_unwritten=checkpoint_unwritten)
+                      checkpoint_unwritten=checkpoint_unwritten, max_cost=max_cost, earlier_cost=earlier_cost)
         errors: Counter[str] = Counter()
         timed: list[tuple[float, str]] = []
         cost: Optional[float] = None
@@ -93,6 +101,7 @@ class RunSummary:
             timed.append((result.duration_seconds, label))
         summary.cost = cost
         summary.by_error_type = dict(errors.most_common())
+        summary.budget_exceeded = errors[ErrorType.BUDGET_EXCEEDED.value]
         summary.slowest = [(name, round(seconds, 3)) for seconds, name in sorted(timed, reverse=True)[:slowest]]
         return summary
 
@@ -123,15 +132,22 @@ class RunSummary:
         lines = [f"{head} in {self.wall_seconds:.1f}s", work]
         if self.by_error_type:
             lines.append("failures: " + ", ".join(f"{k} {v}" for k, v in self.by_error_type.items()))
+            listed = [failure for failure in self.failures if failure[1] != ErrorType.BUDGET_EXCEEDED]  # a line below
             named = [f"  {label}: {kind}: {reason}" if reason else f"  {label}: {kind}"
-                     for label, kind, reason in self.failures[:_NAMED]]
-            if len(self.failures) > _NAMED:
-                named.append(f"  ... and {len(self.failures) - _NAMED} more")
+                     for label, kind, reason in listed[:_NAMED]]
+            if len(listed) > _NAMED:
+                named.append(f"  ... and {len(listed) - _NAMED} more")
             lines.extend(named)
         if self.truncated:
             shown = ", ".join(self.truncated[:_NAMED]) + (" ..." if len(self.truncated) > _NAMED else "")
             lines.append(f"cut by the token limit (finish_reason \"length\"): {plural(len(self.truncated), 'sheet')}: "
                          f"{shown}")
+        if self.budget_exceeded:
+            cap = "" if self.max_cost is None else f" ${self.max_cost:g}"
+            spent = self.earlier_cost + (self.cost or 0.0)
+            earlier = f", ${self.earlier_cost:.6f} of it by earlier runs" if self.earlier_cost else ""
+            lines.append(f"spending cap{cap} reached (${spent:.6f} spent{earlier}): "
+                         f"{plural(self.budget_exceeded, 'sheet')} not sent; a rerun with a higher cap sends them")
         if self.slowest:
             lines.append("slowest: " + ", ".join(f"{name} {sec:.2f}s" for name, sec in self.slowest))
         if self.checkpoint_error is not None:

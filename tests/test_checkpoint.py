@@ -178,9 +178,13 @@ def test_answers_and_errors_are_redacted_in_the_checkpoint(fake: FakeOpenRouter,
                              checkpoint=path)
     assert results[0].success and not results[1].success
     text = path.read_text()
-    assert key not in text and leaked not in text and "[REDACTED]" in text
+    assert key not in text and "[REDACTED]" in text
     by_id = {r["id"]: r for r in _records(path)}
     assert by_id["good"]["sheet"] == {"prompt": "good", "metadata": {"owner": "me"}}
+    # The answer is kept as it was but for the key: a key-shaped string that is no secret of ours stays.
+    assert by_id["good"]["result"]["stdout"] == f"here is {leaked} and [REDACTED]"
+    assert load_checkpoint(path)["good"].stdout == f"here is {leaked} and [REDACTED]"
+    assert by_id["bad"]["result"]["error_message"] == "HTTP 400 (bad_request): bad key [REDACTED]"
 
 
 def test_records_of_unexpected_shape_are_skipped_with_the_line(fake: FakeOpenRouter, key: str, tmp_path: Path,
