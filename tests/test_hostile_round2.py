@@ -1,0 +1,129 @@
+"""Issue 26: the second round of hostile conditions (planted files, answers that wipe a results file,
+many keys in one process, leaked proxy passwords, compressed error answers, signals, odd paths).
+
+Each test reproduces the attack: raw-socket servers (``hostile.HostileServer``), real files,
+symlinks and FIFOs, real signals to a real CLI process.
+"""
+
+from __future__ import annotations
+
+import base64
+import gc
+import logging
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hostile import HostileServer, Request, completion, respond
+
+from openrouter_sync import OpenRouterBackend, RetryPolicy, run_sheets
+from openrouter_sync._log import RECENT, known_secrets, redact
+from openrouter_sync.errors import OpenRouterError
+
+MODEL = "openai/gpt-4o-mini"
+
+
+def _shown(result: Any, caplog: pytest.LogCaptureFixture, *extra: str) -> list[str]:
+    texts = [repr(result), str(result), result.stdout, result.stderr, str(result.error_message), *extra]
+    if not result.success:
+        try:
+            result.raise_for_error()
+        except OpenRouterError as exc:
+            texts += [str(exc), repr(exc)]
+    texts += [record.getMessage() for record in caplog.records]
+    return texts
+
+
+# ----- proxy passwords (item 4) ---------------------------------------------------------------------
+
+@pytest.mark.socket
+@pytest.mark.parametrize("password", ["Hunter2#pass", "Hunter2/pass?x", "Hun@ter2#pass", "Hunter2%23pass"])
+def test_a_proxy_password_with_url_characters_is_sent_and_never_shown(
+        password: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """``http://user:Hunter2#pass@proxy``: urllib3 used to refuse the URL and quote it whole (password
+    and all) in stderr, repr, the exception and the log. Now the password is sent, and never shown."""
+    caplog.set_level(logging.DEBUG)
+    seen: list[str] = []
+    meant = password.replace("%23", "#")
+    expected = "Basic " + base64.b64encode(f"user:{meant}".encode()).decode()
+
+    def proxy(sock: socket.socket, request: Request) -> bool:
+        seen.append(request.headers.get("proxy-authorization", ""))
+        if seen[-1] != expected:
+            return respond(sock, 407, {"error": {"message": "proxy auth required"}}, {"Proxy-Authenticate": "Basic"})
+        return respond(sock, 200, completion("through the proxy"))
+
+    with HostileServer(proxy) as server:
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.setenv("HTTP_PROXY", f"http://user:{password}@127.0.0.1:{server.port}")
+        with OpenRouterBackend(model=MODEL, base_url="http://127.0.0.1:9/api/v1", api_key="sk-or-v1-" + "b" * 64,
+                               timeout_seconds=2.0, retry_policy=RetryPolicy(max_attempts=1)) as backend:
+            result = backend.execute("hi")
+            shown = _shown(result, caplog, repr(backend))
+    assert seen == [expected]
+    assert result.success and result.stdout == "through the proxy"
+    assert not any("Hunter2" in text or "ter2" in text for text in shown)
+
+
+@pytest.mark.socket
+@pytest.mark.parametrize("password", ["Hunter2#pass", "Hunter2/pass"])
+def test_a_proxy_password_never_shown_when_the_proxy_is_down(password: str, monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    caplog.set_level(logging.DEBUG)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://user:{password}@127.0.0.1:{port}")
+    out = tmp_path / "results.jsonl"
+    with OpenRouterBackend(model=MODEL, base_url="http://127.0.0.1:9/api/v1", api_key="sk-or-v1-" + "c" * 64,
+                           timeout_seconds=1.0, retry_policy=RetryPolicy(max_attempts=2)) as backend:
+        result = backend.execute("hi")
+        [batch] = run_sheets(backend, ["hi"], checkpoint=out)
+        try:
+            backend.key_info()
+        except OpenRouterError as exc:
+            raised = [str(exc), repr(exc)]
+        shown = _shown(result, caplog, repr(backend), *raised, *_shown(batch, caplog), out.read_text())
+    assert result.error_type == "connection"
+    assert not any("Hunter2" in text for text in shown)
+
+
+# ----- many keys in one process (item 3) ------------------------------------------------------------
+
+def test_a_thousand_keys_used_and_closed_leave_only_the_recent_ones_known() -> None:
+    """One key per tenant: redaction used to keep every key ever seen and recompile one pattern over
+    all of them and their fragments (200 keys: 147 MB, 25 s). Now a closed backend gives its key back."""
+    gc.collect()
+    before = known_secrets()
+    for _ in range(1000):
+        key = "tenant-" + uuid.uuid4().hex + uuid.uuid4().hex
+        with OpenRouterBackend(api_key=key, base_url="http://127.0.0.1:9/api/v1", share_throttle=False) as backend:
+            assert redact(f"echo {key} and {key[10:30]}", fragments=True).count(key[10:30]) == 0
+            assert key not in repr(backend)
+    assert known_secrets() <= before + RECENT
+    dropped = OpenRouterBackend(api_key="dropped-" + uuid.uuid4().hex * 2, base_url="http://127.0.0.1:9/api/v1",
+                                share_throttle=False)
+    held = known_secrets()
+    del dropped
+    gc.collect()
+    assert known_secrets() <= held  # a backend never closed gives its key back when it is collected
+
+
+def test_a_key_is_redacted_while_any_backend_holds_it_and_again_after_reuse() -> None:
+    key = "shared-" + uuid.uuid4().hex + uuid.uuid4().hex
+    first = OpenRouterBackend(api_key=key, base_url="http://127.0.0.1:9/api/v1", share_throttle=False)
+    second = OpenRouterBackend(api_key=key, base_url="http://127.0.0.1:9/api/v1", share_throttle=False)
+    first.close()
+    assert key not in redact(f"x {key} y")  # the second still holds it
+    second.close()
+    for _ in range(RECENT + 1):  # push it out of the recently released
+        other = OpenRouterBackend(api_key="other-" + uuid.uuid4().hex * 2, share_throttle=False)
+        other.close()
+    assert key in redact(f"x {key} y")  # forgotten: no backend holds it
+    second.execute("again")  # used again (fails to connect): known again, not shown
+    assert key not in redact(f"x {key} y")
+    second.close()
