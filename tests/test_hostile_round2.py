@@ -9,15 +9,28 @@ from __future__ import annotations
 
 import base64
 import gc
+import json
 import logging
-import os
 import socket
 import uuid
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
-from hostile import HostileServer, Request, completion, respond
+from hostile import (
+    HostileServer,
+    Request,
+    chunk,
+    completion,
+    delta_chunk,
+    event,
+    gzip_bytes,
+    head,
+    make_backend,
+    respond,
+    send,
+)
 
 from openrouter_sync import OpenRouterBackend, RetryPolicy, run_sheets
 from openrouter_sync._log import RECENT, known_secrets, redact
@@ -127,3 +140,80 @@ def test_a_key_is_redacted_while_any_backend_holds_it_and_again_after_reuse() ->
     second.execute("again")  # used again (fails to connect): known again, not shown
     assert key not in redact(f"x {key} y")
     second.close()
+
+
+# ----- decoding that matches requests (item 5) ------------------------------------------------------
+
+def _gzip_members(data: bytes, parts: int = 3) -> bytes:
+    step = max(1, len(data) // parts)
+    return b"".join(gzip_bytes(data[i:i + step]) for i in range(0, len(data), step))
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+@pytest.mark.socket
+@pytest.mark.parametrize("encoding, encode", [
+    ("gzip", _gzip_members),  # several members, as `cat a.gz b.gz` or a server's per-chunk flushes give
+    ("gzip", lambda data: _gzip_members(data) + b"\x00" * 16),  # then padding, which requests ignores
+    ("deflate", _raw_deflate),  # no zlib header, as some servers send it
+    ("deflate", zlib.compress),
+])
+def test_compressed_bodies_decode_as_requests_decodes_them(encoding: str, encode: Callable[[bytes], bytes]) -> None:
+    body = encode(json.dumps(completion("one two three " * 50)).encode())
+    with HostileServer(lambda sock, request: respond(sock, 200, body, {"Content-Encoding": encoding})) as server:
+        backend = make_backend(server, 2.0)
+        result = backend.execute("hi")
+    assert result.success, result.error_message
+    assert result.stdout == "one two three " * 50
+    assert server.request_count == 1
+
+
+@pytest.mark.socket
+def test_a_multi_member_gzip_stream_is_read_whole() -> None:
+    events = b"".join(event(delta_chunk(word)) for word in ("alpha ", "beta ", "gamma")) + event("[DONE]")
+    body = _gzip_members(events, 4)
+
+    def handle(sock: socket.socket, request: Request) -> bool:
+        headers = {"Content-Type": "text/event-stream", "Content-Encoding": "gzip", "Transfer-Encoding": "chunked"}
+        return send(sock, head(200, headers) + b"".join(chunk(body[i:i + 7]) for i in range(0, len(body), 7))
+                    + b"0\r\n\r\n")
+
+    with HostileServer(handle) as server:
+        backend = make_backend(server, 2.0)
+        with backend.stream("hi") as stream:
+            text = "".join(stream)
+    assert text == "alpha beta gamma"
+    assert stream.result is not None and stream.result.success
+
+
+@pytest.mark.socket
+@pytest.mark.parametrize("status, error_type", [(429, "rate_limit"), (401, "authentication"), (503, "service_unavailable"),
+                                                (400, "bad_request")])
+@pytest.mark.parametrize("encoding, body", [("br", b"\x1b\x07\x00\xf8\xa5\x40\x52\x29"), ("gzip", b"not gzip at all"),
+                                            ("zstd", b"(\xb5/\xfd")])
+def test_an_error_status_stays_its_status_whatever_its_body_encoding(status: int, error_type: str, encoding: str,
+                                                                     body: bytes) -> None:
+    """A br-compressed 401 used to become ``invalid_response`` and be retried 8 times; a br 429 was
+    no rate limit, so the throttle never heard of it."""
+    headers = {"Content-Encoding": encoding, "Retry-After": "0.05"}
+    with HostileServer(lambda sock, request: respond(sock, status, body, headers)) as server:
+        backend = make_backend(server, 2.0, retry_policy=RetryPolicy(max_attempts=3, max_wait_seconds=1.0))
+        result = backend.execute("hi")
+    assert (result.error_type, result.exit_code) == (error_type, status)
+    assert "HTTP %d" % status in str(result.error_message)
+    assert "not gzip" not in str(result.error_message) and "was not asked for" not in str(result.error_message)
+    if status == 429:
+        assert result.rate_limited and result.rate_limit_wait_seconds == pytest.approx(0.05)
+    expected = 1 if error_type in ("authentication", "bad_request") else 3
+    assert server.request_count == expected
+
+
+@pytest.mark.socket
+def test_a_200_in_an_encoding_not_asked_for_is_still_refused() -> None:
+    body = b"\x1b\x07\x00\xf8\xa5\x40\x52\x29"
+    with HostileServer(lambda sock, request: respond(sock, 200, body, {"Content-Encoding": "br"})) as server:
+        result = make_backend(server, 2.0, retry_policy=RetryPolicy(max_attempts=1)).execute("hi")
+    assert result.error_type == "invalid_response" and "'br'" in str(result.error_message)
