@@ -36,6 +36,7 @@ from typing import IO, Any, Iterator, Optional, Union
 
 from . import attachments
 from ._log import logger, redact, redact_secrets
+from .error_types import ErrorType
 from .result import ExecutionResult
 
 try:
@@ -311,10 +312,12 @@ class Checkpoint:
     """A checkpoint in use by one run: locked, read once, appended to from worker threads.
 
     ``restore(key, settings)`` gives the stored answer when it may be reused (attachments put
-    back); ``write`` never raises: when the file cannot be written (disk full, ...) it logs a
-    warning once, stops writing, and ``error``/``unwritten`` say so. ``spent`` is the cost the
-    records read say was paid (every record, superseded ones too: money spent on the batch).
-    ``keep_raw`` says whether a result's ``raw`` is written.
+    back); ``write`` never raises: a result that cannot be serialised is written in a reduced form
+    (its sheet and an ``internal_error``, no answer; ``reduced`` counts them) and the records after
+    it are still written; when the file cannot be written (disk full, ...) it logs a warning once,
+    stops writing, and ``error``/``unwritten`` say so. ``spent`` is the cost the records read say
+    was paid (every record, superseded ones too: money spent on the batch). ``keep_raw`` says
+    whether a result's ``raw`` is written.
     """
 
     def __init__(self, path: PathLike, *, resume: bool = True, fsync: bool = False, keep_raw: bool = False) -> None:
@@ -340,6 +343,7 @@ class Checkpoint:
         self._mutex = threading.Lock()
         self.error: Optional[str] = None
         self.unwritten = 0
+        self.reduced = 0  # records written without their answer (it could not be serialised)
 
     def _open(self) -> IO[str]:
         needs_newline = False
@@ -376,12 +380,14 @@ class Checkpoint:
         """Append one record (whole line, flushed). Never raises; False when it was not written."""
         try:
             line = self._line(key, index, result, settings, sheet, label)
-        except Exception as exc:  # an unserialisable value: a bug, but never a lost batch
-            logger.warning("checkpoint %s: the record for %s could not be serialised (%s)", self.path, key, exc)
+        except Exception as exc:  # a value that cannot be written (a bug, or a hostile answer): reduced, not lost
+            why = f"{type(exc).__name__}: {str(exc)[:200]}"
+            logger.warning("checkpoint %s: the record for %s could not be serialised (%s); a reduced record "
+                           "(the sheet and this error, no answer) is written, and the sheet will run again on "
+                           "resume", self.path, key, why)
+            line = self._reduced(key, index, result, settings, sheet, label, why)
             with self._mutex:
-                self.unwritten += 1
-                self.error = self.error or f"{type(exc).__name__}: {exc}"
-            return False
+                self.reduced += 1
         with self._mutex:
             if self._handle is None or self.error is not None:
                 self.unwritten += 1
@@ -398,6 +404,24 @@ class Checkpoint:
                                "are no longer recorded and will run again on resume", self.path, self.error)
                 return False
         return True
+
+    def _reduced(self, key: str, index: int, result: ExecutionResult, settings: Optional[Settings], sheet: Any,
+                 label: Optional[str], why: str) -> str:
+        """The record of a sheet whose result cannot be serialised: its sheet (when that can be),
+        a failed result that says why, and no answer (so a resume runs the sheet again)."""
+        duration = result.duration_seconds if isinstance(result.duration_seconds, float) \
+            and math.isfinite(result.duration_seconds) else 0.0
+        message = f"the result could not be recorded ({why})"
+        reduced = ExecutionResult(success=False, stdout="", stderr=message, duration_seconds=duration, exit_code=1,
+                                  exit_reason="error", error_type=ErrorType.INTERNAL_ERROR, error_message=message,
+                                  sheet_id=key)
+        safe_label = label if isinstance(label, str) else None
+        for kept_sheet, kept_settings in ((sheet, settings), (None, settings), (None, None)):
+            try:
+                return self._line(key, index, reduced, kept_settings, kept_sheet, safe_label)
+            except Exception:  # the sheet (or settings) itself cannot be written: drop it too
+                continue
+        return json.dumps({"id": key, "index": index, "result": reduced.to_dict()}, ensure_ascii=True) + "\n"
 
     def _line(self, key: str, index: int, result: ExecutionResult, settings: Optional[Settings], sheet: Any,
               label: Optional[str]) -> str:

@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
+from ._log import redact
 from ._version import __version__
 from .backend import DEFAULT_BASE_URL, DEFAULT_MODEL, OpenRouterBackend
 from .checkpoint import CheckpointError, CheckpointLocked, CheckpointMismatch, Record, read_records, record_data
@@ -249,12 +250,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.system:
         for sheet in sheets:
             sheet.system = sheet.system or args.system
+    finished = 0
+
+    def count(index: int, result: Any) -> None:
+        nonlocal finished
+        finished += 1
+
     with _backend(args, offline) as backend:
         try:
             results = run_sheets(backend, sheets, max_workers=args.workers, checkpoint=args.output,
                                  progress=not args.no_progress, checkpoint_tag="offline" if offline else None,
                                  on_mismatch="redo" if args.force else "refuse", resume=not args.fresh,
-                                 max_cost=args.max_cost)
+                                 max_cost=args.max_cost, on_result=count)
+            summary = str(results.summary)
         except CheckpointMismatch as exc:
             index, _, why = exc.found[0]
             raise UsageError(
@@ -273,7 +281,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"\n{exc.summary}", file=sys.stderr)
             _err(f"{exc}; run the same command again to resume from {args.output}")
             return EXIT_FAILED
-    print(results.summary, file=sys.stderr)
+        except Exception as exc:
+            if not finished:
+                raise  # before anything finished: a bad option or input (or a bug), reported by main()
+            # Sheets were sent: whatever failed now is no usage error (and not the user's fault).
+            _err(redact(f"the run failed after {plural(finished, 'sheet')} finished ({type(exc).__name__}: "
+                        f"{str(exc)[:300]}); what finished is in {args.output}: run the same command again to "
+                        "resume"))
+            return EXIT_FAILED
+    print(summary, file=sys.stderr)
     print(f"results: {args.output} (one JSON line per finished sheet; `openrouter-sync export {args.output}` "
           "gives one per prompt, in input order)", file=sys.stderr)
     return EXIT_FAILED if results.summary.failed or results.summary.checkpoint_error else 0

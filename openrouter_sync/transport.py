@@ -115,6 +115,15 @@ _NETWORK_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HTTP
                    OSError, zlib.error)
 
 
+def _declared(content_length: str) -> int:
+    """A ``Content-Length`` as a number (-1: none, or not one); a number of more digits than any
+    real length counts as larger than every cap (Python refuses to convert over 4,300 digits)."""
+    text = content_length.strip()
+    if not text.isdigit() or not text.isascii():
+        return -1
+    return int(text) if len(text) <= 30 else 1 << 128
+
+
 class BodyDecoder:
     """Decodes a body's ``Content-Encoding`` with a cap on the decoded size, as requests does:
     gzip of any number of members (bytes after the last complete member that are not one are
@@ -198,7 +207,7 @@ class BodyDecoder:
 
     def check_declared(self, content_length: str) -> None:
         """Fail before reading when an identity body declares more than the cap."""
-        if not self._compressed and content_length.isdigit() and int(content_length) > self.limit:
+        if not self._compressed and _declared(content_length) > self.limit:
             self._too_large()
 
     def _too_large(self) -> None:
@@ -313,11 +322,11 @@ class Response:
             return b""
 
     def _read(self) -> bytes:
-        length = self._raw.headers.get("Content-Length", "")
-        if self._decoder.identity and length.isdigit():  # the common case: one read of a known length
+        length = _declared(self._raw.headers.get("Content-Length", ""))
+        if self._decoder.identity and length >= 0:  # the common case: one read of a known length
             with map_network_errors(self.deadline, reading=True):
                 data: bytes = self._raw.raw.read(decode_content=False)  # urllib3 enforces the length
-            if len(data) != int(length):
+            if len(data) != length:
                 raise TransportError(ErrorType.TRUNCATED_RESPONSE, "the answer was cut off", True)
             return data
         return b"".join(self.chunks())

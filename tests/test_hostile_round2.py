@@ -32,7 +32,10 @@ from hostile import (
     send,
 )
 
-from openrouter_sync import OpenRouterBackend, RetryPolicy, run_sheets
+from openrouter_sync import ExecutionResult, OpenRouterBackend, RetryPolicy, Sheet, run_sheets
+from openrouter_sync.checkpoint import Checkpoint, read_records
+from openrouter_sync.cli import main
+from openrouter_sync.summary import RunSummary
 from openrouter_sync._log import RECENT, known_secrets, redact
 from openrouter_sync.errors import OpenRouterError
 
@@ -217,3 +220,91 @@ def test_a_200_in_an_encoding_not_asked_for_is_still_refused() -> None:
     with HostileServer(lambda sock, request: respond(sock, 200, body, {"Content-Encoding": "br"})) as server:
         result = make_backend(server, 2.0, retry_policy=RetryPolicy(max_attempts=1)).execute("hi")
     assert result.error_type == "invalid_response" and "'br'" in str(result.error_message)
+
+
+# ----- no answer can stop a checkpoint (item 2) -----------------------------------------------------
+
+HUGE = "9" * 4300  # two of them add up to 4,301 digits: more than Python converts to text
+
+
+def _huge_usage_handler(sock: socket.socket, request: Request) -> bool:
+    prompt = request.prompt or ""
+    body = json.dumps(completion(f"answer to {prompt}")).encode()
+    if prompt == "p3":
+        usage = f'{{"prompt_tokens": {HUGE}, "completion_tokens": {HUGE}, "total_tokens": -{HUGE}, "cost": 1e999}}'
+        body = body[:-1] + b', "usage": ' + usage.encode() + b"}"
+    return respond(sock, 200, body)
+
+
+@pytest.mark.socket
+def test_absurd_token_counts_are_dropped_and_every_sheet_is_recorded(tmp_path: Path) -> None:
+    out = tmp_path / "results.jsonl"
+    with HostileServer(_huge_usage_handler) as server:
+        backend = make_backend(server, 2.0)
+        results = run_sheets(backend, [f"p{i}" for i in range(5)], checkpoint=out, max_workers=2)
+        sent = server.request_count
+        again = run_sheets(backend, [f"p{i}" for i in range(5)], checkpoint=out)
+        resent = server.request_count - sent  # a rerun sends nothing: all five were kept
+    assert (sent, resent) == (5, 0) and all(r.success for r in results)
+    hostile = results[3]
+    assert (hostile.input_tokens, hostile.output_tokens, hostile.tokens_used, hostile.cost) == (None, None, None, None)
+    assert any("prompt_tokens dropped" in w for w in hostile.warnings), hostile.warnings
+    assert any("cost dropped" in w for w in hostile.warnings)
+    repr(hostile), str(results.summary), json.dumps(hostile.to_dict(), default=str)  # none raises
+    assert len(out.read_text().splitlines()) == 5
+    assert [r.stdout for r in again] == [f"answer to p{i}" for i in range(5)]
+
+
+def test_a_record_that_cannot_be_serialised_is_reduced_and_later_records_still_written(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    checkpoint = Checkpoint(path)
+    try:
+        bad = ExecutionResult(success=True, stdout="paid for", stderr="", duration_seconds=1.5, exit_code=0)
+        bad.tokens_used = 10 ** 5000  # str() refuses it: json.dumps raises ValueError
+        loop: dict[str, Any] = {}
+        loop["self"] = loop
+        assert checkpoint.write("a", 0, bad, sheet=Sheet(prompt="first", metadata=loop)) is True
+        good = ExecutionResult(success=True, stdout="fine", stderr="", duration_seconds=0.1, exit_code=0)
+        assert checkpoint.write("b", 1, good, sheet=Sheet(prompt="second")) is True
+        assert checkpoint.error is None and checkpoint.reduced == 1
+    finally:
+        checkpoint.close()
+    records = read_records(path)
+    assert list(records) == ["a", "b"]
+    assert records["a"].result.success is False and records["a"].result.error_type == "internal_error"
+    assert "could not be recorded" in str(records["a"].result.error_message)
+    assert records["a"].result.duration_seconds == 1.5
+    assert records["b"].result.stdout == "fine"
+
+
+@pytest.mark.socket
+def test_the_cli_never_calls_a_servers_fault_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"p{i}\n" for i in range(5)))
+    out = tmp_path / "out.jsonl"
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-or-v1-" + "d" * 64)
+    with HostileServer(_huge_usage_handler) as server:
+        code = main(["run", str(prompts), "-o", str(out), "--base-url", server.base_url, "--no-progress",
+                     "--attempts", "1"])
+    assert code == 0, capsys.readouterr().err
+    assert len(out.read_text().splitlines()) == 5
+
+
+@pytest.mark.socket
+def test_the_cli_reports_a_failure_after_sending_as_a_failure_not_a_usage_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a\nb\n")
+    out = tmp_path / "out.jsonl"
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-or-v1-" + "d" * 64)
+
+    def broken(self: Any) -> str:
+        raise ValueError("Exceeds the limit (4300 digits) for integer string conversion")
+
+    monkeypatch.setattr(RunSummary, "__str__", broken)
+    with HostileServer(lambda sock, request: respond(sock, 200, completion("x"))) as server:
+        code = main(["run", str(prompts), "-o", str(out), "--base-url", server.base_url, "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "run failed after 2 sheets finished" in err and str(out) in err
