@@ -11,11 +11,15 @@ import base64
 import gc
 import json
 import logging
+import os
 import socket
+import stat
+import subprocess
+import sys
 import uuid
 import zlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import pytest
 from hostile import (
@@ -33,8 +37,9 @@ from hostile import (
 )
 
 from openrouter_sync import ExecutionResult, OpenRouterBackend, RetryPolicy, Sheet, run_sheets
-from openrouter_sync.checkpoint import Checkpoint, read_records
-from openrouter_sync.cli import main
+from openrouter_sync.checkpoint import Checkpoint, CheckpointError, CheckpointLocked, read_records
+from openrouter_sync.cli import main, read_sheets
+from openrouter_sync.ratelimit.shared import SharedState
 from openrouter_sync.summary import RunSummary
 from openrouter_sync._log import RECENT, known_secrets, redact
 from openrouter_sync.errors import OpenRouterError
@@ -308,3 +313,152 @@ def test_the_cli_reports_a_failure_after_sending_as_a_failure_not_a_usage_error(
     err = capsys.readouterr().err
     assert code == 1, err
     assert "run failed after 2 sheets finished" in err and str(out) in err
+
+
+# ----- files in shared places (item 1) --------------------------------------------------------------
+
+def _plant(kind: str, path: Path, victim: Path) -> None:
+    if kind == "symlink":
+        path.symlink_to(victim)
+    elif kind == "hardlink":
+        os.link(victim, path)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "group-writable":
+        path.write_text("")
+        path.chmod(0o666)
+    elif kind == "other-owner":
+        path.write_text("")
+        os.chown(path, os.geteuid() + 4242, -1)
+
+
+KINDS = ["symlink", "hardlink", "fifo", "group-writable",
+         pytest.param("other-owner", marks=pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root"))]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_planted_state_file_is_refused_and_the_victims_file_survives(kind: str, tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """``/tmp/myapp.state -> ~victim/notes.txt`` used to be opened O_RDWR|O_CREAT and rewritten."""
+    victim = tmp_path / "notes.txt"
+    victim.write_text("the victim's notes\n")
+    victim.chmod(0o644)
+    path = tmp_path / "myapp.state"
+    _plant(kind, path, victim)
+    state = SharedState(str(path))
+    with state.locked() as content:
+        assert content is None  # refused: this process keeps its own state
+    assert state.usable is False
+    state.close()
+    assert victim.read_text() == "the victim's notes\n"
+    assert any("refused" in r.getMessage() or "cannot be locked" in r.getMessage() for r in caplog.records)
+
+
+def test_a_new_state_file_is_private_and_used(tmp_path: Path) -> None:
+    path = tmp_path / "fresh.state"
+    state = SharedState(str(path))
+    with state.locked() as content:
+        assert content is not None
+        content["rate"] = 1.5
+    state.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and state.usable
+    assert json.loads(path.read_text())["rate"] == 1.5
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "directory"])
+def test_a_planted_checkpoint_lock_is_refused_and_never_written(kind: str, tmp_path: Path) -> None:
+    """``<results>.jsonl.lock -> ~victim/file``: the lock used to truncate the target and write a pid in it."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    results = tmp_path / "results.jsonl"
+    lock = tmp_path / "results.jsonl.lock"
+    if kind == "directory":
+        lock.mkdir()
+    else:
+        _plant(kind, lock, victim)
+    with pytest.raises(CheckpointError, match="lock file"):
+        Checkpoint(results)
+    assert victim.read_text() == "precious\n"
+    assert lock.is_symlink() or lock.exists()  # left as it was
+
+
+@pytest.mark.parametrize("link", ["symlink", "hardlink"])
+def test_a_link_to_the_results_file_does_not_bypass_the_lock(link: str, tmp_path: Path) -> None:
+    """The lock was named after the path string: a run through a link ran beside the first."""
+    results = tmp_path / "results.jsonl"
+    results.write_text("")
+    other = tmp_path / "other-name.jsonl"
+    if link == "symlink":
+        other.symlink_to(results)
+    else:
+        os.link(results, other)
+    first = Checkpoint(results)
+    try:
+        with pytest.raises(CheckpointLocked):
+            Checkpoint(other)
+    finally:
+        first.close()
+    Checkpoint(other).close()  # released: usable through the link
+    assert not (tmp_path / "results.jsonl.lock").exists() and not (tmp_path / "other-name.jsonl.lock").exists()
+
+
+# ----- paths given to the CLI (item 6) --------------------------------------------------------------
+
+def _cli(*args: str, timeout: float = 30.0, env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "OPENROUTER_API_KEY": "sk-or-v1-" + "e" * 64, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "openrouter_sync", *args], capture_output=True, text=True,
+                          timeout=timeout, env=environment)
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("where", ["output", "lock"])
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device", "dangling-symlink", "symlink-to-fifo"])
+def test_the_cli_refuses_odd_paths_at_output_and_its_lock_at_once(where: str, kind: str, tmp_path: Path) -> None:
+    """A FIFO at -o hung the CLI forever (it read 1 MiB from it); a directory or FIFO at <out>.lock
+    gave a traceback. Now: a clear error, exit 2, nothing sent."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("one\ntwo\n")
+    out = tmp_path / "out.jsonl"
+    target = out if where == "output" else tmp_path / "out.jsonl.lock"
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "directory":
+        target.mkdir()
+    elif kind == "device":
+        target.symlink_to("/dev/null")
+    elif kind == "dangling-symlink":
+        target.symlink_to(tmp_path / "missing" / "file")
+    else:
+        os.mkfifo(tmp_path / "pipe")
+        target.symlink_to(tmp_path / "pipe")
+    with HostileServer(lambda sock, request: respond(sock, 200, completion("x"))) as server:
+        done = _cli("run", str(prompts), "-o", str(out), "--base-url", server.base_url, "--no-progress")
+        sent = server.request_count
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "openrouter-sync:" in done.stderr
+    assert sent == 0
+
+
+# ----- input errors name the line (item 8) ----------------------------------------------------------
+
+@pytest.mark.parametrize("data, where", [
+    (b'{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": "c\x00"}\n', "line 3"),
+    (b'{"prompt": "a"}\n{"prompt": "\xff\xfe"}\n', "line 2"),
+    ('{"prompt": "a"}\n{"prompt": "caf\u00e9 \xff"}\n'.encode("utf-8")[:-3] + b"\xc3\n", "line 2"),
+    (b"\xef\xbb\xbf" + b'{"prompt": "a"}\n\n{"prompt": \n', "line 3"),
+])
+def test_jsonl_input_errors_name_the_line(data: bytes, where: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(data)
+    assert main(["run", str(source), "-o", str(tmp_path / "o.jsonl"), "--offline", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"in.jsonl, {where}" in err, err
+    assert "offset" not in err
+
+
+def test_a_line_separator_inside_a_jsonl_string_is_not_a_line_break(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"prompt": "one\u2028two\u0085three"}\n{"prompt": "b"}\n', encoding="utf-8")
+    sheets = read_sheets(str(source))
+    assert [s.prompt for s in sheets] == ["one\u2028two\u0085three", "b"]
