@@ -12,10 +12,12 @@ import gc
 import json
 import logging
 import os
+import signal
 import socket
 import stat
 import subprocess
 import sys
+import time
 import uuid
 import zlib
 from pathlib import Path
@@ -462,3 +464,74 @@ def test_a_line_separator_inside_a_jsonl_string_is_not_a_line_break(tmp_path: Pa
     source.write_text('{"prompt": "one\u2028two\u0085three"}\n{"prompt": "b"}\n', encoding="utf-8")
     sheets = read_sheets(str(source))
     assert [s.prompt for s in sheets] == ["one\u2028two\u0085three", "b"]
+
+
+# ----- SIGTERM is a stop (item 7) -------------------------------------------------------------------
+
+def _fast_or_held(sock: socket.socket, request: Request) -> bool:
+    if (request.prompt or "").startswith("slow"):
+        request.wait(25.0)  # in flight until cut
+    return respond(sock, 200, completion(f"answer to {request.prompt}"))
+
+
+def _wait_for_lines(path: Path, count: int, child: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 20
+    while not path.exists() or len(path.read_text().splitlines()) < count:
+        assert time.monotonic() < deadline and child.poll() is None, "the run did not get going"
+        time.sleep(0.02)
+
+
+@pytest.mark.subprocess
+def test_sigterm_stops_the_cli_like_ctrl_c(tmp_path: Path) -> None:
+    """SIGTERM (systemd, Kubernetes) killed the CLI at once: no summary, ``<out>.lock`` left behind."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("fast 1\nfast 2\nslow 1\nslow 2\nfast 3\n")
+    out = tmp_path / "out.jsonl"
+    env = {**os.environ, "OPENROUTER_API_KEY": "sk-or-v1-" + "f" * 64}
+    with HostileServer(_fast_or_held, lifetime=40.0) as server:
+        child = subprocess.Popen([sys.executable, "-m", "openrouter_sync", "run", str(prompts), "-o", str(out),
+                                  "--base-url", server.base_url, "--no-progress", "-w", "2"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            _wait_for_lines(out, 2, child)
+            time.sleep(0.2)  # the slow ones are in flight
+            sent_at = time.monotonic()
+            child.send_signal(signal.SIGTERM)
+            _, err = child.communicate(timeout=15)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        stopped_in = time.monotonic() - sent_at
+    assert child.returncode == 143, err
+    assert "terminated (SIGTERM)" in err and "2 of 5 sheets finished" in err, err
+    assert "Traceback" not in err
+    assert stopped_in < 5.0
+    assert not (tmp_path / "out.jsonl.lock").exists()
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(line["sheet"]["prompt"] for line in lines) == ["fast 1", "fast 2"]
+
+
+LIBRARY_SIGTERM = """
+import os, signal, sys, threading, time
+from openrouter_sync import OpenRouterBackend, run_sheets
+from openrouter_sync.runner import RunInterrupted
+backend = OpenRouterBackend(base_url=sys.argv[1], api_key="sk-or-v1-" + "g" * 64, timeout_seconds=30)
+threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+try:
+    run_sheets(backend, ["fast 1", "slow 1", "slow 2"], checkpoint=sys.argv[2], max_workers=3,
+               stop_on_sigterm=True)
+except RunInterrupted as exc:
+    print("stopped", exc.signal == signal.SIGTERM, exc.summary.total, signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+"""
+
+
+@pytest.mark.subprocess
+def test_run_sheets_can_be_told_to_stop_on_sigterm(tmp_path: Path) -> None:
+    out = tmp_path / "run.jsonl"
+    with HostileServer(_fast_or_held, lifetime=40.0) as server:
+        done = subprocess.run([sys.executable, "-c", LIBRARY_SIGTERM, server.base_url, str(out)],
+                              capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["stopped", "True", "1", "True"]
+    assert len(out.read_text().splitlines()) == 1 and not (tmp_path / "run.jsonl.lock").exists()
