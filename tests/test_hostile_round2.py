@@ -39,12 +39,12 @@ from hostile import (
 )
 
 from openrouter_sync import ExecutionResult, OpenRouterBackend, RetryPolicy, Sheet, run_sheets
+from openrouter_sync._log import RECENT, known_secrets, redact
 from openrouter_sync.checkpoint import Checkpoint, CheckpointError, CheckpointLocked, read_records
 from openrouter_sync.cli import main, read_sheets
+from openrouter_sync.errors import OpenRouterError
 from openrouter_sync.ratelimit.shared import SharedState
 from openrouter_sync.summary import RunSummary
-from openrouter_sync._log import RECENT, known_secrets, redact
-from openrouter_sync.errors import OpenRouterError
 
 MODEL = "openai/gpt-4o-mini"
 
@@ -200,8 +200,8 @@ def test_a_multi_member_gzip_stream_is_read_whole() -> None:
 
 
 @pytest.mark.socket
-@pytest.mark.parametrize("status, error_type", [(429, "rate_limit"), (401, "authentication"), (503, "service_unavailable"),
-                                                (400, "bad_request")])
+@pytest.mark.parametrize("status, error_type", [(429, "rate_limit"), (401, "authentication"),
+                                                (503, "service_unavailable"), (400, "bad_request")])
 @pytest.mark.parametrize("encoding, body", [("br", b"\x1b\x07\x00\xf8\xa5\x40\x52\x29"), ("gzip", b"not gzip at all"),
                                             ("zstd", b"(\xb5/\xfd")])
 def test_an_error_status_stays_its_status_whatever_its_body_encoding(status: int, error_type: str, encoding: str,
@@ -213,7 +213,7 @@ def test_an_error_status_stays_its_status_whatever_its_body_encoding(status: int
         backend = make_backend(server, 2.0, retry_policy=RetryPolicy(max_attempts=3, max_wait_seconds=1.0))
         result = backend.execute("hi")
     assert (result.error_type, result.exit_code) == (error_type, status)
-    assert "HTTP %d" % status in str(result.error_message)
+    assert f"HTTP {status}" in str(result.error_message)
     assert "not gzip" not in str(result.error_message) and "was not asked for" not in str(result.error_message)
     if status == 429:
         assert result.rate_limited and result.rate_limit_wait_seconds == pytest.approx(0.05)
@@ -522,7 +522,8 @@ try:
     run_sheets(backend, ["fast 1", "slow 1", "slow 2"], checkpoint=sys.argv[2], max_workers=3,
                stop_on_sigterm=True)
 except RunInterrupted as exc:
-    print("stopped", exc.signal == signal.SIGTERM, exc.summary.total, signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+    restored = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    print("stopped", exc.signal == signal.SIGTERM, exc.summary.total, restored)
 """
 
 
