@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from typing import IO
 
 #: Flags that make opening a planted FIFO or terminal harmless: it never waits, never becomes ours.
 QUIET = getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -46,3 +47,28 @@ def open_private(path: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def open_append(path: str) -> IO[str]:
+    """Open a text file to append to (created 0644 if missing) as ``open(path, "a")`` would, but
+    never through a symbolic link, never a FIFO (which would wait for a reader forever), device or
+    directory, and never a file of another user. Raises ``UnsafeFile`` or ``OSError``."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | QUIET
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or os.path.islink(path):
+            raise UnsafeFile(exc.errno or errno.ELOOP, f"{path} is a symbolic link (not followed)") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafeFile(errno.EINVAL, f"{path} is not a regular file")
+        if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
+            raise UnsafeFile(errno.EPERM, f"{path} is owned by another user (uid {info.st_uid})")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return open(fd, "a", encoding="utf-8", errors="replace")
+    except BaseException:
+        os.close(fd)
+        raise

@@ -26,6 +26,7 @@ import signal
 import stat
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Optional, Sequence
 
@@ -611,6 +612,25 @@ def _cli_names(message: str) -> str:
     return re.sub(r"\b(" + "|".join(_OPTION_NAMES) + r")\b", lambda m: _OPTION_NAMES[m.group(1)], message)
 
 
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises ``Terminated`` (exit 143, through the command's cleanup) instead of killing the
+    process at once; ``run`` replaces this with run_sheets' own handling while the batch runs."""
+    if not hasattr(signal, "SIGTERM") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(number: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the cleanup is not cut in turn
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     try:
@@ -618,7 +638,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exc:  # --help, --version, or a usage error argparse has reported
         return int(exc.code or 0)
     try:
-        return int(args.func(args))
+        with _sigterm_raises():
+            return int(args.func(args))
     except (UsageError, CheckpointError) as exc:
         _err(str(exc))
         return EXIT_USAGE

@@ -36,6 +36,7 @@ from hostile import (
     make_backend,
     respond,
     send,
+    timed,
 )
 
 from openrouter_sync import ExecutionResult, OpenRouterBackend, RetryPolicy, Sheet, run_sheets
@@ -536,3 +537,49 @@ def test_run_sheets_can_be_told_to_stop_on_sigterm(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["stopped", "True", "1", "True"]
     assert len(out.read_text().splitlines()) == 1 and not (tmp_path / "run.jsonl.lock").exists()
+
+
+@pytest.mark.subprocess
+def test_sigterm_stops_any_cli_command_without_a_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "OPENROUTER_API_KEY": "sk-or-v1-" + "f" * 64}
+    with HostileServer(_fast_or_held, lifetime=40.0) as server:
+        child = subprocess.Popen([sys.executable, "-m", "openrouter_sync", "ask", "slow question", "--base-url",
+                                  server.base_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            deadline = time.monotonic() + 20
+            while not server.request_count:
+                assert time.monotonic() < deadline and child.poll() is None
+                time.sleep(0.02)
+            child.send_signal(signal.SIGTERM)
+            _, err = child.communicate(timeout=15)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    assert child.returncode == 143 and "Traceback" not in err, err
+
+
+# ----- output logs (the same planted files, in a neighbouring path) ---------------------------------
+
+@pytest.mark.socket
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_a_planted_output_log_neither_hangs_the_call_nor_is_written_through(kind: str, tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """``<base>.stdout.log`` was opened with ``open(path, "a")``: a FIFO there hung the finished call
+    forever, and a link there had the answer appended to whatever it named (``~/.bashrc``)."""
+    victim = tmp_path / "bashrc"
+    victim.write_text("# mine\n")
+    base = tmp_path / "sheet"
+    log = tmp_path / "sheet.stdout.log"
+    if kind == "fifo":
+        os.mkfifo(log)
+    else:
+        log.symlink_to(victim)
+    with HostileServer(lambda sock, request: respond(sock, 200, completion("rm -rf ~"))) as server:
+        backend = make_backend(server, 2.0)
+        backend.set_output_log_path(base)
+        result, took = timed(lambda: backend.execute("hi"))
+        [streamed] = run_sheets(backend, [Sheet(prompt="hi", output_log_path=base)], stream=True)
+    assert result.success and streamed.success and took < 2.0
+    assert victim.read_text() == "# mine\n"
+    assert any("output log" in r.getMessage() for r in caplog.records)
