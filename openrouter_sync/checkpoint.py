@@ -39,6 +39,7 @@ from typing import IO, Any, Iterator, Optional, Union
 from . import attachments
 from ._files import QUIET, UnsafeFile, open_private
 from ._log import logger, redact, redact_secrets
+from .classify import MAX_COUNT
 from .error_types import ErrorType
 from .result import ExecutionResult
 
@@ -56,6 +57,9 @@ _SHEET_FIELDS = ("prompt", "system", "messages", "metadata")
 #: Where base64 attachments are stored apart (see ``openrouter_sync.attachments``): the sheet's
 #: messages and the result's raw body; first-class result fields keep theirs inline.
 _ATTACHING_SHEET_FIELD, _ATTACHING_RESULT_FIELD = "messages", "raw"
+#: Result fields holding a count, which must be within what an answer can give (``MAX_COUNT``).
+_COUNT_FIELDS = ("tokens_used", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens", "attempts",
+                 "unanswered_attempts", "exit_code", "status_code")
 #: How many ignored lines are named one by one in the log.
 _NAMED_LINES = 20
 
@@ -173,6 +177,10 @@ def _parse(data: Any) -> Record:
     if isinstance(result.duration_seconds, bool) or not isinstance(result.duration_seconds, (int, float)) \
             or not math.isfinite(result.duration_seconds):
         raise ValueError("'result.duration_seconds' is not a finite number")
+    for name in _COUNT_FIELDS:  # a hand-made or hostile count would make every summary and repr fail
+        value = getattr(result, name, None)
+        if isinstance(value, int) and not 0 <= value <= MAX_COUNT:
+            raise ValueError(f"'result.{name}' is out of range")
     return Record(key, result, index, label, settings, sheet, data=data)
 
 

@@ -583,3 +583,23 @@ def test_a_planted_output_log_neither_hangs_the_call_nor_is_written_through(kind
     assert result.success and streamed.success and took < 2.0
     assert victim.read_text() == "# mine\n"
     assert any("output log" in r.getMessage() for r in caplog.records)
+
+
+def test_a_fifo_as_checkpoint_is_refused_at_once_in_the_library(tmp_path: Path) -> None:
+    path = tmp_path / "run.jsonl"
+    os.mkfifo(path)
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        run_sheets(OpenRouterBackend(api_key="sk-or-v1-" + "h" * 64, base_url="http://127.0.0.1:9/v1"), ["a"],
+                   checkpoint=path)
+
+
+def test_a_results_file_with_an_absurd_count_is_resumed_without_it(tmp_path: Path) -> None:
+    """A record (hand-made, or written before counts were bounded) with a 4,300-digit count would
+    make the resumed run's summary raise; it is skipped with a warning and its sheet runs again."""
+    path = tmp_path / "run.jsonl"
+    good = ExecutionResult(success=True, stdout="kept", stderr="", duration_seconds=0.1, exit_code=0).to_dict()
+    bad = dict(good, input_tokens=int(HUGE), output_tokens=int(HUGE), stdout="absurd")
+    path.write_text(json.dumps({"id": "a", "index": 0, "result": good}) + "\n"
+                    + json.dumps({"id": "b", "index": 1, "result": bad}) + "\n")
+    records = read_records(path)
+    assert list(records) == ["a"]
