@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -64,6 +65,7 @@ class OpenRouterBackend:
         self.default_options: dict[str, Any] = dict(default_options or {})
         self.working_directory = None
         self._key = ApiKey(api_key_env, api_key)
+        weakref.finalize(self, self._key.release)  # a backend dropped without close() gives its key back too
         self._state = SheetState()
         own = throttle if throttle is not None else None if share_throttle else Throttle()
         self._throttles = KeyThrottles(self.base_url, own, requests_per_minute=requests_per_minute,
@@ -122,7 +124,7 @@ class OpenRouterBackend:
     @property
     def throttle(self) -> Throttle:
         """The rate-limit state this backend's calls go through (shared per endpoint and key)."""
-        return self._throttles(self._key.get()[0])
+        return self._throttles(self._key.get(hold=False)[0])
 
     # ----- the reference's per-sheet state -----
     def apply_overrides(self, overrides: Mapping[str, Any]) -> None:
@@ -231,8 +233,10 @@ class OpenRouterBackend:
 
     # ----- lifecycle -----
     def close(self) -> None:
-        """Close the connection pool. Safe to call more than once; a later call opens a fresh pool."""
+        """Close the connection pool and let redaction forget the key (unless another open backend
+        holds it). Safe to call more than once; a later call opens a fresh pool and holds the key again."""
         self.transport.close()
+        self._key.release()
 
     def __enter__(self) -> OpenRouterBackend:
         return self

@@ -18,9 +18,10 @@ referenced from the records (see ``openrouter_sync.attachments``); keep that fol
 The latest valid record of an id wins. A successful record is reused only when its ``settings``
 equal the settings the sheet would be sent with now. A line that is not a valid record (torn,
 hand-edited, of another shape) is skipped with a warning naming the line, and its sheet runs
-again. While a run writes a checkpoint it holds an exclusive lock on ``<checkpoint>.lock`` (POSIX
-``flock``; the file is removed when the run ends). On platforms without ``fcntl`` (Windows)
-there is no lock, so do not point two runs at one checkpoint there.
+again. While a run writes a checkpoint it holds an exclusive lock (POSIX ``flock``) on the file
+itself, whatever name or link it is reached by, and ``<checkpoint>.lock`` names its pid (removed when
+the run ends; a symbolic link or a file of another user there is refused, never written to). On
+platforms without ``fcntl`` (Windows) there is no lock, so do not point two runs at one checkpoint there.
 """
 
 from __future__ import annotations
@@ -29,13 +30,17 @@ import dataclasses
 import json
 import math
 import os
+import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterator, Optional, Union
 
 from . import attachments
+from ._files import QUIET, UnsafeFile, open_private
 from ._log import logger, redact, redact_secrets
+from .classify import MAX_COUNT
+from .error_types import ErrorType
 from .result import ExecutionResult
 
 try:
@@ -52,6 +57,9 @@ _SHEET_FIELDS = ("prompt", "system", "messages", "metadata")
 #: Where base64 attachments are stored apart (see ``openrouter_sync.attachments``): the sheet's
 #: messages and the result's raw body; first-class result fields keep theirs inline.
 _ATTACHING_SHEET_FIELD, _ATTACHING_RESULT_FIELD = "messages", "raw"
+#: Result fields holding a count, which must be within what an answer can give (``MAX_COUNT``).
+_COUNT_FIELDS = ("tokens_used", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens", "attempts",
+                 "unanswered_attempts", "exit_code", "status_code")
 #: How many ignored lines are named one by one in the log.
 _NAMED_LINES = 20
 
@@ -169,6 +177,10 @@ def _parse(data: Any) -> Record:
     if isinstance(result.duration_seconds, bool) or not isinstance(result.duration_seconds, (int, float)) \
             or not math.isfinite(result.duration_seconds):
         raise ValueError("'result.duration_seconds' is not a finite number")
+    for name in _COUNT_FIELDS:  # a hand-made or hostile count would make every summary and repr fail
+        value = getattr(result, name, None)
+        if isinstance(value, int) and not 0 <= value <= MAX_COUNT:
+            raise ValueError(f"'result.{name}' is out of range")
     return Record(key, result, index, label, settings, sheet, data=data)
 
 
@@ -261,60 +273,116 @@ def _with_attachments(result: ExecutionResult, folder: Path) -> ExecutionResult:
 
 
 class _Lock:
-    """An exclusive, non-blocking ``flock`` on ``<path>.lock``, removed again on release.
+    """One run per results file: an exclusive, non-blocking ``flock`` on the file itself, so a
+    second run through a symbolic or hard link to it (another name, the same file) is refused
+    too; and ``<path>.lock`` naming the holder's pid, removed again on release.
 
-    Removal is safe because a run that locks a file checks that it is still the file at that
-    path (one removed meanwhile by the run before it is not), and retries with the new one."""
+    The file is opened without waiting (a FIFO planted there cannot hang the run) and must be a
+    regular file. ``<path>.lock`` is opened as ``open_private`` opens files in shared places: a
+    symbolic link, FIFO, device or directory there, or a file of another user, is refused and never
+    written to (a planted ``<results>.lock -> ~victim/file`` used to be truncated)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path.with_name(path.name + ".lock")
         self._fd: Optional[int] = None
+        self._pid_fd: Optional[int] = None
         if fcntl is None:
             return
         for _ in range(20):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = _open_results(path)
+            if fd is None:  # a character device (/dev/null, /dev/full): written to as it is, not locked
+                return
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                try:
-                    holder = os.read(fd, 32).decode("ascii", "replace").strip()
-                finally:
-                    os.close(fd)
-                who = f"process {holder}" if holder.isdigit() else "another run"
+                os.close(fd)
+                holder = _holder(self.path) or _holder(Path(os.path.realpath(path)).with_name(
+                    os.path.basename(os.path.realpath(path)) + ".lock"))
+                who = f"process {holder}" if holder else "another run"
                 raise CheckpointLocked(f"{path} is in use by {who} (lock {self.path}); wait for that run to "
                                        "finish or use another file") from None
             try:
-                current = os.stat(self.path)
-                mine = os.fstat(fd)
+                current, mine = os.stat(path), os.fstat(fd)
                 same = (current.st_ino, current.st_dev) == (mine.st_ino, mine.st_dev)
-            except FileNotFoundError:
+            except OSError:
                 same = False
             if same:
-                os.ftruncate(fd, 0)
-                os.write(fd, str(os.getpid()).encode("ascii"))
-                self._fd = fd
-                return
-            os.close(fd)  # the run before removed it as we opened it: lock the new one
-        raise CheckpointLocked(f"{path}: could not lock {self.path}; another run keeps taking it")
+                break
+            os.close(fd)  # replaced as we opened it: lock the new one
+        else:
+            raise CheckpointLocked(f"{path}: could not lock it; it keeps being replaced")
+        self._fd = fd
+        try:
+            self._pid_fd = open_private(str(self.path))
+            os.ftruncate(self._pid_fd, 0)
+            os.write(self._pid_fd, str(os.getpid()).encode("ascii"))
+        except OSError as exc:
+            self.release()
+            why = exc if isinstance(exc, UnsafeFile) else exc.strerror or exc
+            raise CheckpointError(f"{path}: refusing to use the lock file {self.path}: {why} (remove it if it "
+                                  "is not yours)") from None
 
     def release(self) -> None:
-        if self._fd is not None:
+        if self._pid_fd is not None:
             try:
-                os.unlink(self.path)  # while still holding the lock (see the class docstring)
+                os.unlink(self.path)  # while still holding the lock on the results file
             except OSError:
                 pass
+            os.close(self._pid_fd)
+            self._pid_fd = None
+        if self._fd is not None:
             os.close(self._fd)  # closing releases the flock
             self._fd = None
+
+
+def _open_results(path: Path) -> Optional[int]:
+    """The results file opened (created if missing) without waiting, to lock; None for a
+    character device (nothing to lock); a ``CheckpointError`` for a FIFO, socket, directory or
+    block device."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | QUIET, 0o644)
+    except OSError as exc:
+        raise CheckpointError(f"{path} cannot be opened as a checkpoint: {exc.strerror or exc}") from None
+    try:
+        kind = os.fstat(fd).st_mode
+    except OSError:
+        kind = 0
+    if stat.S_ISREG(kind):
+        return fd
+    os.close(fd)
+    if stat.S_ISCHR(kind):
+        return None
+    raise CheckpointError(f"{path} is not a regular file (a FIFO, socket, block device or directory); name a "
+                          "results file")
+
+
+def _holder(lock: Path) -> str:
+    """The pid in a lock file, if it is a readable regular file that holds one."""
+    try:
+        fd = os.open(lock, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | QUIET)
+    except OSError:
+        return ""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        text = os.read(fd, 32).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+    return text if text.isdigit() else ""
 
 
 class Checkpoint:
     """A checkpoint in use by one run: locked, read once, appended to from worker threads.
 
     ``restore(key, settings)`` gives the stored answer when it may be reused (attachments put
-    back); ``write`` never raises: when the file cannot be written (disk full, ...) it logs a
-    warning once, stops writing, and ``error``/``unwritten`` say so. ``spent`` is the cost the
-    records read say was paid (every record, superseded ones too: money spent on the batch).
-    ``keep_raw`` says whether a result's ``raw`` is written.
+    back); ``write`` never raises: a result that cannot be serialised is written in a reduced form
+    (its sheet and an ``internal_error``, no answer; ``reduced`` counts them) and the records after
+    it are still written; when the file cannot be written (disk full, ...) it logs a warning once,
+    stops writing, and ``error``/``unwritten`` say so. ``spent`` is the cost the records read say
+    was paid (every record, superseded ones too: money spent on the batch). ``keep_raw`` says
+    whether a result's ``raw`` is written.
     """
 
     def __init__(self, path: PathLike, *, resume: bool = True, fsync: bool = False, keep_raw: bool = False) -> None:
@@ -340,6 +408,7 @@ class Checkpoint:
         self._mutex = threading.Lock()
         self.error: Optional[str] = None
         self.unwritten = 0
+        self.reduced = 0  # records written without their answer (it could not be serialised)
 
     def _open(self) -> IO[str]:
         needs_newline = False
@@ -376,12 +445,14 @@ class Checkpoint:
         """Append one record (whole line, flushed). Never raises; False when it was not written."""
         try:
             line = self._line(key, index, result, settings, sheet, label)
-        except Exception as exc:  # an unserialisable value: a bug, but never a lost batch
-            logger.warning("checkpoint %s: the record for %s could not be serialised (%s)", self.path, key, exc)
+        except Exception as exc:  # a value that cannot be written (a bug, or a hostile answer): reduced, not lost
+            why = f"{type(exc).__name__}: {str(exc)[:200]}"
+            logger.warning("checkpoint %s: the record for %s could not be serialised (%s); a reduced record "
+                           "(the sheet and this error, no answer) is written, and the sheet will run again on "
+                           "resume", self.path, key, why)
+            line = self._reduced(key, index, result, settings, sheet, label, why)
             with self._mutex:
-                self.unwritten += 1
-                self.error = self.error or f"{type(exc).__name__}: {exc}"
-            return False
+                self.reduced += 1
         with self._mutex:
             if self._handle is None or self.error is not None:
                 self.unwritten += 1
@@ -398,6 +469,24 @@ class Checkpoint:
                                "are no longer recorded and will run again on resume", self.path, self.error)
                 return False
         return True
+
+    def _reduced(self, key: str, index: int, result: ExecutionResult, settings: Optional[Settings], sheet: Any,
+                 label: Optional[str], why: str) -> str:
+        """The record of a sheet whose result cannot be serialised: its sheet (when that can be),
+        a failed result that says why, and no answer (so a resume runs the sheet again)."""
+        duration = result.duration_seconds if isinstance(result.duration_seconds, float) \
+            and math.isfinite(result.duration_seconds) else 0.0
+        message = f"the result could not be recorded ({why})"
+        reduced = ExecutionResult(success=False, stdout="", stderr=message, duration_seconds=duration, exit_code=1,
+                                  exit_reason="error", error_type=ErrorType.INTERNAL_ERROR, error_message=message,
+                                  sheet_id=key)
+        safe_label = label if isinstance(label, str) else None
+        for kept_sheet, kept_settings in ((sheet, settings), (None, settings), (None, None)):
+            try:
+                return self._line(key, index, reduced, kept_settings, kept_sheet, safe_label)
+            except Exception:  # the sheet (or settings) itself cannot be written: drop it too
+                continue
+        return json.dumps({"id": key, "index": index, "result": reduced.to_dict()}, ensure_ascii=True) + "\n"
 
     def _line(self, key: str, index: int, result: ExecutionResult, settings: Optional[Settings], sheet: Any,
               label: Optional[str]) -> str:

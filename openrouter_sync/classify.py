@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 from ._log import redact
 from .error_types import ErrorType, error_type_for_status
@@ -104,8 +104,28 @@ class Outcome:
 _EXIT_REASONS: dict[Optional[ErrorType], str] = {ErrorType.TIMEOUT: "timeout", ErrorType.CANCELLED: "killed"}
 
 
+#: The largest token count a server's answer may give (no real answer comes near: a trillion).
+MAX_COUNT = 10**12
+#: The largest cost in USD an answer may report (anything above is no real price).
+MAX_COST = 1e6
+
+
 def _as_int(value: Any) -> Optional[int]:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _count(result: ExecutionResult, usage: Mapping[str, Any], name: str, where: str = "usage") -> Optional[int]:
+    """``usage[name]`` as a token count: an integer from 0 to ``MAX_COUNT``. Any other number (a
+    4,300-digit one would make every repr, record and summary fail) is dropped, and the result's
+    ``warnings`` say so."""
+    raw = usage.get(name)
+    if isinstance(raw, float) and math.isinf(raw):  # an integer of more than 40 digits (see ``loads``)
+        raw = MAX_COUNT + 1 if raw > 0 else -1
+    value = _as_int(raw)
+    if value is None or 0 <= value <= MAX_COUNT:
+        return value
+    result.warnings.append(f"{where}.{name} dropped: {'negative' if value < 0 else 'above any real count'}")
+    return None
 
 
 def _as_str(value: Any) -> Optional[str]:
@@ -123,24 +143,26 @@ def apply_usage(result: ExecutionResult, data: Mapping[str, Any]) -> None:
     usage = data.get("usage")
     if not isinstance(usage, dict):
         return
-    prompt = _as_int(usage.get("prompt_tokens"))
-    completion = _as_int(usage.get("completion_tokens"))
+    prompt = _count(result, usage, "prompt_tokens")
+    completion = _count(result, usage, "completion_tokens")
     result.input_tokens = prompt
     result.output_tokens = completion
     result.tokens_used = prompt + completion if prompt is not None and completion is not None \
-        else _as_int(usage.get("total_tokens"))
+        else _count(result, usage, "total_tokens")
     cost = usage.get("cost")
     if isinstance(cost, (int, float)) and not isinstance(cost, bool):
         try:
-            result.cost = float(cost) if math.isfinite(cost) else None
+            result.cost = float(cost) if math.isfinite(cost) and 0 <= cost <= MAX_COST else None
         except OverflowError:  # an integer too large for a float: no usable cost
             result.cost = None
+        if result.cost is None:
+            result.warnings.append(f"usage.cost dropped: not a number from 0 to {MAX_COST:g} (USD)")
     details = usage.get("prompt_tokens_details")
     if isinstance(details, dict):
-        result.cached_tokens = _as_int(details.get("cached_tokens"))
+        result.cached_tokens = _count(result, details, "cached_tokens", "usage.prompt_tokens_details")
     details = usage.get("completion_tokens_details")
     if isinstance(details, dict):
-        result.reasoning_tokens = _as_int(details.get("reasoning_tokens"))
+        result.reasoning_tokens = _count(result, details, "reasoning_tokens", "usage.completion_tokens_details")
 
 
 def message_text(content: Any) -> Optional[str]:
@@ -247,10 +269,21 @@ def limit_scope(data: Any) -> Optional[str]:
     return "model" if "provider returned error" in message or "upstream" in message else None
 
 
+def _parse_int(text: str) -> Any:
+    """An integer literal of a server's JSON; one longer than any real number is infinity (Python
+    refuses to convert more than 4,300 digits, which would fail the whole answer)."""
+    return int(text) if len(text) <= 40 else -math.inf if text.startswith("-") else math.inf
+
+
+def loads(content: Union[bytes, str]) -> Any:
+    """``json.loads`` for what a server sent: absurdly long integers do not fail the whole body."""
+    return json.loads(content, parse_int=_parse_int)
+
+
 def decode_json(content: bytes) -> tuple[Any, Optional[ErrorType]]:
     """Parse JSON; on failure say whether it looks truncated or simply is not JSON."""
     try:
-        return json.loads(content), None
+        return loads(content), None
     except RecursionError:
         return None, ErrorType.INVALID_RESPONSE
     except (UnicodeDecodeError, ValueError) as exc:

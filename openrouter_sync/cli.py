@@ -22,18 +22,23 @@ import json
 import math
 import os
 import re
+import signal
+import stat
 import sys
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import IO, Any, Callable, Iterator, Optional, Sequence
 
+from ._files import QUIET
+from ._log import redact
 from ._version import __version__
 from .backend import DEFAULT_BASE_URL, DEFAULT_MODEL, OpenRouterBackend
 from .checkpoint import CheckpointError, CheckpointLocked, CheckpointMismatch, Record, read_records, record_data
 from .errors import OpenRouterError
 from .request import OVERRIDE_KEYS
 from .retry import RetryPolicy
-from .runner import RunAborted, RunInterrupted, run_sheets
+from .runner import RunAborted, RunInterrupted, Terminated, run_sheets
 from .sheet import Sheet
 from .summary import plural
 from .testing.demo import OFFLINE_ENV, demo_backend
@@ -42,7 +47,7 @@ KEY_ENV = "OPENROUTER_API_KEY"
 MODEL_ENV = "OPENROUTER_MODEL"
 SHEET_FIELDS = {"prompt", "messages", "id", "label", "system", "preamble", "extensions", "timeout_seconds",
                 "metadata", "overrides", "output_log_path"}
-EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143  # 128 + SIGINT / SIGTERM
 NO_KEY = f"{KEY_ENV} is not set: set {KEY_ENV} or use --offline (the built-in fake server)"
 _OFFLINE_VALUES = {"": "never", "0": "never", "no": "never", "false": "never", "off": "never", "never": "never",
                    "1": "always", "yes": "always", "true": "always", "on": "always", "always": "always",
@@ -70,15 +75,45 @@ InputError = UsageError  # the name earlier versions used
 
 # ----- input ---------------------------------------------------------------------------------
 
+MAX_INPUT_BYTES = 1 << 30  # an input larger than this is no prompt file (/dev/zero, a disk image)
+_READ_STEP = 1 << 20
+
+
+def _line_of(data: bytes, offset: int) -> str:
+    """``line N, column M`` of a byte offset (1-based; only a newline byte ends a line)."""
+    line_start = data.rfind(b"\n", 0, offset) + 1
+    line = data.count(b"\n", 0, offset) + 1
+    column = len(data[line_start:offset].decode("utf-8", "replace")) + 1
+    return f"line {line}, column {column}"
+
+
 def _decode(data: bytes, name: str) -> str:
+    """The text of an input file; errors name the 1-based line (and column) of the bad byte."""
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise UsageError(f"{name}, {_line_of(data, nul)}: a NUL byte; not a text file")
     try:
-        text = data.decode("utf-8-sig")  # a leading UTF-8 BOM is dropped
+        return data.decode("utf-8-sig")  # a leading UTF-8 BOM is dropped
     except UnicodeDecodeError as exc:
-        raise UsageError(f"{name}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+        raise UsageError(f"{name}, {_line_of(data, exc.start)}: not UTF-8 text (byte 0x{data[exc.start]:02x}); "
                          "save it as UTF-8") from None
-    if "\x00" in text:
-        raise UsageError(f"{name}: contains NUL bytes; not a text file")
-    return text
+
+
+def _read_input(handle: IO[bytes], name: str) -> bytes:
+    """All of an input (a file, a pipe, stdin), stopping early at a NUL byte or at ``MAX_INPUT_BYTES``
+    (a device such as ``/dev/zero`` never ends)."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        piece = handle.read(_READ_STEP)
+        if not piece:
+            return b"".join(parts)
+        parts.append(piece)
+        size += len(piece)
+        if b"\x00" in piece:
+            return b"".join(parts)  # _decode names its line
+        if size > MAX_INPUT_BYTES:
+            raise UsageError(f"{name}: larger than {MAX_INPUT_BYTES >> 20} MiB; not a prompt file")
 
 
 def input_format(name: str, explicit: Optional[str]) -> str:
@@ -93,7 +128,7 @@ def parse_sheets(text: str, name: str, fmt: str) -> list[Sheet]:
     are skipped; errors name the file and the 1-based line."""
     sheets: list[Sheet] = []
     ids: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.split("\n"), 1):  # only \n ends a line (U+2028 may be inside a string)
         if not line.strip():
             continue
         if fmt == "txt":
@@ -141,10 +176,11 @@ def read_sheets(path: str, fmt: Optional[str] = None) -> list[Sheet]:
     name = "<stdin>" if path == "-" else path
     if path == "-":
         buffer = getattr(sys.stdin, "buffer", None)
-        text = _decode(buffer.read(), name) if buffer is not None else sys.stdin.read().lstrip("\ufeff")
+        text = _decode(_read_input(buffer, name), name) if buffer is not None else sys.stdin.read().lstrip("\ufeff")
     else:
         try:
-            data = Path(path).read_bytes()
+            with open(path, "rb") as handle:
+                data = _read_input(handle, name)
         except IsADirectoryError:
             raise UsageError(f"{path} is a directory, not an input file") from None
         except OSError as exc:
@@ -159,10 +195,13 @@ def _is_results_file(path: Path) -> bool:
     """An empty file, or one whose first non-blank line is a results record (``id`` and ``result``),
     or only the torn start of one (a run killed while writing its first record)."""
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(1 << 20)
+        fd = os.open(path, os.O_RDONLY | QUIET)  # a FIFO planted there must not hang us
     except OSError:
         return False
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        head = handle.read(1 << 20)
     lines = [raw for raw in head.splitlines() if raw.strip()]
     if not lines:
         return True
@@ -173,11 +212,42 @@ def _is_results_file(path: Path) -> bool:
     return isinstance(record, dict) and "id" in record and isinstance(record.get("result"), dict)
 
 
+def _kind(mode: int) -> str:
+    """What a file that is not a regular file is, for messages."""
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
 def check_output(output: str, source: Optional[str]) -> None:
-    """Refuse an ``-o`` that is a directory, the input itself, or an existing file that is not a results file."""
+    """Refuse an ``-o`` that is not a regular file (a directory, FIFO, device, socket, a link to a
+    missing file), the input itself, or an existing file that is not a results file; and a
+    ``<output>.lock`` that is anything but a regular file (a link, FIFO, directory)."""
     path = Path(output)
-    if path.is_dir():
+    try:
+        info: Optional[os.stat_result] = os.stat(path)
+    except FileNotFoundError:
+        info = None
+        if os.path.islink(path):
+            raise UsageError(f"-o/--output {output} is a symbolic link to a missing file "
+                             f"({os.readlink(path)}); name a results file") from None
+    except OSError as exc:
+        raise UsageError(f"-o/--output {output}: {exc.strerror or exc}") from None
+    if info is not None and stat.S_ISDIR(info.st_mode):
         raise UsageError(f"-o/--output {output} is a directory; name a results file, e.g. {path / 'results.jsonl'}")
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        raise UsageError(f"-o/--output {output} is {_kind(info.st_mode)}, not a results file; name a results file")
+    lock = path.with_name(path.name + ".lock")
+    try:
+        held = os.lstat(lock)
+    except OSError:
+        held = None
+    if held is not None and not stat.S_ISREG(held.st_mode):
+        what = "a symbolic link" if stat.S_ISLNK(held.st_mode) else _kind(held.st_mode)
+        raise UsageError(f"-o/--output {output}: its lock file {lock} is {what}; refusing to use it (remove it "
+                         "if no run is using it)")
     if source is not None and source != "-" and path.exists():
         try:
             same = os.path.samefile(source, path)
@@ -249,12 +319,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.system:
         for sheet in sheets:
             sheet.system = sheet.system or args.system
+    finished = 0
+
+    def count(index: int, result: Any) -> None:
+        nonlocal finished
+        finished += 1
+
     with _backend(args, offline) as backend:
         try:
             results = run_sheets(backend, sheets, max_workers=args.workers, checkpoint=args.output,
                                  progress=not args.no_progress, checkpoint_tag="offline" if offline else None,
                                  on_mismatch="redo" if args.force else "refuse", resume=not args.fresh,
-                                 max_cost=args.max_cost)
+                                 max_cost=args.max_cost, on_result=count, stop_on_sigterm=True)
+            summary = str(results.summary)
         except CheckpointMismatch as exc:
             index, _, why = exc.found[0]
             raise UsageError(
@@ -266,14 +343,23 @@ def cmd_run(args: argparse.Namespace) -> int:
             _err(f"{exc}; nothing was sent")
             return EXIT_FAILED
         except RunInterrupted as exc:
-            print(f"\n{exc.summary}\ninterrupted: {exc.summary.total} of {len(sheets)} sheets finished; run the "
+            how = "terminated (SIGTERM)" if exc.signal == getattr(signal, "SIGTERM", None) else "interrupted"
+            print(f"\n{exc.summary}\n{how}: {exc.summary.total} of {len(sheets)} sheets finished; run the "
                   f"same command again to resume from {args.output}", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return EXIT_TERMINATED if exc.signal is not None else EXIT_INTERRUPTED
         except RunAborted as exc:
             print(f"\n{exc.summary}", file=sys.stderr)
             _err(f"{exc}; run the same command again to resume from {args.output}")
             return EXIT_FAILED
-    print(results.summary, file=sys.stderr)
+        except Exception as exc:
+            if not finished:
+                raise  # before anything finished: a bad option or input (or a bug), reported by main()
+            # Sheets were sent: whatever failed now is no usage error (and not the user's fault).
+            _err(redact(f"the run failed after {plural(finished, 'sheet')} finished ({type(exc).__name__}: "
+                        f"{str(exc)[:300]}); what finished is in {args.output}: run the same command again to "
+                        "resume"))
+            return EXIT_FAILED
+    print(summary, file=sys.stderr)
     print(f"results: {args.output} (one JSON line per finished sheet; `openrouter-sync export {args.output}` "
           "gives one per prompt, in input order)", file=sys.stderr)
     return EXIT_FAILED if results.summary.failed or results.summary.checkpoint_error else 0
@@ -526,6 +612,25 @@ def _cli_names(message: str) -> str:
     return re.sub(r"\b(" + "|".join(_OPTION_NAMES) + r")\b", lambda m: _OPTION_NAMES[m.group(1)], message)
 
 
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises ``Terminated`` (exit 143, through the command's cleanup) instead of killing the
+    process at once; ``run`` replaces this with run_sheets' own handling while the batch runs."""
+    if not hasattr(signal, "SIGTERM") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(number: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the cleanup is not cut in turn
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     try:
@@ -533,13 +638,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exc:  # --help, --version, or a usage error argparse has reported
         return int(exc.code or 0)
     try:
-        return int(args.func(args))
+        with _sigterm_raises():
+            return int(args.func(args))
     except (UsageError, CheckpointError) as exc:
         _err(str(exc))
         return EXIT_USAGE
     except ValueError as exc:  # a bad option value the library refused
         _err(_cli_names(str(exc)))
         return EXIT_USAGE
+    except Terminated:
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `openrouter-sync export ... | head`: the reader has gone

@@ -3,14 +3,13 @@ with small typed records for their answers."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from ._log import logger
-from .classify import Outcome, classify_response, network_outcome
+from .classify import MAX_COUNT, Outcome, classify_response, loads, network_outcome
 from .deadline import Deadline
 from .error_types import ErrorType
 from .errors import ConfigurationError, OpenRouterError, error_for
@@ -32,8 +31,9 @@ def _number(value: Any) -> Optional[float]:
 
 
 def _int(value: Any) -> Optional[int]:
+    """A count (tokens, a context length): None when absent, not a number, or out of any real range."""
     number = _number(value)
-    return None if number is None else int(number)
+    return None if number is None or not 0 <= number <= MAX_COUNT else int(number)
 
 
 def _text(value: Any) -> Optional[str]:
@@ -130,7 +130,7 @@ def get_data(transport: Transport, path: str, *, key: Optional[str], timeout: fl
     else:
         if response.status == 200:
             try:
-                body = json.loads(content)
+                body = loads(content)
             except (ValueError, RecursionError):
                 body = None
             if isinstance(body, dict):

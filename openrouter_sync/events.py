@@ -7,12 +7,11 @@ error mapping and the attempt's deadline.
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from typing import Any, Deque, Iterable, Optional
 
 from ._log import logger
-from .classify import Outcome, classify_response, clean_text, network_outcome, provider_error
+from .classify import Outcome, classify_response, clean_text, loads, network_outcome, provider_error
 from .error_types import ErrorType
 from .sse import SSEDecoder
 from .transport import Response, TransportError
@@ -43,7 +42,7 @@ class ChunkFolder:
             self.done = True
             return ""
         try:
-            chunk = json.loads(data)
+            chunk = loads(data)
         except (ValueError, RecursionError):
             logger.warning("ignoring a stream event that is not JSON: %.80s", data)
             return ""

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import IO, Optional
 
+from ._files import open_append
 from ._log import logger, redact, secret_spans
 from .request import CallSpec
 from .result import ExecutionResult
@@ -23,7 +24,7 @@ def write_log(path: Optional[Path], text: str) -> None:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8", errors="replace") as handle:
+        with open_append(str(path)) as handle:
             handle.write(redact(text))
     except OSError as exc:
         logger.warning("could not write output log %s: %s", path, exc)
@@ -39,7 +40,7 @@ class StreamLog:
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 (closed in close())
+            self._handle = open_append(str(path))
         except OSError as exc:
             logger.warning("could not open output log %s: %s", path, exc)
 

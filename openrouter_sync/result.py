@@ -57,6 +57,7 @@ class ExecutionResult:
     unanswered_attempts: int = 0  # attempts sent but never answered (a read timeout, a dropped connection):
     #                               the server may have finished, and billed, each of them
     system_fingerprint: Optional[str] = None
+    warnings: list[str] = field(default_factory=list)  # what was dropped from the server's answer, and why
 
     def __post_init__(self) -> None:
         if self.success and self.exit_code not in (None, 0):
@@ -124,6 +125,8 @@ class ExecutionResult:
                     isinstance(value, int) and int not in kinds else value
             else:
                 raise ValueError(f"result field {name!r} has the wrong type ({type(value).__name__})")
+        if not all(isinstance(item, str) for item in kwargs.get("warnings", [])):
+            raise ValueError("result field 'warnings' must be a list of strings")
         for required in ("success", "stdout", "stderr", "duration_seconds"):
             if required not in kwargs:
                 raise ValueError(f"result field {required!r} is missing")
@@ -159,5 +162,5 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "finish_reason": (str, _NONE), "generation_id": (str, _NONE), "provider": (str, _NONE),
     "reasoning": (str, _NONE), "cached_tokens": (int, _NONE), "reasoning_tokens": (int, _NONE),
     "status_code": (int, _NONE), "sheet_id": (str, _NONE), "from_checkpoint": (bool,),
-    "unanswered_attempts": (int,), "system_fingerprint": (str, _NONE),
+    "unanswered_attempts": (int,), "system_fingerprint": (str, _NONE), "warnings": (list,),
 }

@@ -25,6 +25,7 @@ import concurrent.futures as cf
 import contextlib
 import logging
 import math
+import signal
 import threading
 import time
 from pathlib import Path
@@ -61,12 +62,44 @@ class RunResults(list):  # type: ignore[type-arg]
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Raised by ``run_sheets`` on Ctrl-C: ``results`` (None where unfinished) and ``summary``."""
+    """Raised by ``run_sheets`` on Ctrl-C (or SIGTERM, with ``stop_on_sigterm=True``): ``results``
+    (None where unfinished), ``summary``, and ``signal`` (``signal.SIGTERM``, or None for Ctrl-C)."""
 
-    def __init__(self, results: list[Optional[ExecutionResult]], summary: RunSummary) -> None:
+    def __init__(self, results: list[Optional[ExecutionResult]], summary: RunSummary,
+                 signal_number: Optional[int] = None) -> None:
         super().__init__(f"run interrupted: {summary.total} of {len(results)} sheets finished")
         self.results = results
         self.summary = summary
+        self.signal = signal_number
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived while ``run_sheets(..., stop_on_sigterm=True)`` ran: stop as on Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _sigterm_stops(enabled: bool) -> Iterator[list[int]]:
+    """While active, the first SIGTERM raises ``Terminated`` in the main thread (later ones are
+    ignored until the run has stopped); yields the list the signal's number is put in."""
+    got: list[int] = []
+    if not enabled or not hasattr(signal, "SIGTERM"):
+        yield got
+        return
+    if threading.current_thread() is not threading.main_thread():
+        logger.warning("stop_on_sigterm=True has no effect outside the main thread (signals go to the main thread)")
+        yield got
+        return
+
+    def stop(number: int, frame: Any) -> None:
+        if not got:
+            got.append(number)
+            raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield got
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class RunAborted(Exception):
@@ -393,7 +426,8 @@ def run_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers
                progress: ProgressArg = False, on_result: Optional[OnResult] = None,
                checkpoint: Union[str, Path, None] = None, executor: Optional[cf.Executor] = None,
                stream: bool = False, checkpoint_tag: Optional[str] = None, on_mismatch: str = "redo",
-               resume: bool = True, max_cost: Optional[float] = None, keep_raw: bool = False) -> RunResults:
+               resume: bool = True, max_cost: Optional[float] = None, keep_raw: bool = False,
+               stop_on_sigterm: bool = False) -> RunResults:
     """Run every sheet (``Sheet`` objects and plain prompt strings, mixed) on ``max_workers`` threads.
 
     Returns one ``ExecutionResult`` per input, in input order; a failing sheet gives a failed
@@ -429,6 +463,11 @@ def run_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers
     An exception from ``on_result`` (or a progress callback) stops the run: nothing more starts,
     the sheets in flight finish and are kept, and ``RunAborted`` is raised with ``results`` and
     ``summary``, like ``RunInterrupted`` on Ctrl-C.
+
+    ``stop_on_sigterm=True`` (in the main thread) treats SIGTERM (how systemd, Docker and
+    Kubernetes stop a job) as Ctrl-C: in-flight sheets are cut, everything finished is in the
+    checkpoint, and ``RunInterrupted`` is raised with ``signal == signal.SIGTERM``; the previous
+    handler is restored when the call returns.
     """
     _check_modes(max_workers, on_mismatch, max_cost, keep_raw)
     items = [as_sheet(item) for item in sheets]
@@ -456,26 +495,28 @@ def run_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers
     engine = _iterate(backend, items, max_workers=max_workers, progress=progress, on_result=on_result,
                       checkpoint=opened, endpoint=endpoint, on_mismatch="redo", executor=executor,
                       stream=stream, total=len(items), budget=budget, collect=collect)
-    try:
-        if opened is not None and on_mismatch == "refuse":
-            _refuse_mismatches(backend, items, keys, opened, endpoint)
-        for _ in engine:
-            pass
-    except KeyboardInterrupt:
-        with contextlib.suppress(KeyboardInterrupt):  # if Ctrl-C came between two results: cut, collect the finished
-            engine.throw(KeyboardInterrupt())
-        if opened is not None:
-            opened.close()
-        raise RunInterrupted(results, summary()) from None
-    except CheckpointMismatch:  # raised before anything was sent
-        raise
-    except Exception as exc:  # from on_result or another callback: the sheets in flight have finished
-        if opened is not None:
-            opened.close()
-        raise RunAborted(results, summary(), exc) from exc
-    finally:
-        if opened is not None:
-            opened.close()
+    with _sigterm_stops(stop_on_sigterm) as terminated:
+        try:
+            if opened is not None and on_mismatch == "refuse":
+                _refuse_mismatches(backend, items, keys, opened, endpoint)
+            for _ in engine:
+                pass
+        except KeyboardInterrupt:
+            # if Ctrl-C came between two results: cut, collect the finished
+            with contextlib.suppress(KeyboardInterrupt):
+                engine.throw(KeyboardInterrupt())
+            if opened is not None:
+                opened.close()
+            raise RunInterrupted(results, summary(), terminated[0] if terminated else None) from None
+        except CheckpointMismatch:  # raised before anything was sent
+            raise
+        except Exception as exc:  # from on_result or another callback: the sheets in flight have finished
+            if opened is not None:
+                opened.close()
+            raise RunAborted(results, summary(), exc) from exc
+        finally:
+            if opened is not None:
+                opened.close()
     out = RunResults(results)
     out.summary = summary()
     if out.summary.checkpoint_error is not None:

@@ -20,11 +20,13 @@ import socket
 import threading
 import zlib
 from typing import Any, Iterator, Mapping, Optional
+from urllib.parse import quote, unquote
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from ._log import Secrets, split_userinfo, url_secrets
 from .deadline import POOL_CLASSES, Deadline
 from .error_types import ErrorType
 
@@ -113,37 +115,85 @@ _NETWORK_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HTTP
                    OSError, zlib.error)
 
 
+def _declared(content_length: str) -> int:
+    """A ``Content-Length`` as a number (-1: none, or not one); a number of more digits than any
+    real length counts as larger than every cap (Python refuses to convert over 4,300 digits)."""
+    text = content_length.strip()
+    if not text.isdigit() or not text.isascii():
+        return -1
+    return int(text) if len(text) <= 30 else 1 << 128
+
+
 class BodyDecoder:
-    """Decodes a body's ``Content-Encoding`` with a cap on the decoded size."""
+    """Decodes a body's ``Content-Encoding`` with a cap on the decoded size, as requests does:
+    gzip of any number of members (bytes after the last complete member that are not one are
+    ignored), and deflate with a zlib header or without one (raw), or in a gzip wrapper."""
 
     def __init__(self, encoding: str, limit: int) -> None:
         encoding = encoding.strip().lower()
         self.limit = limit
         self.size = 0
-        self._inflate: Optional[Any] = None
-        if encoding in ("gzip", "x-gzip"):
-            self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif encoding == "deflate":
-            self._inflate = zlib.decompressobj(32 + zlib.MAX_WBITS)  # zlib or gzip header, detected
-        elif encoding not in ("", "identity"):
+        self._compressed = encoding not in ("", "identity")
+        self._gzip = encoding in ("gzip", "x-gzip")
+        self._inflate: Optional[Any] = zlib.decompressobj(16 + zlib.MAX_WBITS) if self._gzip else None
+        self._head = b""  # deflate: the first bytes, until they tell a zlib header from raw deflate
+        self._members = 0  # gzip members finished
+        self._ignoring = False  # what follows the last gzip member is not one: ignored
+        if self._compressed and not self._gzip and encoding != "deflate":
             raise TransportError(ErrorType.INVALID_RESPONSE,
                                  f"the answer is encoded with {encoding!r}, which was not asked for", True)
 
     def decode(self, data: bytes) -> bytes:
         """Decode ``data``; a compressed body yields at most ``INFLATE_STEP`` bytes a call, the rest
         waits in ``pending`` (so a small read can never become a huge allocation)."""
-        if self._inflate is not None:
-            data = self._inflate.decompress(self._inflate.unconsumed_tail + data, INFLATE_STEP)
-        return self._count(data)
+        return self._count(self._step(data) if self._compressed else data)
+
+    def _step(self, data: bytes) -> bytes:
+        if self._ignoring:
+            return b""
+        inflate = self._inflate
+        if inflate is None:  # deflate: which kind is known from the first two bytes
+            self._head += data
+            if len(self._head) < 2:
+                return b""
+            data, self._head = self._head, b""
+            zlib_header = data[0] & 0x0F == 8 and ((data[0] << 8) | data[1]) % 31 == 0
+            bits = zlib.MAX_WBITS if zlib_header else 16 + zlib.MAX_WBITS if data[:2] == b"\x1f\x8b" \
+                else -zlib.MAX_WBITS
+            inflate = self._inflate = zlib.decompressobj(bits)
+        elif inflate.eof:
+            rest = inflate.unused_data + data
+            if not self._gzip or not rest:
+                return b""  # the stream ended: what follows is not part of it
+            inflate = self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)  # the next gzip member
+            self._members += 1
+            data = rest
+        else:
+            data = inflate.unconsumed_tail + data
+        try:
+            return inflate.decompress(data, INFLATE_STEP)  # type: ignore[no-any-return]
+        except zlib.error:
+            if self._members:  # not a member after complete ones (padding, garbage): ignored, as urllib3 does
+                self._ignoring = True
+                return b""
+            raise
 
     @property
     def pending(self) -> bool:
         """Compressed input is waiting to be inflated (call ``decode(b"")``)."""
-        return self._inflate is not None and bool(self._inflate.unconsumed_tail)
+        inflate = self._inflate
+        if inflate is None or self._ignoring:
+            return False
+        return bool(inflate.unconsumed_tail) or (self._gzip and inflate.eof and bool(inflate.unused_data))
 
     def flush(self) -> bytes:
         """What is left at the end of the body."""
-        return self._count(self._inflate.flush() if self._inflate is not None else b"")
+        if not self._compressed or self._ignoring:
+            return b""
+        if self._inflate is None:  # a deflate body of fewer than two bytes
+            self._inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+            return self._count(self._inflate.decompress(self._head) + self._inflate.flush())
+        return self._count(b"" if self._inflate.eof else self._inflate.flush())
 
     def _count(self, data: bytes) -> bytes:
         self.size += len(data)
@@ -153,11 +203,11 @@ class BodyDecoder:
 
     @property
     def identity(self) -> bool:
-        return self._inflate is None
+        return not self._compressed
 
     def check_declared(self, content_length: str) -> None:
         """Fail before reading when an identity body declares more than the cap."""
-        if self._inflate is None and content_length.isdigit() and int(content_length) > self.limit:
+        if not self._compressed and _declared(content_length) > self.limit:
             self._too_large()
 
     def _too_large(self) -> None:
@@ -206,22 +256,37 @@ class NoRedirectSession(requests.Session):
 
 
 class Response:
-    """An answer whose head has arrived; its body is read (bounded) with :meth:`read` or :meth:`chunks`."""
+    """An answer whose head has arrived; its body is read (bounded) with :meth:`read` or :meth:`chunks`.
+
+    The status is the answer, whatever its body: the body of an error status that cannot be read
+    (an encoding not asked for, one that does not decode, cut off, too large) reads as empty, so
+    a br-compressed 429 is still a rate limit and a 401 still an authentication failure."""
 
     def __init__(self, raw: requests.Response, deadline: Deadline, limit: int) -> None:
         self.status = raw.status_code
         self.headers: Mapping[str, str] = raw.headers
         self.deadline = deadline
         self._raw = raw
+        self.body_problem: Optional[TransportError] = None  # why the body could not be read
         try:
             self._decoder = BodyDecoder(raw.headers.get("Content-Encoding", ""), limit)
             self._decoder.check_declared(raw.headers.get("Content-Length", ""))
-        except TransportError:
-            self.close()
-            raise
+        except TransportError as exc:
+            self.body_problem = exc
+            self._decoder = BodyDecoder("", limit)
+            if self.ok:  # an answer that cannot be read is no answer
+                self.close()
+                raise
+
+    @property
+    def ok(self) -> bool:
+        """A 2xx status: the body is the answer (else the status is, and the body only explains it)."""
+        return 200 <= self.status < 300
 
     def chunks(self) -> Iterator[bytes]:
         """Decoded pieces of the body as they arrive (each read bounded by the deadline)."""
+        if self.body_problem is not None:
+            raise self.body_problem
         raw = self._raw.raw
         read = getattr(raw, "read1", None) or raw.read  # read1: return what has arrived, don't wait for more
         while True:
@@ -244,12 +309,24 @@ class Response:
                 raise TransportError(ErrorType.TIMEOUT, "the deadline passed while decoding the answer", True)
 
     def read(self) -> bytes:
-        """The whole decoded body."""
-        length = self._raw.headers.get("Content-Length", "")
-        if self._decoder.identity and length.isdigit():  # the common case: one read of a known length
+        """The whole decoded body (for an error status whose body cannot be read: empty, and
+        ``body_problem`` says why)."""
+        if self.ok:
+            return self._read()
+        if self.body_problem is not None:
+            return b""
+        try:
+            return self._read()
+        except TransportError as exc:
+            self.body_problem = exc
+            return b""
+
+    def _read(self) -> bytes:
+        length = _declared(self._raw.headers.get("Content-Length", ""))
+        if self._decoder.identity and length >= 0:  # the common case: one read of a known length
             with map_network_errors(self.deadline, reading=True):
                 data: bytes = self._raw.raw.read(decode_content=False)  # urllib3 enforces the length
-            if len(data) != int(length):
+            if len(data) != length:
                 raise TransportError(ErrorType.TRUNCATED_RESPONSE, "the answer was cut off", True)
             return data
         return b"".join(self.chunks())
@@ -258,6 +335,19 @@ class Response:
         """Release the connection (closing it if the body was not read to the end)."""
         self.deadline.finish()  # first: the socket stops being ours to cut
         self._raw.close()
+
+
+def proxy_url(url: str) -> str:
+    """A proxy URL with its user name and password percent-encoded, however they were written: a
+    password with an unencoded ``#``, ``/``, ``?`` or ``@`` (``http://user:Hunter2#pass@proxy``)
+    would otherwise be read as a fragment or a path by urllib3, which refuses the URL and quotes it
+    whole in its error. requests decodes them again for ``Proxy-Authorization``."""
+    scheme, userinfo, rest = split_userinfo(url)
+    if not scheme or not userinfo:
+        return url
+    user, colon, password = userinfo.partition(":")
+    encoded = quote(unquote(user), safe="") + (colon + quote(unquote(password), safe="") if colon else "")
+    return f"{scheme}://{encoded}@{rest}"
 
 
 class Transport:
@@ -275,6 +365,11 @@ class Transport:
         self._pool_size = max(1, pool_size)
         self._session, self._adapter = self._open_session()
         self._env = self._session.merge_environment_settings(self.base_url + "/", {}, None, None, None)
+        proxies = {name: str(url) if "://" in str(url) else f"http://{url}"  # as requests reads a bare host
+                   for name, url in (self._env["proxies"] or {}).items() if url}
+        # A proxy's password is a secret while this transport is open, in every form it may be shown in.
+        self._secrets = Secrets(form for url in proxies.values() for form in url_secrets(url))
+        self._env["proxies"] = {name: proxy_url(url) for name, url in proxies.items()}
         # A CA bundle only matters where TLS is spoken, to the endpoint or to a proxy (requests
         # would stat its path on every request); decided once, as the environment is read once.
         urls = (self.base_url, *(self._env["proxies"] or {}).values())
@@ -353,6 +448,7 @@ class Transport:
             deadline.finish()
 
     def _reopen(self) -> None:
+        self._secrets.hold()
         if self._forks != _forks:
             # A forked child (gunicorn --preload, Celery prefork, multiprocessing) must never use the
             # parent's pooled connections: two processes reading one socket cross their answers.
@@ -372,3 +468,4 @@ class Transport:
             if not self._closed:
                 self._closed = True
                 self._session.close()
+        self._secrets.release()

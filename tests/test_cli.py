@@ -230,7 +230,7 @@ def test_binary_input_names_the_file(tmp_path: Path, capsys: Capsys) -> None:
     src.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
     assert main(["run", str(src), "-o", str(tmp_path / "o.jsonl"), "--offline"]) == 2
     err = capsys.readouterr().err
-    assert "image.txt: not UTF-8 text" in err and "Traceback" not in err
+    assert "image.txt, line 1, column 1: not UTF-8 text" in err and "Traceback" not in err
 
 
 def test_format_by_extension_or_flag_and_bom(tmp_path: Path, capsys: Capsys) -> None:

@@ -34,15 +34,14 @@ import json
 import logging
 import math
 import os
-import re
 import secrets
 import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
-from .._log import register_secret
+from .._log import Secrets, password_forms, redact_url, split_userinfo
 from .shared import TIME_LISTS, TIMES, SharedState, State, StateStore, poll_for_lock, warn_lock_wait
 
 logger = logging.getLogger("openrouter_sync")
@@ -107,22 +106,11 @@ def open_shared_state(where: str, name: Optional[str] = None) -> StateStore:
     return SharedState(where)
 
 
-def _split_userinfo(url: str) -> Tuple[str, str, str]:
-    """``(scheme, userinfo, rest)`` of a URL, robust to a password with ``#``, ``/``, ``?`` or
-    ``@`` left unencoded: the userinfo runs to the last ``@`` (``urlsplit`` would read such a
-    password as a port, a path or a fragment, and show it in its errors)."""
-    scheme, sep, rest = url.strip().partition("://")
-    if not sep:
-        return "", "", url.strip()
-    at = rest.rfind("@")
-    return scheme, (rest[:at] if at >= 0 else ""), (rest[at + 1:] if at >= 0 else rest)
-
-
 def _url_passwords(url: str) -> Tuple[str, ...]:
     """Every form of the password a Redis URL carries (in its user part or its query), as
     written, decoded and encoded, and the pieces a parser may cut it into; longest first."""
     forms = set()
-    _, userinfo, rest = _split_userinfo(url)
+    _, userinfo, rest = split_userinfo(url)
     if ":" in userinfo:
         forms.add(userinfo.split(":", 1)[1])
     for text in (rest, userinfo):
@@ -132,21 +120,7 @@ def _url_passwords(url: str) -> Tuple[str, ...]:
             if unquote(key).lower() == "password" and value:
                 forms.add("&".join([value, *query.split("&")[i + 1:]]).split("#", 1)[0])  # up to the end: "a&b"
                 forms.add(value)
-    forms |= {unquote(form) for form in forms} | {unquote(form.replace("+", " ")) for form in forms}
-    forms |= {quote(form, safe="") for form in forms} | {quote(form) for form in forms}
-    pieces = {piece for form in forms for piece in re.split(r"[#/?@:&=]", form) if len(piece) >= 3}
-    return tuple(sorted((form for form in forms | pieces if form), key=len, reverse=True))
-
-
-def redact_url(url: str) -> str:
-    """``url`` as shown to users: scheme, user name, host, port and path; never a password,
-    the query (which may hold one) or the fragment."""
-    scheme, userinfo, rest = _split_userinfo(url)
-    if not scheme:
-        return "(not a URL)"
-    user = userinfo.split(":", 1)[0]
-    where = re.split(r"[?#]", rest, maxsplit=1)[0]
-    return f"{scheme}://{user + '@' if user else ''}{where}{'?...' if '?' in rest else ''}"
+    return password_forms(*forms)
 
 
 def _finite(value: Any) -> Optional[float]:
@@ -180,9 +154,8 @@ class RedisState:
             raise ImportError(MISSING_PACKAGE) from None
         url = url.strip()
         self._passwords = _url_passwords(url)
-        for form in self._passwords:
-            register_secret(form)  # belt and braces: the library's log redaction knows it too
-        scheme, userinfo, rest = _split_userinfo(url)
+        self._secrets = Secrets(self._passwords)  # belt and braces: the library's log redaction knows it too
+        scheme, userinfo, rest = split_userinfo(url)
         rest, _, fragment = rest.partition("#")  # the fragment after the host: a "#" in a password is not one
         self.name = name or unquote(fragment) or DEFAULT_NAME
         self._url = f"{scheme}://{userinfo + '@' if userinfo else ''}{rest}"
@@ -239,12 +212,14 @@ class RedisState:
         """This process's client's two scripts (a forked child opens its own connection)."""
         with self._open_lock:
             if self._client is None or self._pid != os.getpid():
+                self._secrets.hold()
                 self._new_client()
             return self._scripts
 
     def close(self) -> None:
         with self._open_lock:
             client, self._client = self._client, None
+            self._secrets.release()
             if client is not None and self._pid == os.getpid():
                 try:
                     client.connection_pool.disconnect()

@@ -13,6 +13,10 @@ shut by one process (``hold`` until when, ``hold_by`` which), which the others h
 clock minus monotonic clock when written) tells a file written before a reboot, which is then
 ignored.
 
+The file is opened safely for a shared place such as ``/tmp`` (``open_private``): a symbolic
+link, a FIFO or device, a file of another user, one writable by others or hard-linked elsewhere
+is refused with a warning, and each process then keeps its own state; a new file is made 0600.
+
 Safe when a process dies holding the lock: the kernel releases an ``flock`` with its last open
 file description. Each process opens the file itself (again after a ``fork``: a description
 inherited across ``fork`` would share the lock with the parent). A write happens under the lock
@@ -32,6 +36,8 @@ import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, ContextManager, Dict, Iterator, Optional, Protocol
+
+from .._files import UnsafeFile, open_private
 
 try:
     import fcntl
@@ -118,7 +124,7 @@ class SharedState:
                 directory = os.path.dirname(self.path)
                 if directory:
                     os.makedirs(directory, mode=0o700, exist_ok=True)
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                self._fd = open_private(self.path)
                 self._pid = os.getpid()
             return self._fd
 
@@ -138,6 +144,10 @@ class SharedState:
         try:
             fd = self._descriptor()
             locked = self._lock_within(fd, started)
+        except UnsafeFile as exc:
+            self.usable = False
+            logger.warning("shared rate-limit state %s refused: %s; each process keeps its own", self.path, exc)
+            locked = False
         except OSError as exc:
             self.usable = False
             why = errno.errorcode.get(exc.errno or 0, str(exc))
