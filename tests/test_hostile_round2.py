@@ -603,3 +603,33 @@ def test_a_results_file_with_an_absurd_count_is_resumed_without_it(tmp_path: Pat
                     + json.dumps({"id": "b", "index": 1, "result": bad}) + "\n")
     records = read_records(path)
     assert list(records) == ["a"]
+
+
+# ----- a Redis password with URL characters (item 4, a real redis-server) ---------------------------
+
+@pytest.mark.parametrize("password", ["Hunter2#pass", "Hun/ter2?x@y", "Hunter2%23pass"])
+def test_a_redis_password_with_url_characters_authenticates_and_never_shows(
+        password: str, caplog: pytest.LogCaptureFixture) -> None:
+    """redis-py read ``redis://:Hunter2#pass@host`` as a fragment: the wrong password was sent."""
+    from test_redis_state import RedisServer, _require_redis
+
+    from openrouter_sync.ratelimit.redis_state import RedisState
+
+    _require_redis()
+    meant = password.replace("%23", "#")
+    running = RedisServer(password=meant)
+    caplog.set_level(logging.DEBUG, logger="openrouter_sync")
+    try:
+        store = RedisState(f"redis://:{password}@127.0.0.1:{running.port}/0#app-{uuid.uuid4().hex[:8]}")
+        with store.locked() as state:
+            assert state is not None  # it authenticated
+        shown = [store.path, repr(store)]
+        store.close()
+        wrong = RedisState(f"redis://:{password}x@127.0.0.1:{running.port}/0#other")
+        with wrong.locked() as state:
+            assert state is None
+        wrong.close()
+    finally:
+        running.stop()
+    shown.append(caplog.text)
+    assert not any("Hunter2" in text or "ter2" in text for text in shown), shown
