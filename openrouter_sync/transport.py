@@ -129,7 +129,8 @@ class BodyDecoder:
     ignored), and deflate with a zlib header or without one (raw), or in a gzip wrapper."""
 
     def __init__(self, encoding: str, limit: int) -> None:
-        encoding = encoding.strip().lower()
+        layers = [part.strip() for part in encoding.lower().split(",") if part.strip() not in ("", "identity")]
+        encoding = layers[0] if len(layers) == 1 else ", ".join(layers)  # "gzip, identity" is gzip
         self.limit = limit
         self.size = 0
         self._compressed = encoding not in ("", "identity")

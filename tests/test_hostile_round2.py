@@ -171,6 +171,7 @@ def _raw_deflate(data: bytes) -> bytes:
     ("gzip", lambda data: _gzip_members(data) + b"\x00" * 16),  # then padding, which requests ignores
     ("deflate", _raw_deflate),  # no zlib header, as some servers send it
     ("deflate", zlib.compress),
+    ("identity, GZIP", gzip_bytes),  # a list of encodings, identity among them
 ])
 def test_compressed_bodies_decode_as_requests_decodes_them(encoding: str, encode: Callable[[bytes], bytes]) -> None:
     body = encode(json.dumps(completion("one two three " * 50)).encode())
