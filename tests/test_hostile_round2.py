@@ -634,3 +634,17 @@ def test_a_redis_password_with_url_characters_authenticates_and_never_shows(
         running.stop()
     shown.append(caplog.text)
     assert not any("Hunter2" in text or "ter2" in text for text in shown), shown
+
+
+@pytest.mark.parametrize("command", [["models"], ["check"], ["ask", "hi"]])
+def test_a_failure_after_talking_to_the_server_is_exit_1_in_every_command(
+        command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def answer_the_library_cannot_handle(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("Exceeds the limit (4300 digits) for integer string conversion")
+
+    for name in ("list_models", "health_check"):
+        monkeypatch.setattr(OpenRouterBackend, name, answer_the_library_cannot_handle)
+    monkeypatch.setattr("openrouter_sync.streaming.Stream.__iter__", answer_the_library_cannot_handle)
+    assert main([*command, "--offline"]) == 1
+    err = capsys.readouterr().err
+    assert "failed: ValueError" in err and "Traceback" not in err
