@@ -226,6 +226,20 @@ def split_userinfo(url: str) -> tuple[str, str, str]:
     return scheme, (rest[:at] if at >= 0 else ""), (rest[at + 1:] if at >= 0 else rest)
 
 
+def encode_userinfo(url: str) -> str:
+    """``url`` with its user name and password percent-encoded, however they were written: a
+    password with an unencoded ``#``, ``/``, ``?`` or ``@`` (``http://user:Hunter2#pass@proxy``)
+    would otherwise be read as a fragment, a path or a query by URL parsers (urllib3, redis-py),
+    which then refuse the URL and quote it whole in their errors, or send a wrong password. An
+    already encoded one stays as it is (both decode it again)."""
+    scheme, userinfo, rest = split_userinfo(url)
+    if not scheme or not userinfo:
+        return url
+    user, colon, password = userinfo.partition(":")
+    encoded = quote(unquote(user), safe="") + (colon + quote(unquote(password), safe="") if colon else "")
+    return f"{scheme}://{encoded}@{rest}"
+
+
 def password_forms(*passwords: str) -> tuple[str, ...]:
     """Every form a password may be shown in: as written, decoded and encoded, and the pieces a
     URL parser may cut it into (at ``#/?@:&=``); longest first."""

@@ -73,6 +73,22 @@ class UsageError(Exception):
 InputError = UsageError  # the name earlier versions used
 
 
+class Failure(Exception):
+    """Something failed after the command talked to the server: exit code 1, never a usage error."""
+
+
+@contextlib.contextmanager
+def _talking(what: str) -> Iterator[None]:
+    """Around the part of a command that talks to the server: whatever goes wrong there (an
+    answer the library could not handle) is a ``Failure``, not the user's bad option or input."""
+    try:
+        yield
+    except (UsageError, CheckpointError, OpenRouterError, OSError):
+        raise
+    except Exception as exc:
+        raise Failure(redact(f"{what} failed: {type(exc).__name__}: {str(exc)[:300]}")) from None
+
+
 # ----- input ---------------------------------------------------------------------------------
 
 MAX_INPUT_BYTES = 1 << 30  # an input larger than this is no prompt file (/dev/zero, a disk image)
@@ -374,10 +390,12 @@ def cmd_ask(args: argparse.Namespace) -> int:
     offline = _is_offline(args)
     if not offline and not _has_key():
         raise UsageError(f"{NO_KEY}; nothing was sent")
-    with _backend(args, offline) as backend, backend.stream(prompt, system=args.system) as stream:
-        for delta in stream:
-            sys.stdout.write(delta)
-            sys.stdout.flush()
+    with _backend(args, offline) as backend:
+        opened = backend.stream(prompt, system=args.system)  # a bad prompt or option: a usage error
+        with _talking("ask"), opened as stream:
+            for delta in stream:
+                sys.stdout.write(delta)
+                sys.stdout.flush()
     result = stream.result
     assert result is not None
     sys.stdout.write("\n")
@@ -402,7 +420,8 @@ def _per_million(price: Optional[float]) -> str:
 def cmd_models(args: argparse.Namespace) -> int:
     with _backend(args, _is_offline(args)) as backend:
         try:
-            models = backend.list_models(free=args.free)
+            with _talking("models"):
+                models = backend.list_models(free=args.free)
         except OpenRouterError as exc:
             _err(str(exc))
             return EXIT_FAILED
@@ -420,7 +439,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not offline and not _has_key():
         print(f"key ({KEY_ENV}): MISSING; nothing was sent (set {KEY_ENV} or use --offline)")
         return EXIT_FAILED
-    with _backend(args, offline) as backend:
+    with _backend(args, offline) as backend, _talking("check"):
         print(f"key ({'offline fake' if offline else KEY_ENV}): present")
         healthy = backend.health_check()
         state = "reachable, key accepted" if healthy else "NOT reachable or key refused"
@@ -643,6 +662,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (UsageError, CheckpointError) as exc:
         _err(str(exc))
         return EXIT_USAGE
+    except Failure as exc:
+        _err(str(exc))
+        return EXIT_FAILED
     except ValueError as exc:  # a bad option value the library refused
         _err(_cli_names(str(exc)))
         return EXIT_USAGE

@@ -20,13 +20,12 @@ import socket
 import threading
 import zlib
 from typing import Any, Iterator, Mapping, Optional
-from urllib.parse import quote, unquote
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from ._log import Secrets, split_userinfo, url_secrets
+from ._log import Secrets, encode_userinfo, url_secrets
 from .deadline import POOL_CLASSES, Deadline
 from .error_types import ErrorType
 
@@ -130,7 +129,8 @@ class BodyDecoder:
     ignored), and deflate with a zlib header or without one (raw), or in a gzip wrapper."""
 
     def __init__(self, encoding: str, limit: int) -> None:
-        encoding = encoding.strip().lower()
+        layers = [part.strip() for part in encoding.lower().split(",") if part.strip() not in ("", "identity")]
+        encoding = layers[0] if len(layers) == 1 else ", ".join(layers)  # "gzip, identity" is gzip
         self.limit = limit
         self.size = 0
         self._compressed = encoding not in ("", "identity")
@@ -337,19 +337,6 @@ class Response:
         self._raw.close()
 
 
-def proxy_url(url: str) -> str:
-    """A proxy URL with its user name and password percent-encoded, however they were written: a
-    password with an unencoded ``#``, ``/``, ``?`` or ``@`` (``http://user:Hunter2#pass@proxy``)
-    would otherwise be read as a fragment or a path by urllib3, which refuses the URL and quotes it
-    whole in its error. requests decodes them again for ``Proxy-Authorization``."""
-    scheme, userinfo, rest = split_userinfo(url)
-    if not scheme or not userinfo:
-        return url
-    user, colon, password = userinfo.partition(":")
-    encoded = quote(unquote(user), safe="") + (colon + quote(unquote(password), safe="") if colon else "")
-    return f"{scheme}://{encoded}@{rest}"
-
-
 class Transport:
     """Owns the session and its connection pool; sends requests with a deadline each."""
 
@@ -369,7 +356,7 @@ class Transport:
                    for name, url in (self._env["proxies"] or {}).items() if url}
         # A proxy's password is a secret while this transport is open, in every form it may be shown in.
         self._secrets = Secrets(form for url in proxies.values() for form in url_secrets(url))
-        self._env["proxies"] = {name: proxy_url(url) for name, url in proxies.items()}
+        self._env["proxies"] = {name: encode_userinfo(url) for name, url in proxies.items()}  # as urllib3 needs
         # A CA bundle only matters where TLS is spoken, to the endpoint or to a proxy (requests
         # would stat its path on every request); decided once, as the environment is read once.
         urls = (self.base_url, *(self._env["proxies"] or {}).values())

@@ -171,6 +171,7 @@ def _raw_deflate(data: bytes) -> bytes:
     ("gzip", lambda data: _gzip_members(data) + b"\x00" * 16),  # then padding, which requests ignores
     ("deflate", _raw_deflate),  # no zlib header, as some servers send it
     ("deflate", zlib.compress),
+    ("identity, GZIP", gzip_bytes),  # a list of encodings, identity among them
 ])
 def test_compressed_bodies_decode_as_requests_decodes_them(encoding: str, encode: Callable[[bytes], bytes]) -> None:
     body = encode(json.dumps(completion("one two three " * 50)).encode())
@@ -603,3 +604,47 @@ def test_a_results_file_with_an_absurd_count_is_resumed_without_it(tmp_path: Pat
                     + json.dumps({"id": "b", "index": 1, "result": bad}) + "\n")
     records = read_records(path)
     assert list(records) == ["a"]
+
+
+# ----- a Redis password with URL characters (item 4, a real redis-server) ---------------------------
+
+@pytest.mark.parametrize("password", ["Hunter2#pass", "Hun/ter2?x@y", "Hunter2%23pass"])
+def test_a_redis_password_with_url_characters_authenticates_and_never_shows(
+        password: str, caplog: pytest.LogCaptureFixture) -> None:
+    """redis-py read ``redis://:Hunter2#pass@host`` as a fragment: the wrong password was sent."""
+    from test_redis_state import RedisServer, _require_redis
+
+    from openrouter_sync.ratelimit.redis_state import RedisState
+
+    _require_redis()
+    meant = password.replace("%23", "#")
+    running = RedisServer(password=meant)
+    caplog.set_level(logging.DEBUG, logger="openrouter_sync")
+    try:
+        store = RedisState(f"redis://:{password}@127.0.0.1:{running.port}/0#app-{uuid.uuid4().hex[:8]}")
+        with store.locked() as state:
+            assert state is not None  # it authenticated
+        shown = [store.path, repr(store)]
+        store.close()
+        wrong = RedisState(f"redis://:{password}x@127.0.0.1:{running.port}/0#other")
+        with wrong.locked() as state:
+            assert state is None
+        wrong.close()
+    finally:
+        running.stop()
+    shown.append(caplog.text)
+    assert not any("Hunter2" in text or "ter2" in text for text in shown), shown
+
+
+@pytest.mark.parametrize("command", [["models"], ["check"], ["ask", "hi"]])
+def test_a_failure_after_talking_to_the_server_is_exit_1_in_every_command(
+        command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def answer_the_library_cannot_handle(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("Exceeds the limit (4300 digits) for integer string conversion")
+
+    for name in ("list_models", "health_check"):
+        monkeypatch.setattr(OpenRouterBackend, name, answer_the_library_cannot_handle)
+    monkeypatch.setattr("openrouter_sync.streaming.Stream.__iter__", answer_the_library_cannot_handle)
+    assert main([*command, "--offline"]) == 1
+    err = capsys.readouterr().err
+    assert "failed: ValueError" in err and "Traceback" not in err

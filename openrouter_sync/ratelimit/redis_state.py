@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 from urllib.parse import unquote
 
-from .._log import Secrets, password_forms, redact_url, split_userinfo
+from .._log import Secrets, encode_userinfo, password_forms, redact_url, split_userinfo
 from .shared import TIME_LISTS, TIMES, SharedState, State, StateStore, poll_for_lock, warn_lock_wait
 
 logger = logging.getLogger("openrouter_sync")
@@ -158,7 +158,7 @@ class RedisState:
         scheme, userinfo, rest = split_userinfo(url)
         rest, _, fragment = rest.partition("#")  # the fragment after the host: a "#" in a password is not one
         self.name = name or unquote(fragment) or DEFAULT_NAME
-        self._url = f"{scheme}://{userinfo + '@' if userinfo else ''}{rest}"
+        self._url = encode_userinfo(f"{scheme}://{userinfo + '@' if userinfo else ''}{rest}")  # "#" in a password
         self.path = f"{redact_url(url)}#{self.name}"
         self.key = f"{KEY_PREFIX}:{{{self.name}}}:state"
         self.lock_key = f"{KEY_PREFIX}:{{{self.name}}}:lock"
