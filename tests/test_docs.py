@@ -2,9 +2,9 @@
 
 Each page's ``python`` blocks run in order in one namespace (as a reader would paste them), in an
 empty folder, against the built-in fake server: an ``OpenRouterBackend`` built without a
-``base_url`` is pointed at it, and ``OPENROUTER_API_KEY`` holds a fake key; the namespace starts with ``backend``, such a backend, for
-the snippets that take one from the prose around them. A block that cannot
-run offline is marked on the line before it with ``<!-- snippet: skip (why) -->``, and skipped.
+``base_url`` is pointed at it, and ``OPENROUTER_API_KEY`` holds a fake key. The namespace starts
+with ``backend``, such a backend, for snippets that take one from the prose around them. A block
+that cannot run offline is marked on the line before it with ``<!-- snippet: skip (why) -->``, and skipped.
 """
 
 from __future__ import annotations
