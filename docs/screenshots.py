@@ -27,6 +27,13 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars")
 
 
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves the built site without a log line per request."""
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base class's name)
+        pass
+
+
 def find_chromium(explicit: str | None) -> str:
     """The Chromium to run: ``explicit``, else the first of chromium / chromium-browser / google-chrome on PATH."""
     for name in ([explicit] if explicit else ["chromium", "chromium-browser", "google-chrome"]):
@@ -64,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="openrouter-sync-site-") as folder:
         site = Path(folder) / "site"
         build(site)
-        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
-        handler.log_message = lambda *a, **k: None  # type: ignore[method-assign]
+        handler = functools.partial(_QuietHandler, directory=str(site))
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
