@@ -167,12 +167,14 @@ print(ok, peak, time.monotonic() - start)
 """
 
 
-def memory() -> list[tuple[str, dict[str, Any]]]:
+def memory(sizes: tuple[tuple[str, int], ...] = (("iter", 2000), ("iter", 10000), ("run", 10000)),
+           ) -> list[tuple[str, dict[str, Any]]]:
+    """Peak Python memory of ``iter_sheets`` / ``run_sheets`` over ``(mode, sheets)`` runs, each in a child."""
     from .scenarios import ServerProcess
 
     rows = []
     with ServerProcess(module="benchmarks.fastserver") as server:
-        for mode, n in (("iter", 2000), ("iter", 10000), ("run", 10000)):
+        for mode, n in sizes:
             out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, server.base_url, mode, str(n)],
                                  capture_output=True, text=True, check=True).stdout.split()
             label = f"{'iter_sheets' if mode == 'iter' else 'run_sheets'} x {n}"

@@ -54,10 +54,12 @@ class ModelInfo:
 
     @property
     def is_free(self) -> bool:
+        """True for a ``:free`` model id, or when both prices are 0."""
         return self.id.endswith(":free") or (self.prompt_price == 0 and self.completion_price == 0)
 
     @classmethod
     def from_api(cls, item: Mapping[str, Any]) -> ModelInfo:
+        """One entry of ``GET /models``' ``data``; prices given as strings become floats, odd values None."""
         pricing: Mapping[str, Any] = item["pricing"] if isinstance(item.get("pricing"), dict) else {}
         params = item.get("supported_parameters")
         params = params if isinstance(params, list) else ()
@@ -81,6 +83,7 @@ class KeyInfo:
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> KeyInfo:
+        """The ``data`` object of ``GET /key``; values of the wrong type become None."""
         free = data.get("is_free_tier")
         return cls(label=str(data.get("label") or ""), limit=_number(data.get("limit")),
                    limit_remaining=_number(data.get("limit_remaining")), usage=_number(data.get("usage")),
@@ -107,6 +110,7 @@ class GenerationInfo:
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> GenerationInfo:
+        """The ``data`` object of ``GET /generation``; values of the wrong type become None."""
         return cls(id=str(data.get("id", "")), model=_text(data.get("model")),
                    provider=_text(data.get("provider_name")),
                    total_cost=_number(data.get("total_cost")), tokens_prompt=_int(data.get("tokens_prompt")),

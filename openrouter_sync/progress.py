@@ -33,6 +33,7 @@ class ProgressInfo:
         return f"${self.cost:.4f}" if self.priced else "$?"
 
     def line(self) -> str:
+        """The one-line text meter: ``[done/total] ok N failed N ... tokens N $cost elapsed``."""
         total = "?" if self.total is None else str(self.total)
         restored = f" restored {self.restored}" if self.restored else ""
         return (f"[{self.done}/{total}] ok {self.succeeded} failed {self.failed}{restored} retrying {self.retrying} "

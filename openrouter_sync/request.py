@@ -167,13 +167,17 @@ class CallSpec:
 
     @property
     def stdout_log(self) -> Optional[Path]:
+        """``<output_log_path>.stdout.log``, or None without an output log path."""
         return None if self.output_log_path is None else self.output_log_path.with_suffix(".stdout.log")
 
     @property
     def stderr_log(self) -> Optional[Path]:
+        """``<output_log_path>.stderr.log``, or None without an output log path."""
         return None if self.output_log_path is None else self.output_log_path.with_suffix(".stderr.log")
 
     def payload(self, stream: bool = False) -> dict[str, Any]:
+        """The request body as a dict: model, messages, max_tokens, temperature, the options that are not
+        None, then ``extra_body`` merged over all of it; a stream also asks for its usage chunk."""
         body: dict[str, Any] = {
             "model": self.model,
             "messages": list(self.messages),

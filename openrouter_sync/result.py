@@ -22,7 +22,8 @@ class ExecutionResult:
     """What one prompt produced: the answer or a typed failure, with usage and timing.
 
     ``success`` is True only for a usable answer; every failure carries an ``error_type``
-    (see the README's outcome table) and an ``exit_code`` (the HTTP status where there is one).
+    (the documentation's "Results and errors" page has every outcome) and an ``exit_code`` (the
+    HTTP status where there is one).
     """
 
     success: bool

@@ -118,6 +118,7 @@ class RunSummary:
                 f"({self.checkpoint_error}); they will run again on resume")
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field as plain data (for JSON)."""
         return asdict(self)
 
     def __str__(self) -> str:

@@ -116,6 +116,9 @@ class Faults:
 
 @dataclass
 class RecordedRequest:
+    """One request the server received: ``headers`` with lower-case names, ``json`` the parsed body (None
+    if it was not JSON), ``prompt`` the last user message's content, ``status`` the status it was answered with."""
+
     method: str
     path: str
     headers: dict[str, str]
@@ -194,6 +197,7 @@ class FakeOpenRouter:
 
     # ----- lifecycle -----
     def start(self) -> FakeOpenRouter:
+        """Listen on a free port (or ``port``) and serve in a daemon thread; stops itself after ``max_lifetime``."""
         server = _Server((self._host, self._port), _Handler, self)
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -205,6 +209,7 @@ class FakeOpenRouter:
         return self
 
     def stop(self) -> None:
+        """Stop serving and cut every open connection. Safe to call more than once."""
         server, self._server = self._server, None
         if server is None:
             return
@@ -228,15 +233,18 @@ class FakeOpenRouter:
 
     @property
     def port(self) -> int:
+        """The port it listens on (only while running)."""
         assert self._server is not None, "the server is not running"
         return int(self._server.server_address[1])
 
     @property
     def url(self) -> str:
+        """``http://127.0.0.1:<port>``."""
         return f"http://127.0.0.1:{self.port}"
 
     @property
     def base_url(self) -> str:
+        """``http://127.0.0.1:<port>/api/v1``: pass it as ``OpenRouterBackend(base_url=...)``."""
         return f"{self.url}/api/v1"
 
     @property
@@ -251,6 +259,7 @@ class FakeOpenRouter:
             self._script.extend(replies)
 
     def reset_counts(self) -> None:
+        """Zero every counter and forget the recorded requests."""
         with self._lock:
             self.request_count = 0
             self.connection_count = 0
@@ -274,10 +283,12 @@ class FakeOpenRouter:
 
     # ----- used by the handler -----
     def next_scripted(self) -> Optional[Reply]:
+        """Take the next scripted ``Reply`` (None when the script is empty). Used by the request handler."""
         with self._lock:
             return self._script.popleft() if self._script else None
 
     def draw_fault(self) -> Optional[str]:
+        """A fault kind for this request, drawn with ``faults.probability``, or None. Used by the request handler."""
         faults = self.faults
         if not faults or not faults.kinds:
             return None
@@ -294,31 +305,37 @@ class FakeOpenRouter:
         return None if wait is None else _rate_limited_reply(self._bucket.limit.style, wait, self._bucket.limit)
 
     def new_generation_id(self) -> str:
+        """A fresh generation id shaped like OpenRouter's (``gen-<number>-<hex>``)."""
         with self._lock:
             self._gen += 1
             n = self._gen
         return f"gen-{1783514921 + n}-{hashlib.sha1(str(n).encode()).hexdigest()[:20]}"
 
     def remember_generation(self, gen_id: str, data: dict[str, Any]) -> None:
+        """Keep a generation's stats for ``GET /generation?id=``."""
         with self._lock:
             self.generations[gen_id] = data
 
     def connection_opened(self, sock: socket.socket) -> None:
+        """Count a new connection (and keep its socket, so ``stop`` can cut it)."""
         with self._lock:
             self.connection_count += 1
             self._sockets.add(sock)
 
     def connection_closed(self, sock: socket.socket) -> None:
+        """Forget a closed connection's socket."""
         with self._lock:
             self._sockets.discard(sock)
 
     def record_request(self, recorded: RecordedRequest) -> None:
+        """Count a request, and keep it in ``requests`` unless ``record=False``."""
         with self._lock:
             self.request_count += 1
             if self.record:
                 self.requests.append(recorded)
 
     def count(self, status: int, recorded: RecordedRequest, answered: bool = False) -> None:
+        """Count the status a request was answered with (and, for a chat answer, its prompt)."""
         recorded.status = status
         with self._lock:
             self.status_counts[status] += 1
