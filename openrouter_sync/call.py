@@ -23,7 +23,7 @@ from .error_types import ErrorType
 from .events import EventStream
 from .request import CallSpec
 from .result import ExecutionResult, utc_now
-from .retry import Activity, CallClock, Interrupted, RetryPolicy, compile_policy, interruptible_sleep
+from .retry import Activity, CallClock, Interrupted, RetryPolicy, compile_policy, interruptible_sleep, is_refusal
 from .throttle import Throttle
 from .transport import Transport, TransportError
 
@@ -133,6 +133,7 @@ class Pipeline:
                                   gate=policy.max_attempts > 1, scopes=scopes_for(spec.model))
         call.waited += ticket.waited
         if not ticket.admitted:
+            call.refused += 1  # (a refusal: see is_refusal)
             return Outcome(ErrorType.RATE_LIMIT, 429, f"HTTP 429 (rate_limit): not sent: requests to this endpoint "
                            f"must wait {ticket.refused_for:.1f}s more", retry_after=ticket.refused_for,
                            retry_source="shared back-off", sent=False)
@@ -140,6 +141,8 @@ class Pipeline:
         if timeout <= 0:
             return network_outcome(ErrorType.TIMEOUT, "max_elapsed_seconds passed before the attempt could start")
         outcome = self._exchange(call, spec, key, body, stream, Deadline.after(timeout, tag=call.cancel), timeout)
+        if is_refusal(outcome):
+            call.refused += 1
         if outcome.status == 429:
             throttle.on_rate_limited(ticket, outcome.retry_after, _scope_name(outcome.scope, spec.model))
         else:
