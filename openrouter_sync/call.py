@@ -141,10 +141,11 @@ class Pipeline:
         if timeout <= 0:
             return network_outcome(ErrorType.TIMEOUT, "max_elapsed_seconds passed before the attempt could start")
         outcome = self._exchange(call, spec, key, body, stream, Deadline.after(timeout, tag=call.cancel), timeout)
-        if is_refusal(outcome):
+        if is_refusal(outcome):  # a 429, a 529, a 503 naming a wait: a signal for the scope it names
             call.refused += 1
-        if outcome.status == 429:
-            throttle.on_rate_limited(ticket, outcome.retry_after, _scope_name(outcome.scope, spec.model))
+            shed = outcome.status != 429  # a 503 or 529: the model's provider shed it
+            scope = f"model:{spec.model}" if shed else _scope_name(outcome.scope, spec.model)
+            throttle.on_rate_limited(ticket, outcome.retry_after, scope, shed=shed)
         else:
             throttle.on_answer(ticket)
         call.unanswered += outcome.unanswered

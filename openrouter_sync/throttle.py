@@ -575,10 +575,16 @@ class Throttle:
                 self._lane(name).answered(ticket.sent_at, now)
             self._publish(before, now)
 
-    def on_rate_limited(self, ticket: Ticket, wait: Optional[float], scope: Optional[str] = None) -> None:
-        """A 429. ``wait``: the seconds the server named, or None. ``scope``: what the limit applies to:
-        None for the whole endpoint and key, ``"model:<id>"`` for one model, ``"free"`` for the
-        ``:free`` family's quota."""
+    def on_rate_limited(self, ticket: Ticket, wait: Optional[float], scope: Optional[str] = None, *,
+                        shed: bool = False) -> None:
+        """A refusal. ``wait``: the seconds the server named, or None. ``scope``: what the limit applies
+        to: None for the whole endpoint and key, ``"model:<id>"`` for one model, ``"free"`` for the
+        ``:free`` family's quota. ``shed``: a 503 or 529 (load shed by the model's provider): a signal
+        when its wait is within ``max_gate_seconds``; a longer one is an outage, which holds only the
+        request told of it (it is heard as an answer)."""
+        if shed and (wait is None or wait > self._max_gate):
+            self.on_answer(ticket)
+            return
         target = KEY_SCOPE if scope is None else scope
         with self._lock:
             now = self._clock()
