@@ -329,6 +329,9 @@ def _iterate(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers: 
                        "iter_sheets stopped early: %d sheet(s) in flight finished afterwards (cost $%.6f); %s",
                        len(late), cost, where)
 
+    # Up to a worker's worth queued beyond the running sheets, so that a slow consumer (a callback, the
+    # loop body of iter_sheets) does not leave the workers idle; each is chosen as it is queued.
+    window = 2 * workers
     handout: Handout[tuple[int, Sheet, Optional[str], Optional[Settings]]] = Handout(backend, _LOOKAHEAD * workers)
     source = enumerate(sheets)
 
@@ -361,7 +364,7 @@ def _iterate(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers: 
                     yield from read_ahead()
                 if not len(handout):
                     break
-                while len(pending) >= workers:  # a sheet is chosen when a worker is free for it
+                while len(pending) >= window:
                     yield from harvest(block=True)
                 index, sheet, key, settings = handout.take()
                 if budget.reached():
@@ -397,8 +400,8 @@ def iter_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_worker
                 keep_raw: bool = False) -> Iterator[tuple[int, Sheet, ExecutionResult]]:
     """Yield ``(index, sheet, result)`` as sheets finish (not in input order).
 
-    Inputs are read lazily: at most ``max_workers`` sheets are in flight and ``4 * max_workers``
-    read ahead, so memory does not grow with the number of sheets. A free worker takes the first
+    Inputs are read lazily: at most ``2 * max_workers`` sheets are in flight and ``4 * max_workers``
+    more read ahead, so memory does not grow with the number of sheets. A free worker takes the first
     sheet read ahead whose model the throttle does not hold back (see :mod:`openrouter_sync.handout`).
     Sheets whose answers the checkpoint holds (made with the same settings) are yielded from it
     without being sent, and reported to ``on_result`` like the others. The keyword arguments are
