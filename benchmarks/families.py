@@ -20,8 +20,8 @@ from typing import Dict, List, Tuple
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
-from limiters import FAMILIES, draw, ideal  # noqa: E402
-from ratesim import simulate  # noqa: E402
+from limiters import FAMILIES, draw, ideal
+from ratesim import simulate
 
 WORKERS = 32
 

@@ -400,8 +400,10 @@ def simulate(server: Server, n: int = 300, workers: int = 32, *, plain: bool = F
     The library's client: ``acquire``, send, wait the answer's latency, report it; after a
     refusal (a 429, a 529, a 503 naming a wait: reported to the throttle, and not counted against
     ``max_attempts``, only against the 900 s budget), wait the named wait (a floor for that
-    request) or else an exponential back-off (0.2 * 2**(k-1), jitter 50%), then try again. ``plain=True``: the usual hand-written loop instead (no throttle, tenacity's
-    ``wait_exponential_jitter(initial=0.1, max=5)``, waits named by the server ignored).
+    request) or else an exponential back-off (0.2 * 2**(k-1), jitter 50%), then try again.
+    ``plain=True``: the usual hand-written loop instead (no throttle, tenacity's
+    ``wait_exponential_jitter(initial=0.1, max=5)``, waits named by the server ignored, every
+    refusal an attempt).
     ``sample``: (every, callback) to call ``callback(seconds since the start)`` while workers run.
     ``batch``: declare the prompts not yet answered to the throttle (``Throttle.expect``), as
     ``run_sheets`` does.
