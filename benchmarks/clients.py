@@ -3,7 +3,7 @@
 - ``ours``: openrouter-sync, ``run_sheets(backend, prompts, max_workers=W)`` on a fresh backend with
   the library's default throttle (a fresh process, a fresh port and a key made from the port: the
   processes of one run share a key, as workers of one app do, and nothing carries over between
-  runs; ``$BENCH_INDEPENDENT_THROTTLES`` set: each process keeps its own state); ``--shared-state PATH`` builds it with
+  runs); ``--shared-state PATH`` builds it with
   ``throttle=Throttle.shared(PATH)`` instead (or, without that method, sets
   ``$OPENROUTER_SYNC_SHARED_STATE``).
 - ``plain``: the usual hand-written loop: a ``ThreadPoolExecutor`` of W threads over one
@@ -57,9 +57,6 @@ def find_throttle() -> Any:
 
 
 SHARED_STATE_ENV = "OPENROUTER_SYNC_SHARED_STATE"
-#: Set (to anything) in the benchmark's environment: every openrouter-sync process keeps its own
-#: rate state (``OPENROUTER_SYNC_SHARED_STATE=off``), to measure independent throttles.
-INDEPENDENT_ENV = "BENCH_INDEPENDENT_THROTTLES"
 
 
 def shared_state_supported() -> bool:
@@ -95,8 +92,6 @@ def ours(base_url: str, prompts: list[str], workers: int, start_at: Optional[flo
     from openrouter_sync import OpenRouterBackend, run_sheets
 
     extra: dict[str, Any] = {}
-    if os.environ.get(INDEPENDENT_ENV):  # each process on its own, as with sharing turned off
-        os.environ[SHARED_STATE_ENV] = "off"
     if shared_state:
         throttle = find_throttle()
         if callable(getattr(throttle, "shared", None)):
@@ -104,7 +99,7 @@ def ours(base_url: str, prompts: list[str], workers: int, start_at: Optional[flo
         else:
             os.environ[SHARED_STATE_ENV] = shared_state
     # One key for every process of a run (a fresh server, so a fresh key): processes on one key, as
-    # gunicorn or Celery workers are, which share their rate state by default.
+    # gunicorn or Celery workers are.
     key = "bench-" + hashlib.sha256(base_url.encode()).hexdigest()[:16]
     backend = OpenRouterBackend(model=MODEL, base_url=base_url, api_key=key,
                                 timeout_seconds=10, pool_size=workers, **extra)

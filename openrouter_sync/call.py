@@ -44,6 +44,7 @@ class CallState(CallClock):
         self.attempts = 0
         self.waited = 0.0
         self.unanswered = 0
+        self.answered: Optional[Outcome] = None  # the server's last HTTP answer
 
     def budget_left(self) -> float:
         return self.budget - self.elapsed()
@@ -123,6 +124,8 @@ class Pipeline:
         call = CallState(self.clock, self.sleep, cancel, self.activity, self._policy.max_elapsed_seconds)
         retrying = self._retrying.copy(sleep=call.retry_sleep)
         outcome: Outcome = retrying(self._attempt, call, spec, key, body, stream)
+        if not outcome.sent and outcome.status is None and call.answered is not None and is_refusal(outcome):
+            outcome = call.answered  # ended unsent at the shared gate: the result is what the server last said
         return CallRecord(outcome, call.attempts, call.waited, call.unanswered, started_at, self.clock() - start)
 
     def _attempt(self, call: CallState, spec: CallSpec, key: str, body: bytes, stream: bool) -> Outcome:
@@ -141,6 +144,8 @@ class Pipeline:
         if timeout <= 0:
             return network_outcome(ErrorType.TIMEOUT, "max_elapsed_seconds passed before the attempt could start")
         outcome = self._exchange(call, spec, key, body, stream, Deadline.after(timeout, tag=call.cancel), timeout)
+        if outcome.status is not None:
+            call.answered = outcome
         if is_refusal(outcome):  # a 429, a 529, a 503 naming a wait: a signal for the scope it names
             call.refused += 1
             shed = outcome.status != 429  # a 503 or 529: the model's provider shed it

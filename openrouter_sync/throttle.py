@@ -27,7 +27,6 @@ import math
 import os
 import secrets
 import stat
-import tempfile
 import threading
 import time
 import weakref
@@ -49,8 +48,8 @@ KEY_SCOPE = "key"
 _NEVER = float("-inf")
 _RING = 16  # the latest key-wide 429s of all processes kept in the shared state
 REFINE_LOOK = 0.01  # seconds between looks at a send slot while a first guess waits to be raised
-#: A directory, or a Redis URL, where every endpoint's key-wide state is shared between processes;
-#: ``off`` shares nothing. Unset: a per-user directory (see :meth:`Throttle.for_endpoint`).
+#: A directory, or a Redis URL, where every endpoint's key-wide state is shared between processes
+#: (see :meth:`Throttle.for_endpoint`); unset or ``off``: not shared.
 SHARED_STATE_ENV = "OPENROUTER_SYNC_SHARED_STATE"
 
 
@@ -167,16 +166,14 @@ class Throttle:
         """The process-wide throttle for this endpoint and key: the same object while it is in use
         (released, with its state file, once no backend holds it).
 
-        Only a hash of the key is kept (never the key itself). Its key-wide state is shared with
-        this user's other processes (see :meth:`shared`), in a file named after a hash of the
-        endpoint and key: in ``$OPENROUTER_SYNC_SHARED_STATE`` when that names a directory (created
-        if missing), else in ``$XDG_RUNTIME_DIR/openrouter-sync``, else in the system's temporary
-        directory's ``openrouter-sync-<uid>``. A directory that is not this user's alone (another
-        owner, or writable by group or others) is refused with a warning, and the state stays in
-        this process. A Redis URL (``redis://``, ``rediss://``, ``unix://``; needs
-        ``openrouter-sync[redis]``) shares it with processes on other machines too (without the
-        ``redis`` package, or with a malformed URL, a warning is logged and the state is not
-        shared); ``off`` shares nothing."""
+        Only a hash of the key is kept (never the key itself). With ``$OPENROUTER_SYNC_SHARED_STATE``
+        set to a directory (created ``0700`` if missing), its key-wide state is shared with the other
+        processes that set it (see :meth:`shared`), in a file there named after a hash of the
+        endpoint and key. A directory that is not this user's alone (another owner, writable by
+        group or others, or a link) is refused with a warning, and the state stays in this process.
+        A Redis URL (``redis://``, ``rediss://``, ``unix://``; needs ``openrouter-sync[redis]``)
+        shares it with processes on other machines too (without the ``redis`` package, or with a
+        malformed URL, a warning is logged and the state is not shared). Unset, or ``off``: not shared."""
         url = str(base_url).rstrip("/")
         digest = hashlib.sha256((api_key or "").encode("utf-8")).hexdigest()
         key = (url, digest)
@@ -816,7 +813,7 @@ def _default_store(where: str, name: str) -> Optional[StateStore]:
     """The store ``$OPENROUTER_SYNC_SHARED_STATE`` names for ``name`` (see ``Throttle.for_endpoint``)."""
     from .ratelimit.redis_state import open_shared_state
 
-    if where.lower() == "off":
+    if not where or where.lower() == "off":
         return None
     if "://" in where:  # Redis, or refused (another scheme never becomes a file name)
         try:
@@ -824,10 +821,6 @@ def _default_store(where: str, name: str) -> Optional[StateStore]:
         except (ImportError, ValueError) as exc:  # no redis package, or a bad URL: calls never raise
             logger.warning("%s: %s; state is not shared", SHARED_STATE_ENV, exc)
             return None
-    if not where:
-        runtime = os.environ.get("XDG_RUNTIME_DIR", "")
-        where = os.path.join(runtime, "openrouter-sync") if runtime else \
-            os.path.join(tempfile.gettempdir(), f"openrouter-sync-{os.getuid() if hasattr(os, 'getuid') else 0}")
     directory = os.path.expanduser(where)
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import uuid
 from typing import Iterator
@@ -20,13 +19,6 @@ FAST_RETRY = RetryPolicy(max_attempts=4, backoff_base=0.01, backoff_max=0.05, ma
 # delivered, as in a terminal. A handler (unlike an ignore) is not inherited: children get the default.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _own_shared_state(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Backends share their rate state with this user's other processes by default: in the suite,
-    through a directory of its own (so that runs never meet each other's state)."""
-    os.environ["OPENROUTER_SYNC_SHARED_STATE"] = str(tmp_path_factory.mktemp("shared-state"))
 
 
 @pytest.fixture(autouse=True)

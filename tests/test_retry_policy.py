@@ -198,3 +198,13 @@ def test_a_new_policy_takes_effect(fake: FakeOpenRouter, key: str) -> None:
         assert b.execute("x").exit_code == 503 and fake.request_count == 1
         with pytest.raises(TypeError, match="RetryPolicy"):
             b.retry_policy = 3  # type: ignore[assignment]
+
+
+def test_a_call_that_ends_unsent_at_the_gate_reports_what_the_server_said(fake: FakeOpenRouter, key: str) -> None:
+    # The last attempts were held at the shared gate (not sent) when the budget ran out: the result
+    # is the server's own last answer (a 503), not a 429 it never sent.
+    fake.script(*[Reply(503, {"Retry-After": "0.3"}) for _ in range(50)])
+    policy = RetryPolicy(max_attempts=3, max_elapsed_seconds=1.0)
+    with OpenRouterBackend(base_url=fake.base_url, api_key=key, retry_policy=policy, share_throttle=False) as b:
+        r = b.execute("x")
+    assert (r.error_type, r.exit_code) == ("service_unavailable", 503) and "503" in (r.error_message or "")

@@ -1,4 +1,5 @@
-"""Backends share the key-wide rate state with this user's other processes by default, safely."""
+"""Where backends share the key-wide rate state with other processes (``$OPENROUTER_SYNC_SHARED_STATE``),
+safely, and the throttles of keys no longer in use are let go."""
 
 from __future__ import annotations
 
@@ -17,15 +18,19 @@ def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def test_by_default_the_state_lives_in_a_per_user_runtime_directory(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, key: str) -> None:
+def test_by_default_nothing_is_shared(monkeypatch: pytest.MonkeyPatch, key: str) -> None:
     monkeypatch.delenv(SHARED_STATE_ENV, raising=False)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    throttle = Throttle.for_endpoint("http://127.0.0.1:1/api/v1", key)
+    assert Throttle.for_endpoint("http://127.0.0.1:1/api/v1", key).shared_state is None
+
+
+def test_a_directory_named_holds_one_private_file_per_endpoint_and_key(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, key: str) -> None:
+    monkeypatch.setenv(SHARED_STATE_ENV, str(tmp_path / "state"))
+    throttle = Throttle.for_endpoint("http://127.0.0.1:5/api/v1", key)
     where = throttle.shared_state
-    assert where is not None and Path(where).parent == tmp_path / "openrouter-sync"
-    assert (tmp_path / "openrouter-sync").stat().st_mode & 0o777 == 0o700
-    assert key not in where and Throttle.for_endpoint("http://127.0.0.1:1/api/v1", key) is throttle
+    assert where is not None and Path(where).parent == tmp_path / "state"
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+    assert key not in where and Throttle.for_endpoint("http://127.0.0.1:5/api/v1", key) is throttle
 
 
 def test_off_shares_nothing(monkeypatch: pytest.MonkeyPatch, key: str) -> None:
