@@ -1,8 +1,9 @@
 """The two clients the rate-control benchmarks compare, each run in a child process of its own.
 
 - ``ours``: openrouter-sync, ``run_sheets(backend, prompts, max_workers=W)`` on a fresh backend with
-  the library's default throttle (a fresh process, a fresh port and a fresh key: nothing carries
-  over, in old and new versions alike); ``--shared-state PATH`` builds it with
+  the library's default throttle (a fresh process, a fresh port and a key made from the port: the
+  processes of one run share a key, as workers of one app do, and nothing carries over between
+  runs); ``--shared-state PATH`` builds it with
   ``throttle=Throttle.shared(PATH)`` instead (or, without that method, sets
   ``$OPENROUTER_SYNC_SHARED_STATE``).
 - ``plain``: the usual hand-written loop: a ``ThreadPoolExecutor`` of W threads over one
@@ -19,11 +20,11 @@ whichever is first on ``sys.path``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
@@ -97,7 +98,10 @@ def ours(base_url: str, prompts: list[str], workers: int, start_at: Optional[flo
             extra["throttle"] = throttle.shared(shared_state)
         else:
             os.environ[SHARED_STATE_ENV] = shared_state
-    backend = OpenRouterBackend(model=MODEL, base_url=base_url, api_key=f"bench-{uuid.uuid4().hex}",
+    # One key for every process of a run (a fresh server, so a fresh key): processes on one key, as
+    # gunicorn or Celery workers are.
+    key = "bench-" + hashlib.sha256(base_url.encode()).hexdigest()[:16]
+    backend = OpenRouterBackend(model=MODEL, base_url=base_url, api_key=key,
                                 timeout_seconds=10, pool_size=workers, **extra)
     began = _wait_until(start_at)
     with backend:

@@ -233,9 +233,11 @@ class OpenRouterBackend:
 
     # ----- lifecycle -----
     def close(self) -> None:
-        """Close the connection pool and let redaction forget the key (unless another open backend
-        holds it). Safe to call more than once; a later call opens a fresh pool and holds the key again."""
+        """Close the connection pool, let go of the process-wide throttles and let redaction forget
+        the key (unless another open backend holds them). Safe to call more than once; a later call
+        opens a fresh pool and holds the key again."""
         self.transport.close()
+        self._throttles.close()
         self._key.release()
 
     def __enter__(self) -> OpenRouterBackend:

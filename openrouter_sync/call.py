@@ -23,7 +23,7 @@ from .error_types import ErrorType
 from .events import EventStream
 from .request import CallSpec
 from .result import ExecutionResult, utc_now
-from .retry import Activity, CallClock, Interrupted, RetryPolicy, compile_policy, interruptible_sleep
+from .retry import Activity, CallClock, Interrupted, RetryPolicy, compile_policy, interruptible_sleep, is_refusal
 from .throttle import Throttle
 from .transport import Transport, TransportError
 
@@ -44,6 +44,7 @@ class CallState(CallClock):
         self.attempts = 0
         self.waited = 0.0
         self.unanswered = 0
+        self.answered: Optional[Outcome] = None  # the server's last HTTP answer
 
     def budget_left(self) -> float:
         return self.budget - self.elapsed()
@@ -123,6 +124,8 @@ class Pipeline:
         call = CallState(self.clock, self.sleep, cancel, self.activity, self._policy.max_elapsed_seconds)
         retrying = self._retrying.copy(sleep=call.retry_sleep)
         outcome: Outcome = retrying(self._attempt, call, spec, key, body, stream)
+        if not outcome.sent and outcome.status is None and call.answered is not None and is_refusal(outcome):
+            outcome = call.answered  # ended unsent at the shared gate: the result is what the server last said
         return CallRecord(outcome, call.attempts, call.waited, call.unanswered, started_at, self.clock() - start)
 
     def _attempt(self, call: CallState, spec: CallSpec, key: str, body: bytes, stream: bool) -> Outcome:
@@ -133,6 +136,7 @@ class Pipeline:
                                   gate=policy.max_attempts > 1, scopes=scopes_for(spec.model))
         call.waited += ticket.waited
         if not ticket.admitted:
+            call.refused += 1  # (a refusal: see is_refusal)
             return Outcome(ErrorType.RATE_LIMIT, 429, f"HTTP 429 (rate_limit): not sent: requests to this endpoint "
                            f"must wait {ticket.refused_for:.1f}s more", retry_after=ticket.refused_for,
                            retry_source="shared back-off", sent=False)
@@ -140,8 +144,13 @@ class Pipeline:
         if timeout <= 0:
             return network_outcome(ErrorType.TIMEOUT, "max_elapsed_seconds passed before the attempt could start")
         outcome = self._exchange(call, spec, key, body, stream, Deadline.after(timeout, tag=call.cancel), timeout)
-        if outcome.status == 429:
-            throttle.on_rate_limited(ticket, outcome.retry_after, _scope_name(outcome.scope, spec.model))
+        if outcome.status is not None:
+            call.answered = outcome
+        if is_refusal(outcome):  # a 429, a 529, a 503 naming a wait: a signal for the scope it names
+            call.refused += 1
+            shed = outcome.status != 429  # a 503 or 529: the model's provider shed it
+            scope = f"model:{spec.model}" if shed else _scope_name(outcome.scope, spec.model)
+            throttle.on_rate_limited(ticket, outcome.retry_after, scope, shed=shed)
         else:
             throttle.on_answer(ticket)
         call.unanswered += outcome.unanswered

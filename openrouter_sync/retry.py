@@ -54,6 +54,13 @@ class RetryPolicy:
     each attempt's timeout is cut to what is left. ``retry_unanswered=False`` never resends a
     request that was sent but not answered (a read timeout, a dropped connection), since the
     server may have finished and billed it. ``RetryPolicy(max_attempts=1)`` never retries.
+
+    ``max_attempts`` counts the attempts the server processed. A refusal (see :func:`is_refusal`: a
+    429, a 529, a 503 with a named wait, or a request the shared back-off did not send) did no work
+    and costs nothing, so while retrying is
+    on and ``max_elapsed_seconds`` bounds the call, refusals are bounded by that time instead:
+    under load shedding every prompt is answered, and a server that refuses forever ends each
+    call after ``max_elapsed_seconds``. Without ``max_elapsed_seconds``, refusals count as attempts.
     """
 
     max_attempts: int = 8
@@ -142,8 +149,18 @@ class Activity:
             self.retrying += delta
 
 
+def is_refusal(outcome: Outcome) -> bool:
+    """Whether the server (or the shared back-off) refused the request without processing it: a
+    429, a 529 (overloaded), a 503 that names when to come back, or a request not sent at all. (A
+    503 without a wait may be lasting, e.g. no provider meets the routing requirements.)"""
+    if outcome.status is None:
+        return outcome.error_type == ErrorType.RATE_LIMIT and not outcome.sent
+    return outcome.status in (429, 529) or (outcome.status == 503 and outcome.retry_after is not None)
+
+
 class CallClock:
-    """What the compiled policy needs to know of the running call: when it started, on which clock.
+    """What the compiled policy needs to know of the running call: when it started, on which clock,
+    and how many of its attempts were refusals (``is_refusal``).
 
     The attempt function receives it as its first argument, so tenacity's strategies find it in
     ``retry_state.args[0]``."""
@@ -151,6 +168,7 @@ class CallClock:
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
         self.started = clock()
+        self.refused = 0
 
     def elapsed(self) -> float:
         return self.clock() - self.started
@@ -165,6 +183,18 @@ class wait_server_or_backoff(wait_base):
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
         outcome: Outcome = retry_state.outcome.result()  # type: ignore[union-attr]
         return self.policy.wait_for(outcome, retry_state.attempt_number, self.rng)[0]
+
+
+class stop_after_processed(stop_base):
+    """Stop after ``max_attempts`` attempts, not counting refusals when ``refusals_free``."""
+
+    def __init__(self, max_attempts: int, refusals_free: bool) -> None:
+        self.max_attempts, self.refusals_free = max_attempts, refusals_free
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        call: CallClock = retry_state.args[0]
+        refused = call.refused if self.refusals_free else 0
+        return retry_state.attempt_number - refused >= self.max_attempts
 
 
 class stop_on_long_wait(stop_base):
@@ -196,9 +226,11 @@ class log_retry:
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> None:
         outcome: Outcome = retry_state.outcome.result()  # type: ignore[union-attr]
-        logger.warning("retry %d/%d after %s: waiting %.2fs (%s)", retry_state.attempt_number + 1,
-                       self.max_attempts, _label(outcome), retry_state.upcoming_sleep,
-                       outcome.retry_source or "backoff")
+        call: CallClock = retry_state.args[0]
+        logger.warning("retry %d after %s: waiting %.2fs (%s); %d of %d attempts used (refusals are free)",
+                       retry_state.attempt_number + 1, _label(outcome), retry_state.upcoming_sleep,
+                       outcome.retry_source or "backoff", retry_state.attempt_number - call.refused,
+                       self.max_attempts)
 
 
 def _give_up(retry_state: tenacity.RetryCallState) -> Outcome:
@@ -215,7 +247,8 @@ def compile_policy(policy: RetryPolicy, rng: Optional[random.Random] = None) -> 
     ``Outcome`` and ``call`` is a ``CallClock``. Exceptions (network errors are outcomes, not
     exceptions) are never retried and propagate. When retrying stops, the last outcome is returned.
     """
-    stop = tenacity.stop_after_attempt(policy.max_attempts) | stop_on_long_wait(policy.max_wait_seconds)
+    free = policy.max_attempts > 1 and policy.max_elapsed_seconds is not None
+    stop = stop_after_processed(policy.max_attempts, free) | stop_on_long_wait(policy.max_wait_seconds)
     if policy.max_elapsed_seconds is not None:
         stop = stop | stop_before_budget(policy.max_elapsed_seconds)
     return tenacity.Retrying(

@@ -36,6 +36,7 @@ from .checkpoint import Checkpoint, CheckpointMismatch, Settings, endpoint_of, s
 from .deadline import abort_tagged
 from .display import results_html
 from .error_types import ErrorType
+from .handout import Handout
 from .progress import Progress, ProgressArg
 from .result import ExecutionResult, utc_now
 from .retry import Interrupted
@@ -46,6 +47,8 @@ from .throttle import Throttle
 OnResult = Callable[[int, ExecutionResult], Any]
 _Collect = Callable[[int, ExecutionResult], None]
 _MISMATCH_MODES = ("redo", "refuse")
+#: Sheets read ahead per worker, for a free worker to take one whose model is not held back.
+_LOOKAHEAD = 4
 #: After Ctrl-C, how long to let cut requests return (so what they finished is recorded).
 _SETTLE_SECONDS = 0.5
 #: Results that are not written to a checkpoint: the sheet was not (wholly) sent, so a rerun sends it.
@@ -247,7 +250,6 @@ def _iterate(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers: 
     length = len(sheets) if isinstance(sheets, Sequence) else None  # None: known once the input is used up
     meter = Progress(total if total is not None else length, progress, activity=getattr(backend, "activity", None))
     pending: dict[cf.Future[ExecutionResult], tuple[int, Sheet]] = {}
-    window = 2 * workers
     keys = SheetKeys() if checkpoint is not None else None  # ids matter (and cost memory) only for a checkpoint
     finished_normally = False
     on_result_raised = False
@@ -327,32 +329,50 @@ def _iterate(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers: 
                        "iter_sheets stopped early: %d sheet(s) in flight finished afterwards (cost $%.6f); %s",
                        len(late), cost, where)
 
+    # Up to a worker's worth queued beyond the running sheets, so that a slow consumer (a callback, the
+    # loop body of iter_sheets) does not leave the workers idle; each is chosen as it is queued.
+    window = 2 * workers
+    handout: Handout[tuple[int, Sheet, Optional[str], Optional[Settings]]] = Handout(backend, _LOOKAHEAD * workers)
+    source = enumerate(sheets)
+
+    def read_ahead() -> Iterator[tuple[int, Sheet, ExecutionResult]]:
+        """Fill the look-ahead from the input; sheets the checkpoint holds are finished at once."""
+        for index, item in source:
+            sheet = as_sheet(item)
+            key = keys.assign(index, sheet) if keys is not None else sheet.id
+            settings: Optional[Settings] = None
+            if checkpoint is not None and key is not None:
+                settings = settings_for(backend, sheet, endpoint)
+                stored = checkpoint.restore(key, settings)
+                if stored is not None:
+                    yield finish(index, sheet, stored)
+                    continue
+                if on_mismatch == "refuse":
+                    why = checkpoint.mismatch(key, settings)
+                    if why is not None:
+                        raise CheckpointMismatch(f"{checkpoint.path}: the answer for {key!r} was made with other "
+                                                 f"settings: {why}", [(index, key, why)])
+            handout.add(sheet, (index, sheet, key, settings))
+            if handout.full:
+                return
+        left.exhausted = True
+
     try:
         with _expecting(backend, left):
-            for index, item in enumerate(sheets):
-                sheet = as_sheet(item)
-                key = keys.assign(index, sheet) if keys is not None else sheet.id
-                settings: Optional[Settings] = None
-                if checkpoint is not None and key is not None:
-                    settings = settings_for(backend, sheet, endpoint)
-                    stored = checkpoint.restore(key, settings)
-                    if stored is not None:
-                        yield finish(index, sheet, stored)
-                        continue
-                    if on_mismatch == "refuse":
-                        why = checkpoint.mismatch(key, settings)
-                        if why is not None:
-                            raise CheckpointMismatch(f"{checkpoint.path}: the answer for {key!r} was made with other "
-                                                     f"settings: {why}", [(index, key, why)])
+            while True:
+                if not handout.full:
+                    yield from read_ahead()
+                if not len(handout):
+                    break
                 while len(pending) >= window:
                     yield from harvest(block=True)
+                index, sheet, key, settings = handout.take()
                 if budget.reached():
                     yield finish(index, sheet, budget.refused(sheet, key))
                     continue
                 future = pool.submit(_work, backend, sheet, cancel, stream, index, key, checkpoint, settings, budget)
                 pending[future] = (index, sheet)
                 yield from harvest(block=False)
-            left.exhausted = True
             while pending:
                 yield from harvest(block=True)
         finished_normally = True
@@ -380,11 +400,13 @@ def iter_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_worker
                 keep_raw: bool = False) -> Iterator[tuple[int, Sheet, ExecutionResult]]:
     """Yield ``(index, sheet, result)`` as sheets finish (not in input order).
 
-    Inputs are read lazily and at most ``2 * max_workers`` sheets are in flight, so memory does
-    not grow with the number of sheets. Sheets whose answers the checkpoint holds (made with the
-    same settings) are yielded from it without being sent, and reported to ``on_result`` like the
-    others. The keyword arguments are those of ``run_sheets`` (with ``on_mismatch="refuse"``,
-    ``CheckpointMismatch`` is raised when the first such sheet is reached, not up front).
+    Inputs are read lazily: at most ``2 * max_workers`` sheets are in flight and ``4 * max_workers``
+    more read ahead, so memory does not grow with the number of sheets. A free worker takes the first
+    sheet read ahead whose model the throttle does not hold back (see :mod:`openrouter_sync.handout`).
+    Sheets whose answers the checkpoint holds (made with the same settings) are yielded from it
+    without being sent, and reported to ``on_result`` like the others. The keyword arguments are
+    those of ``run_sheets`` (with ``on_mismatch="refuse"``, ``CheckpointMismatch`` is raised when
+    the first such sheet is reached, not up front).
 
     Leaving the loop early (``break``, an exception in its body) or an exception from
     ``on_result`` starts nothing more, but the sheets in flight finish, when the generator is

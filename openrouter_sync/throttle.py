@@ -26,6 +26,7 @@ import hashlib
 import math
 import os
 import secrets
+import stat
 import threading
 import time
 import weakref
@@ -47,7 +48,8 @@ KEY_SCOPE = "key"
 _NEVER = float("-inf")
 _RING = 16  # the latest key-wide 429s of all processes kept in the shared state
 REFINE_LOOK = 0.01  # seconds between looks at a send slot while a first guess waits to be raised
-#: Set to a directory (or a file) to share every endpoint's key-wide state between processes.
+#: A directory, or a Redis URL, where every endpoint's key-wide state is shared between processes
+#: (see :meth:`Throttle.for_endpoint`); unset or ``off``: not shared.
 SHARED_STATE_ENV = "OPENROUTER_SYNC_SHARED_STATE"
 
 
@@ -125,7 +127,7 @@ class Throttle:
     the *other* requests back.
     """
 
-    _registry: ClassVar[Dict[Tuple[str, str], "Throttle"]] = {}
+    _registry: ClassVar["weakref.WeakValueDictionary[Tuple[str, str], Throttle]"] = weakref.WeakValueDictionary()
     _shared_registry: ClassVar[Dict[str, "Throttle"]] = {}
     _registry_lock: ClassVar[threading.Lock] = threading.Lock()
     _all: ClassVar["weakref.WeakSet[Throttle]"] = weakref.WeakSet()
@@ -161,36 +163,29 @@ class Throttle:
 
     @classmethod
     def for_endpoint(cls, base_url: str, api_key: Optional[str]) -> Throttle:
-        """The process-wide throttle for this endpoint and key: the same object on every call.
+        """The process-wide throttle for this endpoint and key: the same object while it is in use
+        (released, with its state file, once no backend holds it).
 
         Only a hash of the key is kept (never the key itself). With ``$OPENROUTER_SYNC_SHARED_STATE``
-        set to a directory (created if missing), it shares its key-wide state with other processes
-        (see :meth:`shared`) in a file there named after a hash of the endpoint and key; set to a
-        Redis URL (``redis://``, ``rediss://``, ``unix://``; needs ``openrouter-sync[redis]``), under
-        a Redis key named after that hash, shared with processes on other machines too (without the
-        ``redis`` package, or with a malformed URL, a warning is logged and the state is not shared)."""
-        from .ratelimit.redis_state import open_shared_state
-
+        set to a directory (created ``0700`` if missing), its key-wide state is shared with the other
+        processes that set it (see :meth:`shared`), in a file there named after a hash of the
+        endpoint and key. A directory that is not this user's alone (another owner, writable by
+        group or others, or a link) is refused with a warning, and the state stays in this process.
+        A Redis URL (``redis://``, ``rediss://``, ``unix://``; needs ``openrouter-sync[redis]``)
+        shares it with processes on other machines too (without the ``redis`` package, or with a
+        malformed URL, a warning is logged and the state is not shared). Unset, or ``off``: not shared."""
         url = str(base_url).rstrip("/")
         digest = hashlib.sha256((api_key or "").encode("utf-8")).hexdigest()
         key = (url, digest)
         with cls._registry_lock:
             throttle = cls._registry.get(key)
             if throttle is None:
-                where = os.environ.get(SHARED_STATE_ENV, "").strip()
                 name = hashlib.sha256(f"{url}\n{digest}".encode()).hexdigest()[:32]
-                state: Optional[StateStore] = None
-                if "://" in where:  # Redis, or refused (another scheme never becomes a file name)
-                    try:
-                        state = open_shared_state(where, name)
-                    except (ImportError, ValueError) as exc:  # no redis package, or a bad URL: calls never raise
-                        logger.warning("%s: %s; state is not shared", SHARED_STATE_ENV, exc)
-                elif where and os.path.exists(where) and not os.path.isdir(where):
-                    logger.warning("%s=%s is not a directory; state is not shared", SHARED_STATE_ENV, where)
-                elif where:  # a directory (created if missing): one file per endpoint and key
-                    state = SharedState(os.path.join(os.path.expanduser(where), f"{name}.state"))
-                throttle = cls._registry[key] = cls()
-                throttle._shared = state
+                throttle = cls()
+                throttle._shared = _default_store(os.environ.get(SHARED_STATE_ENV, "").strip(), name)
+                if throttle._shared is not None:
+                    weakref.finalize(throttle, throttle._shared.close)
+                cls._registry[key] = throttle
             return throttle
 
     @classmethod
@@ -288,6 +283,20 @@ class Throttle:
         with self._lock:
             lane = self._lanes.get(KEY_SCOPE if scope is None else scope)
             return 0.0 if lane is None else lane.gate.remaining(self._clock())
+
+    def ready_in(self, scopes: Sequence[str] = ()) -> float:
+        """Seconds until a request through ``scopes`` (and the key-wide lane) could go as things
+        stand, by its gates and paced send slots: 0 when now. A scheduler uses it to hand out work
+        whose scopes are open (see :mod:`openrouter_sync.handout`)."""
+        names = _normalize_scopes(scopes)
+        with self._lock:
+            now = self._clock()
+            wait = 0.0
+            for name in (KEY_SCOPE, *names):
+                lane = self._lanes.get(name)
+                if lane is not None:
+                    wait = max(wait, lane.gate.until - now, lane.pacer.next_slot - now)
+            return wait
 
     def status(self) -> ThrottleStatus:
         """A snapshot: per scope, how long its gate stays shut and the rate it paces to."""
@@ -563,10 +572,16 @@ class Throttle:
                 self._lane(name).answered(ticket.sent_at, now)
             self._publish(before, now)
 
-    def on_rate_limited(self, ticket: Ticket, wait: Optional[float], scope: Optional[str] = None) -> None:
-        """A 429. ``wait``: the seconds the server named, or None. ``scope``: what the limit applies to:
-        None for the whole endpoint and key, ``"model:<id>"`` for one model, ``"free"`` for the
-        ``:free`` family's quota."""
+    def on_rate_limited(self, ticket: Ticket, wait: Optional[float], scope: Optional[str] = None, *,
+                        shed: bool = False) -> None:
+        """A refusal. ``wait``: the seconds the server named, or None. ``scope``: what the limit applies
+        to: None for the whole endpoint and key, ``"model:<id>"`` for one model, ``"free"`` for the
+        ``:free`` family's quota. ``shed``: a 503 or 529 (load shed by the model's provider): a signal
+        when its wait is within ``max_gate_seconds``; a longer one is an outage, which holds only the
+        request told of it (it is heard as an answer)."""
+        if shed and (wait is None or wait > self._max_gate):
+            self.on_answer(ticket)
+            return
         target = KEY_SCOPE if scope is None else scope
         with self._lock:
             now = self._clock()
@@ -794,10 +809,36 @@ class Throttle:
                 self._share_gate(state, now)
 
 
+def _default_store(where: str, name: str) -> Optional[StateStore]:
+    """The store ``$OPENROUTER_SYNC_SHARED_STATE`` names for ``name`` (see ``Throttle.for_endpoint``)."""
+    from .ratelimit.redis_state import open_shared_state
+
+    if not where or where.lower() == "off":
+        return None
+    if "://" in where:  # Redis, or refused (another scheme never becomes a file name)
+        try:
+            return open_shared_state(where, name)
+        except (ImportError, ValueError) as exc:  # no redis package, or a bad URL: calls never raise
+            logger.warning("%s: %s; state is not shared", SHARED_STATE_ENV, exc)
+            return None
+    directory = os.path.expanduser(where)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        info = os.lstat(directory)
+    except OSError as exc:
+        logger.warning("%s: %s cannot be used (%s); state is not shared", SHARED_STATE_ENV, where, exc)
+        return None
+    mine = not hasattr(os, "getuid") or info.st_uid == os.getuid()
+    if not stat.S_ISDIR(info.st_mode) or not mine or info.st_mode & 0o022:
+        logger.warning("%s: %s is not a directory of this user's alone; state is not shared", SHARED_STATE_ENV, where)
+        return None
+    return SharedState(os.path.join(directory, f"{name}.state"))
+
+
 class KeyThrottles:
     """Which throttle a backend's calls with a key go through: the backend's own (``own``), or the
     process-wide one for the endpoint and key (:meth:`Throttle.for_endpoint`). A throttle gets the
-    backend's pacing options when the backend starts using it."""
+    backend's pacing options when the backend starts using it; ``close`` lets go of them."""
 
     def __init__(self, base_url: str, own: Optional[Throttle], *, requests_per_minute: Optional[float] = None,
                  adaptive: bool = True) -> None:
@@ -811,6 +852,10 @@ class KeyThrottles:
         if throttle is None:  # two threads may both get here: the same throttle, configured alike
             throttle = self._by_key[key] = self._configure(Throttle.for_endpoint(self.base_url, key))
         return throttle
+
+    def close(self) -> None:
+        """Let go of the process-wide throttles (each is released once no backend holds it)."""
+        self._by_key.clear()
 
     def _configure(self, throttle: Throttle) -> Throttle:
         rpm, adaptive = self._pacing

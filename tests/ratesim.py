@@ -397,11 +397,13 @@ def simulate(server: Server, n: int = 300, workers: int = 32, *, plain: bool = F
              sample: Optional[Tuple[float, Callable[[float], None]]] = None) -> Run:
     """Run ``n`` prompts (model ``models[i % len(models)]``) through ``workers`` virtual threads.
 
-    The library's client: ``acquire``, send, wait the answer's latency, report it; after a 429,
-    wait the named wait (a floor for that request) or else an exponential back-off
-    (0.2 * 2**(k-1), jitter 50%), then try again; a 503 is retried the same way and never
-    reported as a 429. ``plain=True``: the usual hand-written loop instead (no throttle, tenacity's
-    ``wait_exponential_jitter(initial=0.1, max=5)``, waits named by the server ignored).
+    The library's client: ``acquire``, send, wait the answer's latency, report it; after a
+    refusal (a 429, a 529, a 503 naming a wait: reported to the throttle, and not counted against
+    ``max_attempts``, only against the 900 s budget), wait the named wait (a floor for that
+    request) or else an exponential back-off (0.2 * 2**(k-1), jitter 50%), then try again.
+    ``plain=True``: the usual hand-written loop instead (no throttle, tenacity's
+    ``wait_exponential_jitter(initial=0.1, max=5)``, waits named by the server ignored, every
+    refusal an attempt).
     ``sample``: (every, callback) to call ``callback(seconds since the start)`` while workers run.
     ``batch``: declare the prompts not yet answered to the throttle (``Throttle.expect``), as
     ``run_sheets`` does.
@@ -424,15 +426,15 @@ def simulate(server: Server, n: int = 300, workers: int = 32, *, plain: bool = F
 
 
 def simulate_processes(server: Server, processes: int, n: int, workers: int, *, seed: int = 1,
-                       shared: bool = False) -> List[Run]:
+                       shared: bool = False, max_attempts: int = 60) -> List[Run]:
     """``processes`` clients, each with its own throttle (like processes that share no state;
     ``shared=True``: one throttle for all, as one process would), ``n`` prompts and ``workers``
     threads each, started together against one ``server``. Each run's makespan counts from the
     common start; its ideal is the server's for all the prompts together."""
     vt = VirtualTime()
     common = Throttle(clock=vt.time) if shared else None
-    clients = [_Client(vt, server, n, workers, throttle=common or Throttle(clock=vt.time), seed=seed + i, tag=f"p{i}-")
-               for i in range(processes)]
+    clients = [_Client(vt, server, n, workers, throttle=common or Throttle(clock=vt.time), seed=seed + i, tag=f"p{i}-",
+                       max_attempts=max_attempts) for i in range(processes)]
     with contextlib.ExitStack() as stack:
         for client in clients:
             stack.enter_context(client.declared())
@@ -496,7 +498,9 @@ class _Client:
         key = f"{self.tag}{index}"
         model = self.models[index % len(self.models)]
         scopes = scopes_for(model)
-        for attempt in range(1, self.max_attempts + 1):
+        processed, attempt = 0, 0
+        while processed < self.max_attempts and vt.now - self.start < 900.0:  # the policy's max_elapsed_seconds
+            attempt += 1
             ticket = None
             if server.think:
                 vt.sleep(server.think)
@@ -514,6 +518,8 @@ class _Client:
             vt.sleep(answer.latency)
             if answer.dated and answer.wait is not None:  # a date, read on arrival
                 answer.wait = max(0.0, answer.wait - answer.latency)
+            if self.plain or not (answer.status in (429, 529) or (answer.status == 503 and answer.wait is not None)):
+                processed += 1  # the library's default policy bounds refusals by time, not attempts
             if answer.status == 200:
                 server.finish(vt.now)
                 if throttle is not None and ticket is not None:
@@ -521,12 +527,14 @@ class _Client:
                 self.finished[key] = vt.now
                 self.last = max(self.last, vt.now)
                 return
-            if answer.status == 429:
+            refusal = answer.status in (429, 529) or (answer.status == 503 and answer.wait is not None)
+            if answer.status != 200:
                 counts["refusals"] += 1
-                if throttle is not None and ticket is not None:
-                    throttle.on_rate_limited(ticket, answer.wait, answer.scope)
+            if refusal and throttle is not None and ticket is not None:
+                shed = answer.status != 429  # a 503 or 529: the model's provider shed it (as the pipeline says)
+                throttle.on_rate_limited(ticket, answer.wait, scopes[0] if shed else answer.scope, shed=shed)
             elif throttle is not None and ticket is not None:
-                throttle.on_answer(ticket)  # a 503: an answer; its wait never reaches the throttle
+                throttle.on_answer(ticket)  # a 503 with no wait: an answer
             wait = answer.wait if answer.wait is not None and not self.plain else self.backoff(attempt)
             if wait > self.max_wait:
                 counts["failures"] += 1  # the retry policy gives up on waits this long

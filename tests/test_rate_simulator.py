@@ -235,8 +235,9 @@ def test_a_models_limit_does_not_hold_another_model() -> None:
     assert status.scope().rate_limited_count == 0  # type: ignore[union-attr]
 
 
-def test_a_503_with_retry_after_never_reaches_the_throttle() -> None:
-    """A model answering 503 with Retry-After: 86400 slows nothing else: the throttle never hears of it."""
+def test_a_503_with_a_long_retry_after_holds_only_its_request() -> None:
+    """A model answering 503 with Retry-After: 86400 (an outage, not a shed) slows nothing else: the
+    throttle hears it as an answer, and only the requests told of it wait."""
     models = ("down/z", "up/y")
     vt = VirtualTime()
     throttle = Throttle(clock=vt.time)

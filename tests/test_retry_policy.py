@@ -85,7 +85,8 @@ def test_each_wait_source_is_used_and_logged(fake: FakeOpenRouter, key: str, cap
     assert r.success and r.attempts == 2
     retry_lines = [rec.getMessage() for rec in caplog.records if rec.getMessage().startswith("retry ")]
     assert len(retry_lines) == 1
-    assert f"({source})" in retry_lines[0] and "HTTP 429" in retry_lines[0] and "2/8" in retry_lines[0]
+    assert f"({source})" in retry_lines[0] and "HTTP 429" in retry_lines[0] and retry_lines[0].startswith("retry 2 ")
+    assert "0 of 8 attempts used (refusals are free)" in retry_lines[0]
 
 
 def test_too_long_a_wait_returns_at_once(fake: FakeOpenRouter, key: str) -> None:
@@ -128,12 +129,41 @@ def test_attempts_and_waits_are_recorded(fake: FakeOpenRouter, key: str) -> None
 
 
 def test_exhausted_retries_return_the_last_failure(fake: FakeOpenRouter, key: str) -> None:
-    fake.script(Reply(500), Reply(502), Reply(529))
+    # max_attempts counts what the server processed: the 529 between (a refusal) is not one of them.
+    fake.script(Reply(500), Reply(529), Reply(502), Reply(500))
     policy = RetryPolicy(max_attempts=3, backoff_base=0.01, backoff_max=0.01)
     with OpenRouterBackend(base_url=fake.base_url, api_key=key, retry_policy=policy) as b:
         r = b.execute("x")
-    assert (r.error_type, r.exit_code, r.attempts) == ("overloaded", 529, 3)
-    assert fake.request_count == 3
+    assert (r.error_type, r.exit_code, r.attempts) == ("api_error", 500, 4)
+    assert fake.request_count == 4
+
+
+@pytest.mark.parametrize("status", [429, 503, 529])
+def test_refusals_are_bounded_by_time_not_by_attempts(fake: FakeOpenRouter, key: str, status: int) -> None:
+    # A server that sheds load refuses many times before it takes a request: none of that is lost.
+    fake.script(*[Reply(status, {"Retry-After": "0.01"}) for _ in range(12)])
+    policy = RetryPolicy(max_attempts=3, backoff_base=0.01, backoff_max=0.01)
+    with OpenRouterBackend(base_url=fake.base_url, api_key=key, retry_policy=policy, share_throttle=False) as b:
+        r = b.execute("x")
+    assert r.success and r.attempts == 13 and fake.request_count == 13
+
+
+def test_a_server_that_refuses_forever_ends_each_call_in_max_elapsed_seconds(fake: FakeOpenRouter, key: str) -> None:
+    fake.script(*[Reply(503, {"Retry-After": "0.02"}) for _ in range(2000)])
+    policy = RetryPolicy(max_attempts=3, max_elapsed_seconds=0.6)
+    with OpenRouterBackend(base_url=fake.base_url, api_key=key, retry_policy=policy, share_throttle=False) as b:
+        start = time.monotonic()
+        r = b.execute("x")
+    assert r.error_type == "service_unavailable" and r.attempts > 3
+    assert time.monotonic() - start < 1.5
+
+
+def test_without_max_elapsed_seconds_refusals_count_as_attempts(fake: FakeOpenRouter, key: str) -> None:
+    fake.script(*[Reply(503, {"Retry-After": "0.01"}) for _ in range(10)])
+    policy = RetryPolicy(max_attempts=3, max_elapsed_seconds=None)
+    with OpenRouterBackend(base_url=fake.base_url, api_key=key, retry_policy=policy, share_throttle=False) as b:
+        r = b.execute("x")
+    assert r.error_type == "service_unavailable" and r.attempts == 3 and fake.request_count == 3
 
 
 def test_no_retry_policy_means_one_request_each(fake: FakeOpenRouter, key: str) -> None:
@@ -168,3 +198,13 @@ def test_a_new_policy_takes_effect(fake: FakeOpenRouter, key: str) -> None:
         assert b.execute("x").exit_code == 503 and fake.request_count == 1
         with pytest.raises(TypeError, match="RetryPolicy"):
             b.retry_policy = 3  # type: ignore[assignment]
+
+
+def test_a_call_that_ends_unsent_at_the_gate_reports_what_the_server_said(fake: FakeOpenRouter, key: str) -> None:
+    # The last attempts were held at the shared gate (not sent) when the budget ran out: the result
+    # is the server's own last answer (a 503), not a 429 it never sent.
+    fake.script(*[Reply(503, {"Retry-After": "0.3"}) for _ in range(50)])
+    policy = RetryPolicy(max_attempts=3, max_elapsed_seconds=1.0)
+    with OpenRouterBackend(base_url=fake.base_url, api_key=key, retry_policy=policy, share_throttle=False) as b:
+        r = b.execute("x")
+    assert (r.error_type, r.exit_code) == ("service_unavailable", 503) and "503" in (r.error_message or "")

@@ -1,0 +1,200 @@
+"""Random limiters from the families real APIs use, each with its oracle (the ideal makespan).
+
+``draw(rng)`` picks a family and its parameters; every server speaks the simulator's ``Server``
+interface (see ``ratesim``) and knows its ``ideal(n)``, computed as ``shared/RATE_LIMIT_ORACLES.md``
+says: what a client that knew the limiter exactly would achieve.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from typing import Deque, List, Optional, Tuple
+
+from ratesim import EPOCH, Answer, Concurrency, FixedWindow, Server, TokenBucket, parsed_wait
+
+STYLES = ("exact", "whole", "http-date-up", "ms", "none", "body")
+
+
+class SlidingLog(Server):
+    """At most ``limit`` requests in any rolling ``window`` seconds; a refusal's wait runs until the
+    oldest admitted request in the window leaves it."""
+
+    def __init__(self, limit: int, window: float, style: str) -> None:
+        self.limit, self.window, self.style = limit, window, style
+        self.log: Deque[float] = deque()
+
+    def handle(self, now: float, model: str) -> Answer:
+        while self.log and self.log[0] <= now - self.window:
+            self.log.popleft()
+        if len(self.log) < self.limit:
+            self.log.append(now)
+            return self.ok()
+        wait = self.log[0] + self.window - now
+        return self.refuse(parsed_wait(self.style, wait, now), dated=self.style.startswith("http-date"))
+
+    def ideal(self, n: int) -> float:
+        return (math.ceil(n / self.limit) - 1) * self.window + self.latency
+
+
+class Shedding(Server):
+    """Load shedding: with ``limit`` requests in flight, more are refused with ``status`` (503 or 529)
+    and ``Retry-After: retry_after`` (None: no header)."""
+
+    def __init__(self, limit: int, status: int = 503, retry_after: Optional[float] = 1.0) -> None:
+        self.limit, self.status, self.retry_after = limit, status, retry_after
+        self.active = 0
+
+    def handle(self, now: float, model: str) -> Answer:
+        if self.active >= self.limit:
+            return Answer(self.status, self.retry_after, None, self.refusal_latency)
+        self.active += 1
+        return self.ok()
+
+    def finish(self, now: float) -> None:
+        self.active -= 1
+
+    def ideal(self, n: int) -> float:
+        return math.ceil(n / self.limit) * self.latency
+
+
+class CostBucket(Server):
+    """A token-per-time limit: ``rate`` tokens a second, ``burst`` at once; prompt i costs ``costs[i]``."""
+
+    def __init__(self, rate: float, burst: float, costs: List[float], style: str) -> None:
+        self.rate, self.burst, self.costs, self.style = rate, burst, costs, style
+        self.tokens, self.stamp, self.next = burst, EPOCH, 0
+
+    def handle(self, now: float, model: str) -> Answer:
+        # The cost of the next prompt in line (the simulator's clients send prompts in order, and a
+        # refused prompt is the next one again soon): prompts of very different sizes either way.
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        cost = self.costs[self.next % len(self.costs)]
+        if self.tokens >= cost:
+            self.tokens -= cost
+            self.next += 1
+            return self.ok()
+        return self.refuse(parsed_wait(self.style, (cost - self.tokens) / self.rate, now),
+                           dated=self.style.startswith("http-date"))
+
+    def ideal(self, n: int) -> float:
+        total = sum(self.costs[i % len(self.costs)] for i in range(n))
+        return max(0.0, total - self.burst) / self.rate + self.latency
+
+
+class Both(Server):
+    """Two limits at once: a request is admitted only when both admit it (the first is asked first,
+    and an admit of the first is taken back when the second refuses)."""
+
+    def __init__(self, first: Server, second: Server) -> None:
+        self.first, self.second = first, second
+        first.latency = second.latency = self.latency
+
+    def handle(self, now: float, model: str) -> Answer:
+        a = self.first.handle(now, model)
+        if a.status != 200:
+            return a
+        b = self.second.handle(now, model)
+        if b.status != 200:
+            _take_back(self.first, now)
+            return b
+        return a
+
+    def finish(self, now: float) -> None:
+        self.first.finish(now)
+        self.second.finish(now)
+
+    def ideal(self, n: int) -> float:
+        return max(self.first.ideal(n), self.second.ideal(n))
+
+
+def _take_back(server: Server, now: float) -> None:
+    if isinstance(server, TokenBucket):
+        server.tokens += 1.0
+    elif isinstance(server, Concurrency):
+        server.active -= 1
+    elif isinstance(server, SlidingLog):
+        server.log.pop()
+
+
+class HeavyTail(Server):
+    """``inner`` whose accepted answers take a lognormal time (median ``median``, shape ``sigma``)."""
+
+    def __init__(self, inner: Server, median: float, sigma: float, seed: int) -> None:
+        self.inner, self.median, self.sigma = inner, median, sigma
+        self.rng = random.Random(seed)
+        self.latency = median
+        inner.latency = median
+
+    def handle(self, now: float, model: str) -> Answer:
+        answer = self.inner.handle(now, model)
+        if answer.status == 200:
+            answer.latency = self.median * math.exp(self.sigma * self.rng.gauss(0.0, 1.0))
+        return answer
+
+    def finish(self, now: float) -> None:
+        self.inner.finish(now)
+
+    def ideal(self, n: int) -> float:
+        return self.inner.ideal(n)
+
+
+def _latency(server: Server, latency: float) -> Server:
+    server.latency = latency
+    return server
+
+
+FAMILIES = ("bucket", "window", "sliding", "inflight", "shedding", "cost", "changing", "two", "share", "heavy")
+
+
+def ideal(server: Server, n: int, workers: int) -> float:
+    """The oracle's makespan, and never less than ``n`` prompts take on ``workers`` workers."""
+    return max(server.ideal(n), math.ceil(n / workers) * server.latency)
+
+
+def draw(rng: random.Random, n: int, family: Optional[str] = None) -> Tuple[str, Server]:
+    """A random limiter from ``family`` (None: any), its parameters drawn so that the limit binds."""
+    family = family or rng.choice(FAMILIES)
+    latency = rng.choice([0.05, 0.1, 0.2])
+    style = rng.choice(STYLES)
+    rate = rng.uniform(5.0, 60.0)
+    if family == "bucket":
+        return family, _latency(TokenBucket(rate, rng.choice([1, 5, 20, 100]), style), latency)
+    if family == "window":
+        window = rng.choice([1.0, 2.0, 5.0])
+        limit = max(8, int(rate * window))
+        return family, _latency(FixedWindow(limit, window, rng.choice(["exact", "whole", "http-date-up"]),
+                                            offset=rng.uniform(0.0, window)), latency)
+    if family == "sliding":
+        window = rng.choice([1.0, 2.0, 5.0])
+        return family, _latency(SlidingLog(max(8, int(rate * window)), window, rng.choice(["exact", "whole"])), latency)
+    if family == "inflight":
+        return family, _latency(Concurrency(rng.randint(2, 16)), latency)
+    if family == "shedding":
+        return family, _latency(Shedding(rng.randint(2, 16), rng.choice([503, 529]), rng.choice([1.0, None])), latency)
+    if family == "cost":
+        costs = [rng.choice([50, 200, 1000, 4000]) * rng.uniform(0.5, 1.5) for _ in range(n)]
+        mean = sum(costs) / n
+        burst = max(max(costs), mean * rng.choice([2, 10, 40]))  # the largest prompt fits at all
+        return family, _latency(CostBucket(rate * mean, burst, costs, style), latency)
+    if family == "changing":
+        low, high = sorted((rng.uniform(5.0, 30.0), rng.uniform(30.0, 60.0)))
+        period = rng.uniform(1.5, 4.0)
+        first, second = (low, high) if rng.random() < 0.5 else (high, low)
+        changes = [(period * k, second if k % 2 else first) for k in range(1, 60)]
+        return family, _latency(TokenBucket(first, rng.choice([1, 10]), style, changes=changes), latency)
+    if family == "two":
+        both = Both(TokenBucket(rate, 10, style), Concurrency(rng.randint(2, 12)))
+        both.latency = both.first.latency = both.second.latency = latency
+        return family, both
+    if family == "share":  # other clients take a varying share of a bucket: a rate that changes
+        total = rng.uniform(20.0, 80.0)
+        changes = [(k * 1.0, total * (1.0 - rng.uniform(0.0, 0.7))) for k in range(1, 120)]
+        return family, _latency(TokenBucket(total * 0.5, 10, style, changes=changes), latency)
+    median = rng.choice([0.05, 0.1])
+    return family, HeavyTail(TokenBucket(rate, 10, style), median, rng.uniform(0.5, 1.0), rng.randrange(1 << 30))
+
+
+__all__ = ["FAMILIES", "STYLES", "Both", "CostBucket", "HeavyTail", "Shedding", "SlidingLog", "draw", "ideal"]
