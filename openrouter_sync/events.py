@@ -70,7 +70,9 @@ class _Choice:
         self.role = "assistant"
 
     def as_choice(self, index: int) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": self.role, "content": "".join(self.text),
+        text = "".join(self.text)  # no text beside tool calls or a refusal: null, as a plain answer says
+        message: dict[str, Any] = {"role": self.role,
+                                   "content": text if text or not (self.tool_calls or self.refusal) else None,
                                    "reasoning": "".join(self.reasoning) or None}
         if self.refusal:
             message["refusal"] = "".join(self.refusal)

@@ -190,7 +190,9 @@ def check_options(options: Mapping[str, Any], allowed: frozenset[str] = REQUEST_
             raise ValueError(f"{what} names must be non-empty strings, got {name!r}")
         if name in RESERVED:
             raise ValueError(f"{name!r} is not an {what}: the library sets it (use messages=... or stream())")
-        close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.85)
+        if name in OVERRIDE_KEYS:  # e.g. max_tokens in default_options: a setting of its own
+            raise ValueError(f"{name!r} is not an {what} here: pass {name}=... itself")
+        close = difflib.get_close_matches(name, allowed | OVERRIDE_KEYS, n=1, cutoff=0.8)
         if close:
             raise ValueError(f"unknown {what} {name!r}: did you mean {close[0]!r}? (to send {name!r} as it is, "
                              f"pass extra_body={{{name!r}: ...}})")
