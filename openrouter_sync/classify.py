@@ -105,8 +105,8 @@ class Outcome:
             result.model = meta_str(self.data.get("model")) or requested_model
             choice = _first_choice(self.data)
             result.finish_reason = meta_str(choice.get("finish_reason"))
-            message = choice.get("message")
-            apply_message(result, self.data, choice, message if isinstance(message, dict) else {})
+            said = choice.get("message")
+            apply_message(result, self.data, choice, said if isinstance(said, dict) else {})
         self._attach(result)
         return result
 
@@ -117,7 +117,8 @@ class Outcome:
             content = self.content
             if not result.success:  # a server's error text may echo pieces of the key, as error_message does
                 # (searched for in bodies up to 64 KiB: the fragment search is slow on a huge hostile one)
-                result.raw = redact_data(body, fragments=len(content if content is not None else self.partial_text) <= 65536)
+                size = len(content if content is not None else self.partial_text)
+                result.raw = redact_data(body, fragments=size <= 65536)
             elif content is not None and not may_hold_secret(content.decode("utf-8", "replace")):
                 result.raw = body  # one quick test of the bytes spares walking the body (the common case)
             else:

@@ -6,10 +6,11 @@
     openrouter-sync check
     openrouter-sync export results.jsonl -o final.csv     # one row per prompt, in input order
 
-Needs OPENROUTER_API_KEY for OpenRouter (another --base-url, e.g. a local vLLM, needs none;
---no-key sends none; -H 'api-key: ...' sends another auth header). Without it, --offline (or --offline-mode always) runs against the
-built-in fake server (its answers are fakes, and it says so); --offline-mode auto does so only
-when no key is set. OPENROUTER_SYNC_OFFLINE=auto|always|never sets the default mode.
+Needs OPENROUTER_API_KEY for OpenRouter (another --base-url, e.g. a local vLLM, needs
+none; --no-key sends none; -H 'api-key: ...' sends another auth header). Without it,
+--offline (or --offline-mode always) runs against the built-in fake server (its answers are
+fakes, and it says so); --offline-mode auto does so only when no key is set.
+OPENROUTER_SYNC_OFFLINE=auto|always|never sets the default mode.
 The model is -m/--model, else $OPENROUTER_MODEL, else minimax/minimax-m1-80k (a paid model).
 """
 
@@ -581,8 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="deadline per HTTP attempt; for a streamed answer, per wait for its next event "
                                "(default: %(default)s)")
     endpoint.add_argument("-H", "--header", action="append", metavar="'NAME: VALUE'",
-                          help="a header sent with every request, e.g. 'api-key: ...' (repeatable; default: none; the values of "
-                               "credential headers are never shown)")
+                          help="a header sent with every request, e.g. 'api-key: ...' (repeatable; default: "
+                               "none; the values of credential headers are never shown)")
     endpoint.add_argument("--no-key", action="store_true",
                           help="send no API key (a server that needs none; default: the key is required for "
                                "OpenRouter's endpoint only)")

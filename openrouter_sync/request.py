@@ -90,7 +90,7 @@ def check_headers(headers: Any, what: str = "default_headers") -> dict[str, str]
             raise ValueError(f"{what}: {name!r:.60} is not a valid header name")
         if not isinstance(value, str):
             raise ValueError(f"{what}[{name!r}] must be a string, got {type(value).__name__}")
-        if any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in value):
+        if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value):
             raise ValueError(f"{what}[{name!r}] contains a line break or another control character")
         if SECRET_HEADER.search(name):
             register_secret(value)
@@ -333,7 +333,7 @@ class Defaults:
     """The settings a call starts from (a backend's, before per-sheet or per-call changes)."""
 
     model: str
-    temperature: float
+    temperature: Optional[float]
     max_tokens: Optional[int]
     timeout: float
     options: Mapping[str, Any]

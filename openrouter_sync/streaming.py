@@ -18,8 +18,8 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterator, Optional
 
-from .call import CallRecord
 from ._log import redact_data
+from .call import CallRecord
 from .classify import Outcome, meta_str, network_outcome
 from .error_types import ErrorType
 from .events import EventStream, StreamEvent, outcome_of_event_stream

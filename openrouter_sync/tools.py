@@ -39,9 +39,10 @@ def call_tool(call: Mapping[str, Any], functions: Functions) -> Any:
     """Run one tool call: ``functions[name](**arguments)``. An unknown name or arguments that are
     not a JSON object give an error text for the model (it can correct itself); an exception
     raised by the function propagates."""
-    function = call.get("function") if isinstance(call.get("function"), Mapping) else {}
+    given = call.get("function")
+    function: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
     name = function.get("name")
-    if name not in functions:
+    if not isinstance(name, str) or name not in functions:
         return f"error: there is no tool named {name!r}; the tools are {', '.join(sorted(functions))}"
     raw = function.get("arguments") or "{}"
     try:

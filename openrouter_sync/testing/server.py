@@ -171,6 +171,10 @@ class FakeOpenRouter:
     else when ``stream_usage="always"`` (the default, as OpenRouter) and the model id does not end
     in ``:compat`` (e.g. ``openai/gpt-4o-mini:compat``). With ``stream_usage="requested"``, every
     model behaves as an OpenAI-compatible server.
+
+    Auth: a ``Bearer`` token in ``Authorization`` (``require_key``: that one); ``keyless=True``
+    accepts any request, as vLLM or Ollama do; ``key_header="api-key"`` wants the key in that
+    header instead (Azure-style), ``require_key`` being its value.
     """
 
     def __init__(self, *, latency: float = 0.0, rate_limit: Optional[RateLimit] = None,
@@ -178,7 +182,8 @@ class FakeOpenRouter:
                  processing_comments: int = 1, record: bool = True, max_lifetime: float = 900.0,
                  host: str = "127.0.0.1", port: int = 0,
                  handler: Optional[Callable[[RecordedRequest], Optional[Reply]]] = None,
-                 stream_usage: str = "always") -> None:
+                 stream_usage: str = "always", keyless: bool = False,
+                 key_header: Optional[str] = None) -> None:
         if stream_usage not in ("always", "requested"):
             raise ValueError(f"stream_usage must be 'always' or 'requested', got {stream_usage!r}")
         self.latency = latency
@@ -190,6 +195,8 @@ class FakeOpenRouter:
         self.handler = handler
         self.max_lifetime = max_lifetime
         self.stream_usage = stream_usage
+        self.keyless = keyless
+        self.key_header = key_header
         self._host, self._port = host, port
         self._bucket = _Bucket(rate_limit) if rate_limit else None
         self._rng = random.Random(faults.seed if faults else 0)
@@ -398,10 +405,11 @@ def _auto_tool_calls(payload: dict[str, Any], prompt: str) -> Optional[list[dict
     if not functions:
         return None
     function = functions[0]
-    params = function.get("parameters") if isinstance(function.get("parameters"), dict) else {}
-    props = params.get("properties") if isinstance(params.get("properties"), dict) else {}
+    given = function.get("parameters")
+    params: dict[str, Any] = given if isinstance(given, dict) else {}
+    props: dict[str, Any] = params["properties"] if isinstance(params.get("properties"), dict) else {}
     made_up = {"string": prompt[:80], "integer": 1, "number": 1.5, "boolean": True, "array": [], "object": {}}
-    arguments = {name: made_up.get(str((props.get(name) or {}).get("type")), None)
+    arguments = {name: made_up.get(str((props.get(name) or {}).get("type")))
                  for name in params.get("required") or [] if isinstance(name, str)}
     return _scripted_calls([{"name": function.get("name"), "arguments": arguments}], prompt)
 
@@ -665,6 +673,12 @@ class _Handler(BaseHTTPRequestHandler):
         return recorded
 
     def _authorized(self) -> bool:
+        fake = self.fake
+        if fake.keyless:
+            return True
+        if fake.key_header is not None:
+            given = self.headers.get(fake.key_header) or ""
+            return given == fake.require_key if fake.require_key is not None else bool(given)
         auth = self.headers.get("Authorization") or ""
         if self.fake.require_key is not None:
             return auth == f"Bearer {self.fake.require_key}"
@@ -767,8 +781,8 @@ class _Handler(BaseHTTPRequestHandler):
         function = call.get("function") or {}
         head = {"index": position, "id": call.get("id"), "type": call.get("type", "function"),
                 "function": {"name": function.get("name"), "arguments": ""}}
-        self._chunk(_event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": None,
-                                                                        "tool_calls": [head]}, "finish_reason": None}]}))
+        delta = {"role": "assistant", "content": None, "tool_calls": [head]}
+        self._chunk(_event({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}))
         arguments = str(function.get("arguments") or "")
         for i in range(0, len(arguments), 10):
             piece = {"index": position, "function": {"arguments": arguments[i:i + 10]}}
