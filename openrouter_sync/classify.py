@@ -328,16 +328,16 @@ _SECRET_HEADER_WORDS = ("authorization", "cookie", "key", "token", "secret", "pa
 
 
 def public_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """The headers as a plain dict, with the values of secret-bearing ones (names with ``key``,
-    ``token``, ``cookie``, ``authorization``, ...) and any secret inside other values redacted."""
-    names = "\n".join(headers).lower()
-    values = "\n".join(headers.values())
-    if not any(word in names for word in _SECRET_HEADER_WORDS) and not may_hold_secret(values):
-        return dict(headers)
-    out = {}
-    for name, value in headers.items():
-        low = name.lower()
-        out[name] = REDACTED if any(word in low for word in _SECRET_HEADER_WORDS) else redact(value, fragments=True)
+    """The headers as a plain dict, names in lower case (HTTP names are case-insensitive), with the
+    values of secret-bearing ones (names with ``key``, ``token``, ``cookie``, ``authorization``, ...)
+    and any secret inside other values redacted."""
+    lower_items = getattr(headers, "lower_items", None)  # requests' CaseInsensitiveDict: the fast way
+    out = dict(lower_items()) if lower_items is not None else {k.lower(): v for k, v in headers.items()}
+    names = "\n".join(out)
+    if not any(word in names for word in _SECRET_HEADER_WORDS) and not may_hold_secret("\n".join(out.values())):
+        return out
+    for name, value in out.items():
+        out[name] = REDACTED if any(word in name for word in _SECRET_HEADER_WORDS) else redact(value, fragments=True)
     return out
 
 

@@ -74,7 +74,8 @@ class ExecutionResult:
     cost_details: Optional[dict[str, Any]] = None  # usage.cost_details
     cache_write_tokens: Optional[int] = None  # usage.prompt_tokens_details.cache_write_tokens
     choices: Optional[list[dict[str, Any]]] = None  # every choice, when the answer has more than one (n > 1)
-    response_headers: Optional[dict[str, str]] = None  # the last answer's headers, secret values redacted
+    response_headers: Optional[dict[str, str]] = None  # the last answer's headers (names in lower case),
+    #                                                   the values of secret-bearing ones redacted
 
     def __post_init__(self) -> None:
         if self.success and self.exit_code not in (None, 0):

@@ -199,8 +199,9 @@ def test_first_class_fields(backend: OpenRouterBackend, fake: FakeOpenRouter) ->
     assert (result.native_finish_reason, result.cost_details, result.cache_write_tokens, result.cached_tokens) == (
         "end_turn", {"upstream": 0.4}, 7, 3)
     assert result.choices is not None and len(result.choices) == 2 and result.texts == ["one", "two"]
-    assert result.response_headers is not None and result.response_headers["X-Request-Id"] == "req-1"
-    assert result.response_headers["X-Api-Key"] == "[REDACTED]"
+    assert result.response_headers is not None and result.response_headers["x-request-id"] == "req-1"
+    assert result.response_headers["x-api-key"] == "[REDACTED]"
+    assert result.response_headers["content-type"] == "application/json"
     assert backend.execute("one choice").texts == [fake_reply("one choice", MODEL)]
 
 
