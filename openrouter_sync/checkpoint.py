@@ -492,10 +492,8 @@ class Checkpoint:
               label: Optional[str]) -> str:
         """The record as one line: answers and prompts as they were, except for the registered secrets
         (the key, ...); error texts redacted like log lines; base64 attachments stored once, apart."""
-        data = result.to_dict()
+        data = result.to_dict(include_raw=self.keep_raw)  # no copy of a raw body that is not kept
         data.pop("from_checkpoint", None)
-        if not self.keep_raw:
-            data.pop("raw", None)
         store = self.attachments
         data = {name: redact(value) if name in _ERROR_FIELDS and isinstance(value, str) else
                 _kept(value, store if name == _ATTACHING_RESULT_FIELD else None) for name, value in data.items()}
