@@ -184,7 +184,10 @@ class OpenRouterBackend:
                messages: Optional[Sequence[Mapping[str, Any]]] = None, **options: Any) -> Stream:
         """Like :meth:`execute`, but yields the answer's text as it arrives: iterate the ``Stream``, use it
         as a context manager (an early exit closes the request), read ``stream.result`` at the end.
-        Retries happen only before the first token; ``timeout_seconds`` bounds the whole stream."""
+        Retries happen only before the first delta. ``timeout_seconds`` bounds the wait for the first
+        event and then each wait for the next one (a stall), not the stream's length; the retry
+        policy's ``max_elapsed_seconds`` bounds the whole call. ``stream.events()`` yields reasoning,
+        text, refusal and tool-call deltas instead of text alone."""
         return self._stream(self._spec(prompt, timeout_seconds, system, messages, options))
 
     def stream_sheet(self, sheet: Union[Sheet, str], *, cancel: Optional[threading.Event] = None) -> ExecutionResult:
