@@ -339,9 +339,10 @@ class EventStream:
 
     Network failures surface as ``TransportError`` (mapped by the transport); the deadline is also
     checked between events, since folding many tiny events is CPU work the watchdog cannot cut.
-    Every event that arrives renews the attempt's deadline (a streamed attempt's deadline is a
-    stall timer, capped: see ``Deadline.renew``); keep-alive comments do not, so a server that
-    only says ``: OPENROUTER PROCESSING`` for ``timeout_seconds`` is cut as stalled. A body that holds no event at all
+    Every delta (text, reasoning, refusal, a tool call) renews the attempt's deadline (a streamed
+    attempt's deadline is a stall timer, capped: see ``Deadline.renew``); keep-alive comments and
+    chunks that carry nothing do not, so a server that only says ``: OPENROUTER PROCESSING`` (or
+    sends empty chunks) for ``timeout_seconds`` is cut as stalled. A body that holds no event at all
     but parses as JSON (a server that labels a plain answer or error as an event stream) is judged
     as that JSON.
     """
@@ -386,6 +387,7 @@ class EventStream:
             while ready and not folder.done:
                 folder.fold(ready.popleft())
                 if events:
+                    deadline.renew()  # progress: a delta arrived
                     return events.popleft()
                 folded += 1
                 if folded % 256 == 0 and deadline.passed:
@@ -395,8 +397,6 @@ class EventStream:
                 break
             chunk = next(self._chunks, None)
             events_data = self._decoder.close() if chunk is None else self._decoder.feed(chunk)
-            if events_data:
-                deadline.renew()
             self._keep_head(chunk, bool(events_data))
             ready.extend(events_data)
             if self._decoder.overflow:

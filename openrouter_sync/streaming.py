@@ -7,8 +7,8 @@ passed deadline ends the stream with a failed result that keeps the partial text
 calls and reasoning so far). Closing the stream early closes the HTTP request, which cancels the
 generation (and its billing) at most providers.
 
-Time: ``timeout_seconds`` bounds the wait for the stream's first event and then each wait for
-its next one (a stall: keep-alive comments alone do not count as progress), not the stream's
+Time: ``timeout_seconds`` bounds the wait for the stream's first delta and then each wait for
+its next one (a stall: keep-alive comments and empty chunks are no progress), not the stream's
 length, so an answer that keeps arriving is never cut by it; the whole call, stream included,
 is bounded by the retry policy's ``max_elapsed_seconds``.
 """
@@ -114,7 +114,7 @@ class Stream:
             elif deadline.capped:
                 what = "Timeout: the stream ran past max_elapsed_seconds"
             else:
-                what = f"Timeout after {self._spec.timeout:g}s: the stream stalled (no event for that long)"
+                what = f"Timeout after {self._spec.timeout:g}s: the stream stalled (no delta for that long)"
             self._finish(network_outcome(exc.error_type, f"{what} after {len(reader.text)} characters: {exc}",
                                          sent=True, partial=reader.text))
             return None

@@ -238,6 +238,9 @@ def test_a_checkpoint_keeps_tool_calls(fake: FakeOpenRouter, env_key: str, tmp_p
         first = run_sheets(b, [Sheet("w", id="w", overrides={"tools": WEATHER})], checkpoint=path)
         again = run_sheets(b, [Sheet("w", id="w", overrides={"tools": WEATHER})], checkpoint=path)
     assert first[0].tool_calls and again[0].from_checkpoint and again[0].tool_calls == first[0].tool_calls
+    stored = json.loads(path.read_text().splitlines()[0])["result"]
+    assert stored["tool_calls"] == first[0].tool_calls and first[0].response_headers
+    assert not {"raw", "response_headers", "refusal", "images", "choices"} & stored.keys()  # defaults: left out
 
 
 # ----- 3. refusals, 4. content parts -------------------------------------------------------------
