@@ -13,8 +13,8 @@ of (the API key and the other credentials given to it) are replaced by ``[REDACT
 texts are redacted like log lines (anything shaped like a key, too). ``raw`` (the response body)
 and ``response_headers`` are kept only with ``keep_raw=True``; the other fields of the whole
 answer (``refusal``, ``images``, ``logprobs``, ...) are left out while they hold their defaults
-(None, ``[]``), which is what ``from_dict`` restores, so records stay small. Base64 attachments (``data:`` URLs and the like, in
-``messages`` and in ``raw``) are stored once per file in ``<checkpoint>.attachments/`` and
+(None, ``[]``), which is what ``from_dict`` restores, so records stay small. Base64
+attachments (``data:`` URLs and the like, in ``messages`` and in ``raw``) are stored once per file in ``<checkpoint>.attachments/`` and
 referenced from the records (see ``openrouter_sync.attachments``); keep that folder with the file.
 
 The latest valid record of an id wins. A successful record is reused only when its ``settings``
