@@ -14,8 +14,9 @@ texts are redacted like log lines (anything shaped like a key, too). ``raw`` (th
 and ``response_headers`` are kept only with ``keep_raw=True``; the other fields of the whole
 answer (``refusal``, ``images``, ``logprobs``, ...) are left out while they hold their defaults
 (None, ``[]``), which is what ``from_dict`` restores, so records stay small. Base64
-attachments (``data:`` URLs and the like, in ``messages`` and in ``raw``) are stored once per file in ``<checkpoint>.attachments/`` and
-referenced from the records (see ``openrouter_sync.attachments``); keep that folder with the file.
+attachments (``data:`` URLs and the like, in ``messages`` and in ``raw``) are stored once per
+file in ``<checkpoint>.attachments/`` and referenced from the records (see
+``openrouter_sync.attachments``); keep that folder with the file.
 
 The latest valid record of an id wins. A successful record is reused only when its ``settings``
 equal the settings the sheet would be sent with now. A line that is not a valid record (torn,
