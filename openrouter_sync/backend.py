@@ -68,7 +68,6 @@ class OpenRouterBackend:
                            timeout_seconds=timeout_seconds, connect_timeout=connect_timeout, pool_size=pool_size,
                            requests_per_minute=requests_per_minute, max_response_bytes=max_response_bytes,
                            default_options=default_options or {}, strict=bool(strict_options))
-        headers = req.check_headers(default_headers)
         if throttle is not None and not isinstance(throttle, Throttle):
             raise TypeError(f"throttle must be a Throttle, got {type(throttle).__name__}")
         self.base_url = req.check_base_url(base_url)
@@ -82,6 +81,7 @@ class OpenRouterBackend:
         self.require_key = openrouter if require_key is None else bool(require_key)
         self._key = ApiKey(api_key_env, api_key, required=self.require_key)
         weakref.finalize(self, self._key.release)  # a backend dropped without close() gives its key back too
+        headers = req.check_headers(default_headers, hide=self._key.hide)
         if openrouter:
             app_url = DEFAULT_APP_URL if app_url is None else app_url
             app_title = DEFAULT_APP_TITLE if app_title is None else app_title

@@ -56,6 +56,10 @@ class ApiKey:
             self._key = value
         return value, ""
 
+    def hide(self, value: str) -> None:
+        """Another credential (a custom auth header's value) redacted as long as the key is held."""
+        self._secrets.add(value)
+
     def release(self) -> None:
         """Stop holding the key for redaction (its owner closed); ``get()`` holds it again."""
         self._secrets.release()

@@ -9,7 +9,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from ._log import register_secret
 
@@ -77,9 +77,11 @@ def is_openrouter_url(url: str) -> bool:
     return host == "openrouter.ai" or host.endswith(".openrouter.ai") or parts.path.rstrip("/").endswith("/api/v1")
 
 
-def check_headers(headers: Any, what: str = "default_headers") -> dict[str, str]:
+def check_headers(headers: Any, what: str = "default_headers",
+                  hide: Callable[[str], None] = register_secret) -> dict[str, str]:
     """A dict of valid header names to string values; the values of credential headers
-    (``Authorization``, ``api-key``, ``X-Api-Key``, ...) are registered for redaction."""
+    (``Authorization``, ``api-key``, ``X-Api-Key``, ...) are given to ``hide`` (by default held
+    for redaction for good; a backend passes its key's holder, released when it closes)."""
     if headers is None:
         return {}
     if not isinstance(headers, Mapping):
@@ -93,10 +95,10 @@ def check_headers(headers: Any, what: str = "default_headers") -> dict[str, str]
         if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value):
             raise ValueError(f"{what}[{name!r}] contains a line break or another control character")
         if SECRET_HEADER.search(name):
-            register_secret(value)
+            hide(value)
             scheme, _, token = value.partition(" ")
             if token and scheme.lower() in ("bearer", "basic", "token"):
-                register_secret(token)
+                hide(token)
         out[name] = value
     return out
 
