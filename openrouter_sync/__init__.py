@@ -28,23 +28,27 @@ if TYPE_CHECKING:
         ModerationError,
         ProviderError,
         RateLimitError,
+        RefusedError,
         RequestTimeoutError,
     )
+    from .events import StreamEvent
     from .progress import ProgressInfo
-    from .request import CallSpec
+    from .request import CallSpec, UnknownOptionWarning
     from .runner import RunAborted, RunInterrupted, RunResults, iter_sheets, run_sheets
     from .sheet import Sheet
     from .summary import RunSummary
     from .throttle import Throttle
 
 _ERRORS = ("AuthenticationError", "BadRequestError", "CancelledError", "ConfigurationError", "ConnectionFailedError",
-           "InsufficientCreditsError", "ModerationError", "ProviderError", "RateLimitError", "RequestTimeoutError")
+           "InsufficientCreditsError", "ModerationError", "ProviderError", "RateLimitError", "RefusedError",
+           "RequestTimeoutError")
 
 # Imported on first use, so that "import openrouter_sync" costs little more than requests + tenacity.
 _LAZY = {"Sheet": "sheet", "run_sheets": "runner", "iter_sheets": "runner", "RunInterrupted": "runner",
          "RunAborted": "runner",
          "RunResults": "runner", "RunSummary": "summary", "ProgressInfo": "progress", "Throttle": "throttle",
-         "CallSpec": "request", "ModelInfo": "endpoints", "KeyInfo": "endpoints", "GenerationInfo": "endpoints",
+         "CallSpec": "request", "UnknownOptionWarning": "request", "StreamEvent": "events",
+         "ModelInfo": "endpoints", "KeyInfo": "endpoints", "GenerationInfo": "endpoints",
          "CheckpointError": "checkpoint", "CheckpointLocked": "checkpoint", "CheckpointMismatch": "checkpoint",
          **dict.fromkeys(_ERRORS, "errors")}
 
@@ -88,7 +92,9 @@ __all__ = [
     "RunResults",
     "RunSummary",
     "Sheet",
+    "StreamEvent",
     "Throttle",
+    "UnknownOptionWarning",
     "iter_sheets",
     "run_sheets",
     "__version__",
@@ -102,5 +108,6 @@ __all__ = [
     "ModerationError",
     "ProviderError",
     "RateLimitError",
+    "RefusedError",
     "RequestTimeoutError",
 ]

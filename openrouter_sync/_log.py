@@ -16,7 +16,7 @@ import logging
 import re
 import threading
 from collections import OrderedDict
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 from urllib.parse import quote, unquote
 
 logger = logging.getLogger("openrouter_sync")
@@ -302,3 +302,40 @@ def redact_secrets(text: str) -> str:
     if not text or not (_slices or _short):
         return text
     return _replace(text, _known_spans(text, FRAGMENT))
+
+
+def may_hold_secret(text: str) -> bool:
+    """A fast test: False only when ``redact(text)`` would change nothing (every secret shape holds
+    ``sk-`` or ``bearer``; the known secrets are searched as substrings while they are few, else
+    through the slice table). For whole response bodies, where running the redaction itself costs
+    more than parsing the JSON."""
+    low = text.lower()
+    if "sk-" in low or "bearer" in low:
+        return True
+    known = tuple(_counts)
+    if len(known) <= 8:
+        return any(secret in text for secret in known)
+    return bool(_known_spans(text, FRAGMENT))
+
+
+def redact_data(data: Any, fragments: bool = False) -> Any:
+    """``data`` (parsed JSON) with ``redact`` applied to every string in it, keys included; the same
+    object when nothing changes, else a copy (the input is never modified). ``fragments`` as in ``redact``."""
+    if isinstance(data, str):
+        if not fragments and not may_hold_secret(data):
+            return data
+        cleaned = redact(data, fragments)
+        return data if cleaned == data else cleaned
+    if isinstance(data, dict):
+        changed = False
+        out: dict[Any, Any] = {}
+        for key, value in data.items():
+            new_key = redact_data(key, fragments)
+            new_value = redact_data(value, fragments)
+            changed = changed or new_key is not key or new_value is not value
+            out[new_key] = new_value
+        return out if changed else data
+    if isinstance(data, list):
+        items = [redact_data(item, fragments) for item in data]
+        return items if any(new is not old for new, old in zip(items, data)) else data
+    return data

@@ -41,8 +41,17 @@ class OpenRouterBackend:
     thread count), ``requests_per_minute`` (client-side pacing, set on the shared throttle),
     ``adaptive_rate``, ``throttle``, ``share_throttle``, ``connect_timeout``,
     ``max_response_bytes`` (a larger answer fails as ``response_too_large``), ``app_url`` /
-    ``app_title`` (attribution headers), ``api_key`` (instead of the environment),
-    ``default_options`` (request options sent with every call).
+    ``app_title`` (the attribution headers ``HTTP-Referer`` and ``X-Title``: sent to OpenRouter's
+    endpoint only, naming this library, unless you set them), ``api_key`` (instead of the
+    environment), ``default_options`` (request options sent with every call), ``strict_options``
+    (an unknown request option is an error instead of a warning), ``default_headers`` (sent with
+    every request; the values of credential headers such as ``api-key`` are redacted like the
+    key), ``require_key`` (False: a missing key is no error and requests carry no
+    ``Authorization``, for servers that need no key; default: True for OpenRouter's endpoint, see
+    ``request.is_openrouter_url``, and False for other servers).
+
+    Per call, ``extra_headers={...}`` adds headers; ``max_tokens=None`` / ``temperature=None``
+    leave those fields out of the body (the server's defaults).
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, api_key_env: str = "OPENROUTER_API_KEY", max_tokens: int = 16384,
@@ -50,27 +59,37 @@ class OpenRouterBackend:
                  retry_policy: Optional[RetryPolicy] = None, pool_size: int = 32,
                  requests_per_minute: Optional[float] = None, adaptive_rate: bool = True,
                  throttle: Optional[Throttle] = None, share_throttle: bool = True, connect_timeout: float = 10.0,
-                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, app_url: str = DEFAULT_APP_URL,
-                 app_title: str = DEFAULT_APP_TITLE, api_key: Optional[str] = None,
-                 default_options: Optional[Mapping[str, Any]] = None) -> None:
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, app_url: Optional[str] = None,
+                 app_title: Optional[str] = None, api_key: Optional[str] = None,
+                 default_options: Optional[Mapping[str, Any]] = None, strict_options: bool = False,
+                 default_headers: Optional[Mapping[str, str]] = None,
+                 require_key: Optional[bool] = None) -> None:
         req.check_settings(model=model, api_key_env=api_key_env, max_tokens=max_tokens, temperature=temperature,
                            timeout_seconds=timeout_seconds, connect_timeout=connect_timeout, pool_size=pool_size,
                            requests_per_minute=requests_per_minute, max_response_bytes=max_response_bytes,
-                           default_options=default_options or {})
+                           default_options=default_options or {}, strict=bool(strict_options))
         if throttle is not None and not isinstance(throttle, Throttle):
             raise TypeError(f"throttle must be a Throttle, got {type(throttle).__name__}")
         self.base_url = req.check_base_url(base_url)
         self.model, self.api_key_env, self.max_tokens = model, api_key_env, max_tokens
-        self.temperature, self.timeout_seconds = float(temperature), float(timeout_seconds)
+        self.temperature = None if temperature is None else float(temperature)
+        self.timeout_seconds = float(timeout_seconds)
         self.default_options: dict[str, Any] = dict(default_options or {})
+        self.strict_options = bool(strict_options)
         self.working_directory = None
-        self._key = ApiKey(api_key_env, api_key)
+        openrouter = req.is_openrouter_url(self.base_url)
+        self.require_key = openrouter if require_key is None else bool(require_key)
+        self._key = ApiKey(api_key_env, api_key, required=self.require_key)
         weakref.finalize(self, self._key.release)  # a backend dropped without close() gives its key back too
+        headers = req.check_headers(default_headers, hide=self._key.hide)
+        if openrouter:
+            app_url = DEFAULT_APP_URL if app_url is None else app_url
+            app_title = DEFAULT_APP_TITLE if app_title is None else app_title
         self._state = SheetState()
         own = throttle if throttle is not None else None if share_throttle else Throttle()
         self._throttles = KeyThrottles(self.base_url, own, requests_per_minute=requests_per_minute,
                                        adaptive=adaptive_rate)
-        self.transport = Transport(self.base_url, req.request_headers(app_url, app_title), pool_size=pool_size,
+        self.transport = Transport(self.base_url, req.request_headers(app_url, app_title, headers), pool_size=pool_size,
                                    connect_timeout=float(connect_timeout),
                                    max_response_bytes=max_response_bytes)
         self.pipeline = Pipeline(self.transport, self._throttles,
@@ -165,7 +184,10 @@ class OpenRouterBackend:
                messages: Optional[Sequence[Mapping[str, Any]]] = None, **options: Any) -> Stream:
         """Like :meth:`execute`, but yields the answer's text as it arrives: iterate the ``Stream``, use it
         as a context manager (an early exit closes the request), read ``stream.result`` at the end.
-        Retries happen only before the first token; ``timeout_seconds`` bounds the whole stream."""
+        Retries happen only before the first delta. ``timeout_seconds`` bounds the wait for the first
+        event and then each wait for the next one (a stall), not the stream's length; the retry
+        policy's ``max_elapsed_seconds`` bounds the whole call. ``stream.events()`` yields reasoning,
+        text, refusal and tool-call deltas instead of text alone."""
         return self._stream(self._spec(prompt, timeout_seconds, system, messages, options))
 
     def stream_sheet(self, sheet: Union[Sheet, str], *, cancel: Optional[threading.Event] = None) -> ExecutionResult:
@@ -197,14 +219,14 @@ class OpenRouterBackend:
 
     def _defaults(self) -> Defaults:
         model, temperature, max_tokens = self._state.base(self)
-        return Defaults(model, temperature, max_tokens, self.timeout_seconds, self.default_options)
+        return Defaults(model, temperature, max_tokens, self.timeout_seconds, self.default_options, self.strict_options)
 
     def _spec(self, prompt: str, timeout: Optional[float], system: Optional[str],
               messages: Optional[Sequence[Mapping[str, Any]]], options: Mapping[str, Any]) -> CallSpec:
         state = self._state
         with state.lock:  # one consistent view of the reference's mutable state
             defaults = Defaults(self.model, self.temperature, self.max_tokens, self.timeout_seconds,
-                                {**self.default_options, **state.options})
+                                {**self.default_options, **state.options}, self.strict_options)
             preamble, extensions, log_path = state.preamble, state.extensions, state.output_log_path
         built = req.build_messages(prompt, preamble=preamble, extensions=extensions, system=system, messages=messages)
         return req.resolve(defaults, options, built, timeout=timeout, output_log_path=log_path, what="option")
@@ -247,7 +269,8 @@ class OpenRouterBackend:
         self.close()
 
     def __repr__(self) -> str:
-        key = "set" if self._key.present else "missing"
+        key = self._key.get()[0]
+        key = "set" if key else "not needed" if key == "" else "missing"
         return redact(f"OpenRouterBackend(model={self.model!r}, base_url={self.base_url!r}, "
                       f"api_key_env={self.api_key_env!r}, key={key})")
 

@@ -9,6 +9,7 @@ retried: nothing was shown yet) and returns an ``Outcome`` carrying the open ``E
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -45,6 +46,7 @@ class CallState(CallClock):
         self.waited = 0.0
         self.unanswered = 0
         self.answered: Optional[Outcome] = None  # the server's last HTTP answer
+        self.read_timeouts = 0  # streamed attempts sent whose answer did not come (or stalled)
 
     def budget_left(self) -> float:
         return self.budget - self.elapsed()
@@ -140,10 +142,14 @@ class Pipeline:
             return Outcome(ErrorType.RATE_LIMIT, 429, f"HTTP 429 (rate_limit): not sent: requests to this endpoint "
                            f"must wait {ticket.refused_for:.1f}s more", retry_after=ticket.refused_for,
                            retry_source="shared back-off", sent=False)
-        timeout = min(spec.timeout, call.budget_left())
+        left = call.budget_left()
+        timeout = min(spec.timeout, left)
         if timeout <= 0:
             return network_outcome(ErrorType.TIMEOUT, "max_elapsed_seconds passed before the attempt could start")
-        outcome = self._exchange(call, spec, key, body, stream, Deadline.after(timeout, tag=call.cancel), timeout)
+        deadline = Deadline.after(timeout, tag=call.cancel)
+        if stream:  # a stream's deadline counts from its last delta; the call's budget bounds its length
+            deadline.stall_timer(spec.timeout, time.monotonic() + left)
+        outcome = self._exchange(call, spec, key, body, stream, deadline, timeout)
         if outcome.status is not None:
             call.answered = outcome
         if is_refusal(outcome):  # a 429, a 529, a 503 naming a wait: a signal for the scope it names
@@ -154,11 +160,17 @@ class Pipeline:
         else:
             throttle.on_answer(ticket)
         call.unanswered += outcome.unanswered
+        if stream and outcome.error_type == ErrorType.TIMEOUT and outcome.sent:
+            call.read_timeouts += 1
+            if call.read_timeouts >= policy.max_read_timeouts:
+                outcome = dataclasses.replace(outcome, final=True)
         return outcome
 
     def _exchange(self, call: CallState, spec: CallSpec, key: str, body: bytes, stream: bool, deadline: Deadline,
                   timeout: float) -> Outcome:
-        headers = {"Accept": "text/event-stream"} if stream else None
+        headers = spec.headers
+        if stream:
+            headers = {**headers, "Accept": "text/event-stream"} if headers else _STREAM_HEADERS
         try:
             response = self.transport.open("POST", CHAT_PATH, deadline, key=key, body=body, headers=headers)
             evented = "text/event-stream" in response.headers.get("Content-Type", "").lower()
@@ -179,11 +191,14 @@ class Pipeline:
             return network_outcome(exc.error_type, prefix.get(exc.error_type, "") + str(exc), sent=exc.sent)
 
 
+_STREAM_HEADERS = {"Accept": "text/event-stream"}
+
+
 def _open_stream(reader: EventStream) -> Outcome:
-    """Read a stream up to its first text delta: an outcome carrying the open reader, or the
-    outcome of a stream that ended (or failed) before any text."""
+    """Read a stream up to its first delta (text, reasoning, refusal or a tool call): an outcome
+    carrying the open reader, or the outcome of a stream that ended (or failed) before any."""
     try:
-        first = reader.next_delta()
+        first = reader.next_event()
     except TransportError:
         reader.close()
         raise

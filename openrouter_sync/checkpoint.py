@@ -11,9 +11,12 @@ A record (one line, ASCII only: ``ensure_ascii``, so no answer can make a write 
 Answers, reasoning and prompts are kept as they were, except that the secrets the library knows
 of (the API key and the other credentials given to it) are replaced by ``[REDACTED]``; error
 texts are redacted like log lines (anything shaped like a key, too). ``raw`` (the response body)
-is kept only with ``keep_raw=True``. Base64 attachments (``data:`` URLs and the like, in
-``messages`` and in ``raw``) are stored once per file in ``<checkpoint>.attachments/`` and
-referenced from the records (see ``openrouter_sync.attachments``); keep that folder with the file.
+and ``response_headers`` are kept only with ``keep_raw=True``; the other fields of the whole
+answer (``refusal``, ``images``, ``logprobs``, ...) are left out while they hold their defaults
+(None, ``[]``), which is what ``from_dict`` restores, so records stay small. Base64
+attachments (``data:`` URLs and the like, in ``messages`` and in ``raw``) are stored once per
+file in ``<checkpoint>.attachments/`` and referenced from the records (see
+``openrouter_sync.attachments``); keep that folder with the file.
 
 The latest valid record of an id wins. A successful record is reused only when its ``settings``
 equal the settings the sheet would be sent with now. A line that is not a valid record (torn,
@@ -60,6 +63,9 @@ _ATTACHING_SHEET_FIELD, _ATTACHING_RESULT_FIELD = "messages", "raw"
 #: Result fields holding a count, which must be within what an answer can give (``MAX_COUNT``).
 _COUNT_FIELDS = ("tokens_used", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens", "attempts",
                  "unanswered_attempts", "exit_code", "status_code")
+#: Result fields written only when they hold something (from_dict gives the rest their defaults).
+_DEFAULTED_FIELDS = ("tool_calls", "refusal", "images", "annotations", "logprobs", "reasoning_details",
+                     "native_finish_reason", "cost_details", "cache_write_tokens", "choices")
 #: How many ignored lines are named one by one in the log.
 _NAMED_LINES = 20
 
@@ -492,10 +498,13 @@ class Checkpoint:
               label: Optional[str]) -> str:
         """The record as one line: answers and prompts as they were, except for the registered secrets
         (the key, ...); error texts redacted like log lines; base64 attachments stored once, apart."""
-        data = result.to_dict()
+        data = result.to_dict(include_raw=self.keep_raw)  # no copy of a raw body that is not kept
         data.pop("from_checkpoint", None)
         if not self.keep_raw:
-            data.pop("raw", None)
+            data.pop("response_headers", None)
+        for name in _DEFAULTED_FIELDS:
+            if not data.get(name, True):
+                del data[name]
         store = self.attachments
         data = {name: redact(value) if name in _ERROR_FIELDS and isinstance(value, str) else
                 _kept(value, store if name == _ATTACHING_RESULT_FIELD else None) for name, value in data.items()}

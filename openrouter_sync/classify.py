@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping, Optional, Union
 
-from ._log import redact
+from ._log import REDACTED, may_hold_secret, redact, redact_data
 from .error_types import ErrorType, error_type_for_status
 from .result import ExecutionResult
 from .waits import wait_from_body, wait_from_headers, wait_from_text
@@ -43,7 +43,9 @@ class Outcome:
 
     ``sent`` says whether the whole request reached the server; ``scope`` names what a 429
     limits (None: the whole key, ``"model"``: the requested model, ``"free"``: the free-model
-    quota); ``reader`` is the open event stream of a streamed answer that has begun.
+    quota); ``reader`` is the open event stream of a streamed answer that has begun; ``body``,
+    ``content`` and ``headers`` are the answer's parsed body, bytes and headers (for ``raw`` and
+    ``response_headers``, built only for the outcome that becomes the result).
     """
 
     error_type: Optional[ErrorType]
@@ -59,6 +61,10 @@ class Outcome:
     scope: Optional[str] = None
     reader: Any = field(default=None, compare=False, repr=False)
     completion: Optional[Completion] = field(default=None, compare=False, repr=False)
+    body: Optional[dict[str, Any]] = field(default=None, compare=False, repr=False)  # the parsed body, any status
+    content: Optional[bytes] = field(default=None, compare=False, repr=False)  # the bytes ``body`` came from
+    headers: Optional[Mapping[str, str]] = field(default=None, compare=False, repr=False)
+    final: bool = False  # no further attempt, whatever the type (e.g. the call's read timeouts are used up)
 
     @property
     def ok(self) -> bool:
@@ -82,6 +88,7 @@ class Outcome:
                 result = completion.to_result(requested_model, duration, started_at, self.generation_id)
                 result.attempts, result.retry_wait_seconds = attempts, waited
                 result.unanswered_attempts = unanswered
+                self._attach(result)
                 return result
         message = self.message
         result = ExecutionResult(
@@ -96,8 +103,31 @@ class Outcome:
         if self.data is not None:  # a 200 that failed: keep what it says of usage and model
             apply_usage(result, self.data)
             result.model = meta_str(self.data.get("model")) or requested_model
-            result.finish_reason = meta_str(_first_choice(self.data).get("finish_reason"))
+            choice = _first_choice(self.data)
+            result.finish_reason = meta_str(choice.get("finish_reason"))
+            said = choice.get("message")
+            apply_message(result, self.data, choice, said if isinstance(said, dict) else {})
+        self._attach(result)
         return result
+
+    def _attach(self, result: ExecutionResult) -> None:
+        """Set ``raw`` (redacted: a copy only where a secret may be) and ``response_headers``."""
+        body = self.body if self.body is not None else self.data
+        if body is not None:
+            content = self.content
+            if not result.success:  # a server's error text may echo pieces of the key, as error_message does
+                # (searched for in bodies up to 64 KiB: the fragment search is slow on a huge hostile one)
+                size = len(content if content is not None else self.partial_text)
+                result.raw = redact_data(body, fragments=size <= 65536)
+            elif content is not None and not may_hold_secret(content.decode("utf-8", "replace")):
+                result.raw = body  # one quick test of the bytes spares walking the body (the common case)
+            else:
+                result.raw = redact_data(body)
+            if result.choices is not None and result.raw is not body:
+                raw_choices = result.raw.get("choices")
+                result.choices = raw_choices if isinstance(raw_choices, list) else None
+        if self.headers is not None:
+            result.response_headers = public_headers(self.headers)
 
 
 #: exit_reason of a failed result ("killed" for a cancelled call, as run_sheets' cancelled sheets say)
@@ -160,26 +190,81 @@ def apply_usage(result: ExecutionResult, data: Mapping[str, Any]) -> None:
     details = usage.get("prompt_tokens_details")
     if isinstance(details, dict):
         result.cached_tokens = _count(result, details, "cached_tokens", "usage.prompt_tokens_details")
+        result.cache_write_tokens = _count(result, details, "cache_write_tokens", "usage.prompt_tokens_details")
+    cost_details = usage.get("cost_details")
+    if isinstance(cost_details, dict):
+        result.cost_details = cost_details
     details = usage.get("completion_tokens_details")
     if isinstance(details, dict):
         result.reasoning_tokens = _count(result, details, "reasoning_tokens", "usage.completion_tokens_details")
 
 
 def message_text(content: Any) -> Optional[str]:
-    """The text of a message's ``content`` (a string, None, or a list of parts); None if malformed."""
+    """The text of a message's ``content``: a string, None (""), or a list of parts, whose text
+    parts are joined (other parts, such as images or ``thinking``, are skipped: ``raw`` keeps them).
+    None only for a content of another type."""
     if content is None:
         return ""
     if isinstance(content, str):
         return clean_text(content)
     if isinstance(content, list):
-        parts = []
-        for part in content:
-            text = part.get("text") if isinstance(part, dict) else part
-            if not isinstance(text, str):
-                return None
-            parts.append(text)
-        return clean_text("".join(parts))
+        return clean_text("".join(part_texts(content, TEXT_PARTS)))
     return None
+
+
+#: Part types whose ``text`` is answer text (None: a part without a type); reasoning part types.
+TEXT_PARTS = frozenset({None, "text", "output_text"})
+REASONING_PARTS = frozenset({"thinking", "reasoning", "reasoning_text"})
+
+
+def part_texts(parts: list[Any], kinds: frozenset[Optional[str]]) -> list[str]:
+    texts = []
+    for part in parts:
+        if isinstance(part, str):
+            if None in kinds:
+                texts.append(part)
+        elif isinstance(part, dict) and part.get("type") in kinds:
+            text = part.get("text")
+            if not isinstance(text, str):
+                text = part.get("thinking") if part.get("type") == "thinking" else None
+            if isinstance(text, str):
+                texts.append(text)
+    return texts
+
+
+def choice_text(choice: Any) -> str:
+    """The answer text of one choice of a completion ("" when it has none)."""
+    message = choice.get("message") if isinstance(choice, dict) else None
+    text = message_text(message.get("content")) if isinstance(message, dict) else None
+    return text or ""
+
+
+def tool_calls_of(message: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``message.tool_calls`` as the API returned them (entries that are not objects dropped); [] when none."""
+    calls = message.get("tool_calls")
+    if not isinstance(calls, list) or not calls:
+        return []
+    return [call for call in calls if isinstance(call, dict)]
+
+
+def apply_message(result: ExecutionResult, data: Mapping[str, Any], choice: Mapping[str, Any],
+                  message: Mapping[str, Any]) -> None:
+    """Copy the first-class fields of a completion's first choice and message onto a result."""
+    result.tool_calls = tool_calls_of(message)
+    if message:
+        refusal = message.get("refusal")
+        result.refusal = clean_text(refusal) if isinstance(refusal, str) and refusal else None
+        for name in ("images", "annotations", "reasoning_details"):
+            value = message.get(name)
+            if isinstance(value, list):
+                setattr(result, name, value)
+    logprobs = choice.get("logprobs")
+    if isinstance(logprobs, dict):
+        result.logprobs = logprobs
+    result.native_finish_reason = meta_str(choice.get("native_finish_reason"))
+    choices = data.get("choices")
+    if isinstance(choices, list) and len(choices) > 1:
+        result.choices = choices
 
 
 def _first_choice(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -197,6 +282,14 @@ class Completion:
     text: str
     reasoning: Optional[str]
     finish_reason: Optional[str]
+    choice: Mapping[str, Any] = field(default_factory=dict)
+    message: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def refusal(self) -> Optional[str]:
+        """The model's refusal (``message.refusal``), if it refused."""
+        refusal = self.message.get("refusal")
+        return refusal if isinstance(refusal, str) and refusal.strip() else None
 
     def to_result(self, requested_model: str, duration: float, started_at: datetime,
                   generation_id: Optional[str] = None) -> ExecutionResult:
@@ -209,6 +302,7 @@ class Completion:
             system_fingerprint=meta_str(data.get("system_fingerprint")),
         )
         apply_usage(result, data)
+        apply_message(result, data, self.choice, self.message)
         return result
 
 
@@ -219,10 +313,32 @@ def parse_completion(data: Mapping[str, Any], choice: Optional[Mapping[str, Any]
     message = choice.get("message")
     if not isinstance(message, dict):
         return None
-    text = message_text(message.get("content"))
+    content = message.get("content")
+    text = message_text(content)
     if text is None:
         return None
-    return Completion(data, text, _as_str(message.get("reasoning")), meta_str(choice.get("finish_reason")))
+    reasoning = _as_str(message.get("reasoning"))
+    if reasoning is None and isinstance(content, list):  # reasoning given as parts of the content
+        reasoning = clean_text("".join(part_texts(content, REASONING_PARTS))) or None
+    return Completion(data, text, reasoning, meta_str(choice.get("finish_reason")), choice, message)
+
+
+#: Header names (lower case) whose values are never shown, and words that mark one as secret.
+_SECRET_HEADER_WORDS = ("authorization", "cookie", "key", "token", "secret", "password", "session")
+
+
+def public_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers as a plain dict, names in lower case (HTTP names are case-insensitive), with the
+    values of secret-bearing ones (names with ``key``, ``token``, ``cookie``, ``authorization``, ...)
+    and any secret inside other values redacted."""
+    lower_items = getattr(headers, "lower_items", None)  # requests' CaseInsensitiveDict: the fast way
+    out = dict(lower_items()) if lower_items is not None else {k.lower(): v for k, v in headers.items()}
+    names = "\n".join(out)
+    if not any(word in names for word in _SECRET_HEADER_WORDS) and not may_hold_secret("\n".join(out.values())):
+        return out
+    for name, value in out.items():
+        out[name] = REDACTED if any(word in name for word in _SECRET_HEADER_WORDS) else redact(value, fragments=True)
+    return out
 
 
 def error_detail(data: Any) -> str:
@@ -319,7 +435,8 @@ def classify_response(status: int, headers: Mapping[str, str], content: bytes) -
     message = bounded(f"HTTP {status} ({error_type}): {detail or snippet(content) or 'no details'}")
     return Outcome(error_type, status, message, status, retry_after=wait[0] if wait else None,
                    retry_source=wait[1] if wait else None, generation_id=generation_id,
-                   scope=limit_scope(data) if status == 429 else None)
+                   scope=limit_scope(data) if status == 429 else None,
+                   body=data if isinstance(data, dict) else None, content=content, headers=headers)
 
 
 def _classify_ok(headers: Mapping[str, str], content: bytes, generation_id: Optional[str]) -> Outcome:
@@ -327,23 +444,37 @@ def _classify_ok(headers: Mapping[str, str], content: bytes, generation_id: Opti
     if problem is not None:
         what = "was cut off" if problem == ErrorType.TRUNCATED_RESPONSE else "is not JSON"
         message = f"HTTP 200 but the body {what} ({len(content)} bytes): {snippet(content)}"
-        return Outcome(problem, 502, message, 200, generation_id=generation_id)
+        return Outcome(problem, 502, message, 200, generation_id=generation_id, headers=headers)
     if not isinstance(data, dict):
         return Outcome(ErrorType.INVALID_RESPONSE, 502, f"HTTP 200 but the body is not an object: {snippet(content)}",
-                       200, generation_id=generation_id)
+                       200, generation_id=generation_id, headers=headers)
     choice = _first_choice(data)
     error = data.get("error")
     if error and not choice:
-        return provider_error(error, data, "", generation_id, headers)
+        return provider_error(error, data, "", generation_id, headers, content=content)
     if choice.get("finish_reason") == "error" or choice.get("error"):
         said = choice.get("message")
         partial = message_text(said.get("content")) if isinstance(said, dict) else None
-        return provider_error(choice.get("error") or error or {}, data, partial or "", generation_id, headers)
+        return provider_error(choice.get("error") or error or {}, data, partial or "", generation_id, headers,
+                              content=content)
     completion = parse_completion(data, choice)
     if completion is None:
         return Outcome(ErrorType.INVALID_RESPONSE, 502, f"HTTP 200 but not a completion: {snippet(content)}", 200,
-                       generation_id=generation_id)
-    return Outcome(None, 0, status=200, data=data, generation_id=generation_id, completion=completion)
+                       generation_id=generation_id, body=data, content=content, headers=headers)
+    refusal = completion.refusal
+    if refusal is not None:
+        return refused(completion, data, generation_id, headers, content)
+    return Outcome(None, 0, status=200, data=data, generation_id=generation_id, completion=completion,
+                   content=content, headers=headers)
+
+
+def refused(completion: Completion, data: dict[str, Any], generation_id: Optional[str],
+            headers: Optional[Mapping[str, str]], content: Optional[bytes] = None) -> Outcome:
+    """The outcome of an answer that is a refusal: its own error type, never retried (the same
+    request would be refused again, and billed again)."""
+    message = bounded(f"the model refused: {completion.refusal}")
+    return Outcome(ErrorType.REFUSED, 200, message, 200, data=data, generation_id=generation_id,
+                   partial_text=completion.text, content=content, headers=headers)
 
 
 def error_code(error: Any) -> tuple[Any, int]:
@@ -358,7 +489,8 @@ def error_code(error: Any) -> tuple[Any, int]:
 
 
 def provider_error(error: Any, data: Optional[dict[str, Any]], partial: str, generation_id: Optional[str],
-                   headers: Mapping[str, str], where: str = "HTTP 200 carrying an error") -> Outcome:
+                   headers: Mapping[str, str], where: str = "HTTP 200 carrying an error",
+                   content: Optional[bytes] = None) -> Outcome:
     """The outcome of an error object inside a 200 (top level, in a choice, or mid-stream)."""
     detail = error_detail({"error": error})
     code, exit_code = error_code(error)
@@ -366,7 +498,7 @@ def provider_error(error: Any, data: Optional[dict[str, Any]], partial: str, gen
     message = bounded(f"{where} (code {code if code is not None else 'none'}): {detail or 'no details'}")
     return Outcome(ErrorType.PROVIDER_ERROR, exit_code, message, 200, data=data,
                    retry_after=wait[0] if wait else None, retry_source=wait[1] if wait else None,
-                   generation_id=generation_id, partial_text=partial)
+                   generation_id=generation_id, partial_text=partial, content=content, headers=headers or None)
 
 
 def network_outcome(error_type: ErrorType, message: str, *, sent: bool = False, partial: str = "") -> Outcome:

@@ -6,9 +6,11 @@
     openrouter-sync check
     openrouter-sync export results.jsonl -o final.csv     # one row per prompt, in input order
 
-Needs OPENROUTER_API_KEY. Without it, --offline (or --offline-mode always) runs against the
-built-in fake server (its answers are fakes, and it says so); --offline-mode auto does so only
-when no key is set. OPENROUTER_SYNC_OFFLINE=auto|always|never sets the default mode.
+Needs OPENROUTER_API_KEY for OpenRouter (another --base-url, e.g. a local vLLM, needs
+none; --no-key sends none; -H 'api-key: ...' sends another auth header). Without it,
+--offline (or --offline-mode always) runs against the built-in fake server (its answers are
+fakes, and it says so); --offline-mode auto does so only when no key is set.
+OPENROUTER_SYNC_OFFLINE=auto|always|never sets the default mode.
 The model is -m/--model, else $OPENROUTER_MODEL, else minimax/minimax-m1-80k (a paid model).
 """
 
@@ -36,7 +38,7 @@ from ._version import __version__
 from .backend import DEFAULT_BASE_URL, DEFAULT_MODEL, OpenRouterBackend
 from .checkpoint import CheckpointError, CheckpointLocked, CheckpointMismatch, Record, read_records, record_data
 from .errors import OpenRouterError
-from .request import OVERRIDE_KEYS
+from .request import OVERRIDE_KEYS, is_openrouter_url
 from .retry import RetryPolicy
 from .runner import RunAborted, RunInterrupted, Terminated, run_sheets
 from .sheet import Sheet
@@ -58,8 +60,8 @@ _OPTION_NAMES = {"max_workers": "-w/--workers", "pool_size": "-w/--workers", "ti
                  "max_cost": "--max-cost",
                  "base_url": "--base-url", "model": "-m/--model", "temperature": "--temperature"}
 _CSV_COLUMNS = ("id", "index", "label", "prompt", "success", "answer", "error_type", "error_message",
-                "finish_reason", "model", "input_tokens", "output_tokens", "cost", "attempts", "duration_seconds",
-                "metadata")
+                "finish_reason", "tool_calls", "model", "input_tokens", "output_tokens", "cost", "attempts",
+                "duration_seconds", "metadata")
 
 
 def _backend_default(name: str) -> Any:
@@ -178,7 +180,7 @@ def _sheet_from_record(record: dict[str, Any], label: str) -> Sheet:
                          f"use {', '.join(sorted(SHEET_FIELDS))} or a request option")
     fields = {k: v for k, v in record.items() if k in SHEET_FIELDS}
     overrides = dict(fields.pop("overrides", None) or {})
-    overrides.update({k: v for k, v in record.items() if k in OVERRIDE_KEYS})
+    overrides.update({k: v for k, v in record.items() if k in OVERRIDE_KEYS and k not in SHEET_FIELDS})
     if "prompt" not in fields and "messages" not in fields:
         raise ValueError("needs 'prompt' or 'messages'")
     if fields.get("metadata") is not None and not isinstance(fields["metadata"], dict):
@@ -297,6 +299,22 @@ def _has_key() -> bool:
     return bool(os.environ.get(KEY_ENV, "").strip())
 
 
+def _key_needed(args: argparse.Namespace) -> bool:
+    """Whether calls need OPENROUTER_API_KEY: not with --no-key, nor for a --base-url that is not
+    OpenRouter's (a vLLM or Ollama server needs none; a key that is set is still sent)."""
+    return not getattr(args, "no_key", False) and is_openrouter_url(getattr(args, "base_url", DEFAULT_BASE_URL))
+
+
+def _parse_headers(values: Optional[Sequence[str]]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for value in values or []:
+        name, colon, content = value.partition(":")
+        if not colon or not name.strip():
+            raise UsageError(f"--header must be 'Name: value', got {value.split(':')[0]!r:.40}")
+        headers[name.strip()] = content.strip()
+    return headers
+
+
 def _is_offline(args: argparse.Namespace) -> bool:
     mode = offline_mode(args)
     return mode == "always" or (mode == "auto" and not _has_key())
@@ -316,6 +334,11 @@ def _backend(args: argparse.Namespace, offline: bool) -> Iterator[OpenRouterBack
         options["requests_per_minute"] = args.rpm
     if getattr(args, "workers", None):
         options["pool_size"] = args.workers
+    headers = _parse_headers(getattr(args, "header", None))
+    if headers:
+        options["default_headers"] = headers
+    if getattr(args, "no_key", False) and not offline:
+        options.update(require_key=False, api_key="")
     with demo_backend(offline="always" if offline else "never", **options) as backend:
         yield backend
 
@@ -330,7 +353,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_output(args.output, args.input)
     sheets = read_sheets(args.input, args.format)
     offline = _is_offline(args)
-    if not offline and not _has_key():
+    if not offline and not _has_key() and _key_needed(args):
         raise UsageError(f"{NO_KEY}; nothing was sent or written")
     if args.system:
         for sheet in sheets:
@@ -388,7 +411,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         if not prompt:
             raise UsageError("no prompt on stdin")
     offline = _is_offline(args)
-    if not offline and not _has_key():
+    if not offline and not _has_key() and _key_needed(args):
         raise UsageError(f"{NO_KEY}; nothing was sent")
     with _backend(args, offline) as backend:
         opened = backend.stream(prompt, system=args.system)  # a bad prompt or option: a usage error
@@ -436,11 +459,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     offline = _is_offline(args)
-    if not offline and not _has_key():
+    if not offline and not _has_key() and _key_needed(args):
         print(f"key ({KEY_ENV}): MISSING; nothing was sent (set {KEY_ENV} or use --offline)")
         return EXIT_FAILED
     with _backend(args, offline) as backend, _talking("check"):
-        print(f"key ({'offline fake' if offline else KEY_ENV}): present")
+        keyless = not offline and (getattr(args, "no_key", False) or not _has_key())
+        print(f"key ({'offline fake' if offline else KEY_ENV}): {'not sent (none needed)' if keyless else 'present'}")
         healthy = backend.health_check()
         state = "reachable, key accepted" if healthy else "NOT reachable or key refused"
         print(f"endpoint {backend.base_url}: {state}")
@@ -469,6 +493,7 @@ def _export_rows(records: list[Record]) -> Iterator[dict[str, Any]]:
         yield {"id": record.id, "index": record.index, "label": record.label, "prompt": sheet.get("prompt", ""),
                "success": result.success, "answer": result.stdout, "error_type": result.error_type or "",
                "error_message": result.error_message or "", "finish_reason": result.finish_reason or "",
+               "tool_calls": json.dumps(result.tool_calls, ensure_ascii=False) if result.tool_calls else "",
                "model": result.model or "", "input_tokens": result.input_tokens, "output_tokens": result.output_tokens,
                "cost": result.cost, "attempts": result.attempts, "duration_seconds": result.duration_seconds,
                "metadata": json.dumps(sheet["metadata"], ensure_ascii=False) if sheet.get("metadata") else ""}
@@ -515,7 +540,10 @@ def cmd_export(args: argparse.Namespace) -> int:
                 os.unlink(tmp)
             raise
     failed = sum(not r.result.success for r in records)
-    print(f"exported {plural(len(records), 'sheet')} ({failed} failed) from {args.results}"
+    calls = sum(bool(r.result.success and r.result.tool_calls) for r in records)
+    empty = sum(bool(r.result.success and not r.result.tool_calls and not r.result.stdout.strip()) for r in records)
+    kinds = "".join([f", {plural(calls, 'tool-call answer')}" if calls else "", f", {empty} empty" if empty else ""])
+    print(f"exported {plural(len(records), 'sheet')} ({failed} failed{kinds}) from {args.results}"
           + (f" to {args.output}" if args.output and args.output != "-" else ""), file=sys.stderr)
     return 0
 
@@ -551,7 +579,14 @@ def build_parser() -> argparse.ArgumentParser:
     endpoint.add_argument("--base-url", default=DEFAULT_BASE_URL, metavar="URL",
                           help="an OpenAI-compatible endpoint (default: %(default)s)")
     endpoint.add_argument("--timeout", type=_number(float, 0, low_open=True), default=300.0, metavar="SECONDS",
-                          help="hard deadline per HTTP attempt (default: %(default)s)")
+                          help="deadline per HTTP attempt; for a streamed answer, per wait for its next event "
+                               "(default: %(default)s)")
+    endpoint.add_argument("-H", "--header", action="append", metavar="'NAME: VALUE'",
+                          help="a header sent with every request, e.g. 'api-key: ...' (repeatable; default: "
+                               "none; the values of credential headers are never shown)")
+    endpoint.add_argument("--no-key", action="store_true",
+                          help="send no API key (a server that needs none; default: the key is required for "
+                               "OpenRouter's endpoint only)")
     offline = endpoint.add_mutually_exclusive_group()
     offline.add_argument("--offline", action="store_true",
                          help="use the built-in fake server (same as --offline-mode always; default: off)")
@@ -616,8 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Write the latest record of each sheet of a results file, in input "
                                         "order: JSONL (the records as stored, with their attachments put back) "
                                         "or CSV (id, index, label, prompt, success, answer, error_type, "
-                                        "error_message, finish_reason, model, input_tokens, output_tokens, cost, "
-                                        "attempts, duration_seconds, metadata).")
+                                        "error_message, finish_reason, tool_calls, model, input_tokens, "
+                                        "output_tokens, cost, attempts, duration_seconds, metadata).")
     export.add_argument("results", help="a results file written by `openrouter-sync run`")
     export.add_argument("-o", "--output", metavar="FILE", help="where to write (default: stdout)")
     export.add_argument("--format", choices=("jsonl", "csv"),

@@ -13,10 +13,14 @@ from ._log import Secrets
 
 
 class ApiKey:
-    """Where the key comes from. ``get()`` returns the key, or None and the reason there is none."""
+    """Where the key comes from. ``get()`` returns the key, or None and the reason there is none.
 
-    def __init__(self, env: str, explicit: Optional[str] = None) -> None:
+    ``required=False`` (a server that needs no key): a missing key is ``""``, and requests carry no
+    ``Authorization`` header; a key that is set but malformed is still refused."""
+
+    def __init__(self, env: str, explicit: Optional[str] = None, required: bool = True) -> None:
         self.env = env
+        self.required = required
         self._explicit = explicit
         self._key: Optional[str] = None
         self._lock = threading.Lock()
@@ -39,6 +43,8 @@ class ApiKey:
         self._secrets.add(raw)
         value = (raw or "").strip()
         source = "api_key" if self._explicit is not None else f"environment variable {self.env}"
+        if not value and not self.required:
+            return "", ""
         if not value:
             return None, (f"API key not found in environment variable: {self.env}. "
                           f"Set it with: export {self.env}=your-key")
@@ -49,6 +55,10 @@ class ApiKey:
         with self._lock:
             self._key = value
         return value, ""
+
+    def hide(self, value: str) -> None:
+        """Another credential (a custom auth header's value) redacted as long as the key is held."""
+        self._secrets.add(value)
 
     def release(self) -> None:
         """Stop holding the key for redaction (its owner closed); ``get()`` holds it again."""

@@ -38,10 +38,13 @@ class DeadlinePassed(TimeoutError):
 class Deadline:
     """One attempt's deadline: ``activate()`` it around each piece of network I/O it bounds."""
 
-    __slots__ = ("when", "tag", "fired", "sent", "_sock", "_connecting", "_done", "_clock", "_previous")
+    __slots__ = ("when", "tag", "fired", "sent", "stall", "cap", "_sock", "_connecting", "_done", "_clock",
+                 "_previous")
 
     def __init__(self, when: float, tag: object = None, clock: Clock = time.monotonic) -> None:
         self.when = when
+        self.stall: Optional[float] = None  # set by stall_timer(): renew() moves the deadline on
+        self.cap = float("inf")  # renew() never moves it past this
         self.tag = tag
         self.fired = False  # the watchdog cut (or was about to cut) this attempt
         self.sent = False  # the whole request reached the socket: the server may act on it
@@ -57,6 +60,26 @@ class Deadline:
         deadline = cls(clock() + seconds, tag, clock)
         _watchdog.add(deadline)
         return deadline
+
+    def stall_timer(self, seconds: float, cap: float) -> Deadline:
+        """Make this a stall timer (a streamed attempt): each :meth:`renew` (a piece of the body
+        arrived) moves the deadline to ``seconds`` from then, never past ``cap`` (a clock time:
+        the call's whole budget, ``max_elapsed_seconds``)."""
+        self.stall = seconds
+        self.cap = cap
+        self.when = min(self.when, cap)
+        return self
+
+    def renew(self) -> None:
+        """Bytes arrived: a stall timer starts again (up to its cap); a plain deadline does not move."""
+        stall = self.stall
+        if stall is not None and not self.fired:
+            self.when = min(self._clock() + stall, self.cap)
+
+    @property
+    def capped(self) -> bool:
+        """The deadline stands at its cap (for a stall timer: the call's whole budget is what ends it)."""
+        return self.stall is not None and self.when >= self.cap
 
     def remaining(self) -> float:
         return self.when - self._clock()
@@ -170,6 +193,9 @@ class _Watchdog:
                     self._wake.wait(delay)
                     continue
                 _, _, deadline = heapq.heappop(heap)
+                if deadline.when > time.monotonic():  # renewed (a stall timer): wait for its new time
+                    heapq.heappush(heap, (deadline.when, next(self._seq), deadline))
+                    continue
                 deadline._fire_locked()
 
 

@@ -30,6 +30,7 @@ class ErrorType(str, Enum):
     OVERLOADED = "overloaded"  # 529: the provider is overloaded
     REDIRECT = "redirect"  # 3xx: redirects are never followed (the key must not travel elsewhere)
     HTTP_ERROR = "http_error"  # any other unexpected status
+    REFUSED = "refused"  # a 200 whose answer is a refusal (message.refusal): not retried; the text is in error_message
     PROVIDER_ERROR = "provider_error"  # a 200 that carries an error (top level, finish_reason "error", mid-stream)
     INVALID_RESPONSE = "invalid_response"  # a 200 whose body is not JSON, not a completion, or badly encoded
     TRUNCATED_RESPONSE = "truncated_response"  # the body ended before it was complete

@@ -55,6 +55,10 @@ class ProviderError(OpenRouterError):
     """The server or the model's provider failed (5xx, a 200 carrying an error, a bad body)."""
 
 
+class RefusedError(OpenRouterError):
+    """The model refused to answer (``message.refusal``); ``.result.refusal`` holds its words."""
+
+
 class CancelledError(OpenRouterError):
     """The sheet was cancelled before it finished."""
 
@@ -80,6 +84,7 @@ _EXCEPTIONS: dict[ErrorType, type[OpenRouterError]] = {
     ErrorType.INVALID_SHEET: BadRequestError,
     ErrorType.CANCELLED: CancelledError,
     ErrorType.BUDGET_EXCEEDED: BudgetExceededError,
+    ErrorType.REFUSED: RefusedError,
 }
 
 

@@ -50,9 +50,11 @@ class SheetState:
         if "model" in overrides:
             values["model"] = check_model(str(overrides["model"]))
         if "temperature" in overrides:
-            values["temperature"] = check_temperature(_coerce(overrides["temperature"], float, "temperature"))
+            value = overrides["temperature"]
+            values["temperature"] = None if value is None else check_temperature(_coerce(value, float, "temperature"))
         if "max_tokens" in overrides:
-            values["max_tokens"] = check_max_tokens(_coerce(overrides["max_tokens"], int, "max_tokens"))
+            value = overrides["max_tokens"]
+            values["max_tokens"] = None if value is None else check_max_tokens(_coerce(value, int, "max_tokens"))
         with self.lock:
             if self._saved is None:
                 self._saved = {name: getattr(target, name) for name in SETTINGS}
@@ -70,7 +72,7 @@ class SheetState:
             self._saved = None
             self.options = {}
 
-    def base(self, target: Any) -> tuple[str, float, int]:
+    def base(self, target: Any) -> tuple[str, Optional[float], Optional[int]]:
         """The target's settings as they were before any override (what sheets start from)."""
         saved = self._saved
         if saved is not None:

@@ -2,37 +2,105 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
-#: Request fields passed through to ``/chat/completions`` as given (per call, per sheet, per override).
+from ._log import register_secret
+
+#: The documented request fields of ``/chat/completions`` (OpenRouter's and OpenAI's), passed
+#: through as given (per call, per sheet, per override). A name not listed is sent too, with an
+#: ``UnknownOptionWarning`` (an error with ``strict_options=True``); one within a typo of a listed
+#: name is an error (``temprature=``), since sending it would silently drop the setting meant.
 REQUEST_OPTIONS = frozenset({
-    "models", "provider", "response_format", "reasoning", "stop", "top_p", "top_k", "seed",
-    "frequency_penalty", "presence_penalty", "repetition_penalty", "min_p", "top_a", "logit_bias",
-    "logprobs", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls", "plugins",
-    "transforms", "user", "route", "verbosity", "usage", "prediction", "stream_options",
+    # OpenRouter
+    "models", "provider", "reasoning", "plugins", "transforms", "route", "usage", "top_k", "repetition_penalty",
+    "min_p", "top_a", "include_reasoning", "structured_outputs", "image_config", "session_id", "debug",
+    "cache_control", "verbosity", "prediction",
+    # OpenAI's chat completions
+    "response_format", "stop", "top_p", "seed", "frequency_penalty", "presence_penalty", "logit_bias", "logprobs",
+    "top_logprobs", "tools", "tool_choice", "parallel_tool_calls", "user", "stream_options",
+    "max_completion_tokens", "n", "modalities", "audio", "metadata", "service_tier", "store", "web_search_options",
+    "reasoning_effort", "prompt_cache_key", "safety_identifier", "functions", "function_call",
 })
+#: Body fields the library itself writes: not options (``messages=``, ``stream()``).
+RESERVED = frozenset({"messages", "prompt", "stream"})
 MAX_TIMEOUT = 1_000_000.0  # seconds (11.5 days): anything longer is a mistake, and overflows socket timeouts
-#: Keys an override dict may hold: the three of the reference, the request options, and the escape hatch.
-OVERRIDE_KEYS = frozenset({"model", "temperature", "max_tokens"}) | REQUEST_OPTIONS | {"extra_body"}
+#: Keys an override dict may hold: the three of the reference, the request options, and the escape hatches.
+OVERRIDE_KEYS = frozenset({"model", "temperature", "max_tokens"}) | REQUEST_OPTIONS | {"extra_body", "extra_headers"}
+#: Header names whose values are credentials: registered for redaction wherever they are given.
+SECRET_HEADER = re.compile(r"authorization|key|token|secret|password|cookie|session", re.IGNORECASE)
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+class UnknownOptionWarning(UserWarning):
+    """A request option this library does not know was sent as given (``strict_options=True``: an error)."""
 
 
 #: One encoder for every body (``json.dumps`` with non-default arguments builds a new one per call).
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-def request_headers(app_url: str, app_title: str) -> dict[str, str]:
-    """The headers every request carries (the key's ``Authorization`` is added per request)."""
+def request_headers(app_url: Optional[str], app_title: Optional[str],
+                    extra: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+    """The headers every request carries (the key's ``Authorization`` is added per request):
+    the attribution headers when ``app_url`` / ``app_title`` are given, then ``extra`` (which
+    may replace any of them)."""
     from ._version import __version__
 
     # Nothing more: copied, checked and sent, each header costs about 27,000 CPU instructions a
     # request (no ``Accept``: a plain call gets JSON anyway; a streamed one asks for ``text/event-stream``).
-    return {"Content-Type": "application/json", "Accept-Encoding": "gzip, deflate",
-            "HTTP-Referer": app_url, "X-Title": app_title, "X-OpenRouter-Title": app_title,
-            "User-Agent": f"openrouter-sync/{__version__}"}
+    headers = {"Content-Type": "application/json", "Accept-Encoding": "gzip, deflate"}
+    if app_url:
+        headers["HTTP-Referer"] = app_url
+    if app_title:
+        headers["X-Title"] = headers["X-OpenRouter-Title"] = app_title
+    headers["User-Agent"] = f"openrouter-sync/{__version__}"
+    if extra:
+        headers.update(extra)
+    return headers
+
+
+def is_openrouter_url(url: str) -> bool:
+    """Whether ``url`` is OpenRouter's endpoint: its host is ``openrouter.ai`` (or a subdomain), or its
+    path ends in ``/api/v1``, OpenRouter's layout (its look-alikes, proxies and this library's fake
+    server keep it; vLLM, Ollama, LiteLLM and OpenAI serve ``/v1``)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    return host == "openrouter.ai" or host.endswith(".openrouter.ai") or parts.path.rstrip("/").endswith("/api/v1")
+
+
+def check_headers(headers: Any, what: str = "default_headers",
+                  hide: Callable[[str], None] = register_secret) -> dict[str, str]:
+    """A dict of valid header names to string values; the values of credential headers
+    (``Authorization``, ``api-key``, ``X-Api-Key``, ...) are given to ``hide`` (by default held
+    for redaction for good; a backend passes its key's holder, released when it closes)."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise TypeError(f"{what} must be a dict of header names to strings, got {type(headers).__name__}")
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"{what}: {name!r:.60} is not a valid header name")
+        if not isinstance(value, str):
+            raise ValueError(f"{what}[{name!r}] must be a string, got {type(value).__name__}")
+        if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value):
+            raise ValueError(f"{what}[{name!r}] contains a line break or another control character")
+        if SECRET_HEADER.search(name):
+            hide(value)
+            scheme, _, token = value.partition(" ")
+            if token and scheme.lower() in ("bearer", "basic", "token"):
+                hide(token)
+        out[name] = value
+    return out
 
 
 def check_model(model: Any) -> str:
@@ -41,14 +109,17 @@ def check_model(model: Any) -> str:
     return model
 
 
-def check_max_tokens(value: Any) -> int:
+def check_max_tokens(value: Any, name: str = "max_tokens") -> Optional[int]:
+    """None (the field is left out of the body), or an integer >= 1."""
+    if value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         else:
-            raise ValueError(f"max_tokens must be an integer >= 1, got {value!r}")
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if value < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {value}")
+        raise ValueError(f"{name} must be >= 1, got {value}")
     return int(value)
 
 
@@ -67,7 +138,10 @@ def check_count(value: Any, name: str) -> int:
     return value
 
 
-def check_temperature(value: Any) -> float:
+def check_temperature(value: Any) -> Optional[float]:
+    """None (the field is left out of the body: the server's default), or a number from 0 to 2."""
+    if value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"temperature must be a number between 0 and 2, got {value!r}")
     if not 0.0 <= value <= 2.0:
@@ -107,18 +181,33 @@ def check_base_url(url: Any) -> str:
     return url.rstrip("/")
 
 
-def check_options(options: Mapping[str, Any], allowed: frozenset[str] = REQUEST_OPTIONS, what: str = "option") -> None:
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ValueError(
-            f"unknown {what} {', '.join(map(repr, unknown))}; known: {', '.join(sorted(allowed))} "
-            "(pass anything else in extra_body={...})"
-        )
+def check_options(options: Mapping[str, Any], allowed: frozenset[str] = REQUEST_OPTIONS, what: str = "option",
+                  strict: bool = False) -> None:
+    """Refuse a name the library writes itself, or one a typo away from a known name (a
+    ``ValueError`` suggesting it); warn of any other unknown name (``strict``: refuse it)."""
+    if not options.keys() - allowed:
+        return
+    for name in sorted(options.keys() - allowed, key=str):
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{what} names must be non-empty strings, got {name!r}")
+        if name in RESERVED:
+            raise ValueError(f"{name!r} is not an {what}: the library sets it (use messages=... or stream())")
+        if name in OVERRIDE_KEYS:  # e.g. max_tokens in default_options: a setting of its own
+            raise ValueError(f"{name!r} is not an {what} here: pass {name}=... itself")
+        close = difflib.get_close_matches(name, allowed | OVERRIDE_KEYS, n=1, cutoff=0.8)
+        if close:
+            raise ValueError(f"unknown {what} {name!r}: did you mean {close[0]!r}? (to send {name!r} as it is, "
+                             f"pass extra_body={{{name!r}: ...}})")
+        if strict:
+            raise ValueError(f"unknown {what} {name!r} (strict_options=True); known: {', '.join(sorted(allowed))} "
+                             "(pass anything else in extra_body={...})")
+        warnings.warn(f"unknown {what} {name!r}: sent as given; a server that does not know it may ignore it or "
+                      "answer 400 (strict_options=True makes this an error)", UnknownOptionWarning, stacklevel=5)
 
 
 def check_settings(*, model: Any, api_key_env: Any, max_tokens: Any, temperature: Any, timeout_seconds: Any,
                    connect_timeout: Any, pool_size: Any, requests_per_minute: Any, max_response_bytes: Any,
-                   default_options: Mapping[str, Any]) -> None:
+                   default_options: Mapping[str, Any], strict: bool = False) -> None:
     """Check a backend's settings before anything is built: a clear ``ValueError`` for the first bad one."""
     check_model(model)
     if not isinstance(api_key_env, str) or not api_key_env.strip():
@@ -130,7 +219,7 @@ def check_settings(*, model: Any, api_key_env: Any, max_tokens: Any, temperature
     check_count(pool_size, "pool_size")
     check_rate(requests_per_minute, "requests_per_minute")
     check_count(max_response_bytes, "max_response_bytes")
-    check_options(default_options, REQUEST_OPTIONS | {"extra_body"})
+    check_options(default_options, REQUEST_OPTIONS | {"extra_body", "extra_headers"}, strict=strict)
 
 
 def check_messages(messages: Any) -> list[dict[str, Any]]:
@@ -157,13 +246,14 @@ class CallSpec:
     """Everything one call needs, resolved before it starts (so later state changes cannot leak in)."""
 
     model: str
-    temperature: float
-    max_tokens: int
+    temperature: Optional[float]  # None: left out of the body
+    max_tokens: Optional[int]  # None: left out (also when ``max_completion_tokens`` is set)
     timeout: float
     messages: tuple[dict[str, Any], ...]
     options: Mapping[str, Any]
     output_log_path: Optional[Path] = None
     sheet_id: Optional[str] = None
+    headers: Optional[Mapping[str, str]] = None  # extra_headers: sent with this call only
 
     @property
     def stdout_log(self) -> Optional[Path]:
@@ -176,14 +266,14 @@ class CallSpec:
         return None if self.output_log_path is None else self.output_log_path.with_suffix(".stderr.log")
 
     def payload(self, stream: bool = False) -> dict[str, Any]:
-        """The request body as a dict: model, messages, max_tokens, temperature, the options that are not
-        None, then ``extra_body`` merged over all of it; a stream also asks for its usage chunk."""
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": list(self.messages),
-            "max_tokens": self.max_tokens,
-            "temperature": self.temperature,
-        }
+        """The request body as a dict: model, messages, max_tokens, temperature (each left out when None,
+        max_tokens also when max_completion_tokens is set), the options that are not None, then
+        ``extra_body`` merged over all of it; a stream also asks for its usage chunk."""
+        body: dict[str, Any] = {"model": self.model, "messages": list(self.messages)}
+        if self.max_tokens is not None and self.options.get("max_completion_tokens") is None:
+            body["max_tokens"] = self.max_tokens
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
         extra = None
         for key, value in self.options.items():
             if key == "extra_body":
@@ -245,19 +335,20 @@ class Defaults:
     """The settings a call starts from (a backend's, before per-sheet or per-call changes)."""
 
     model: str
-    temperature: float
-    max_tokens: int
+    temperature: Optional[float]
+    max_tokens: Optional[int]
     timeout: float
     options: Mapping[str, Any]
+    strict: bool = False  # an unknown request option is an error, not a warning
 
 
 def resolve(defaults: Defaults, overrides: Mapping[str, Any], messages: tuple[dict[str, Any], ...], *,
             timeout: Optional[float] = None, output_log_path: Optional[Path] = None,
             sheet_id: Optional[str] = None, what: str = "override") -> CallSpec:
     """The call: ``defaults``, then ``overrides`` (``model``, ``temperature``, ``max_tokens``, request
-    options, ``extra_body``), each checked (``what`` names them in errors)."""
+    options, ``extra_body``, ``extra_headers``), each checked (``what`` names them in errors)."""
     if overrides:
-        check_options(overrides, OVERRIDE_KEYS, what)
+        check_options(overrides, OVERRIDE_KEYS, what, defaults.strict)
     model = check_model(overrides.get("model", defaults.model))
     temperature = check_temperature(overrides.get("temperature", defaults.temperature))
     max_tokens = check_max_tokens(overrides.get("max_tokens", defaults.max_tokens))
@@ -265,13 +356,18 @@ def resolve(defaults: Defaults, overrides: Mapping[str, Any], messages: tuple[di
     for key, value in overrides.items():
         if key not in ("model", "temperature", "max_tokens"):
             options[key] = value
+    headers = None
+    if "extra_headers" in options:  # headers, not body fields (nor settings a checkpoint records)
+        headers = check_headers(options.pop("extra_headers"), "extra_headers") or None
+    if options.get("max_completion_tokens") is not None:
+        check_max_tokens(options["max_completion_tokens"], "max_completion_tokens")
     if options:
         bad = sorted(k for k, v in options.items() if not _json_safe(v))
         if bad:
             raise ValueError(f"request options must be valid JSON (no NaN, infinity or objects JSON cannot hold): "
                              f"{', '.join(bad)}")
     timeout = defaults.timeout if timeout is None else check_timeout(timeout)
-    return CallSpec(model, temperature, max_tokens, timeout, messages, options, output_log_path, sheet_id)
+    return CallSpec(model, temperature, max_tokens, timeout, messages, options, output_log_path, sheet_id, headers)
 
 
 def spec_for_sheet(defaults: Defaults, sheet: Any) -> CallSpec:

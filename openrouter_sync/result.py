@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -59,6 +60,22 @@ class ExecutionResult:
     #                               the server may have finished, and billed, each of them
     system_fingerprint: Optional[str] = None
     warnings: list[str] = field(default_factory=list)  # what was dropped from the server's answer, and why
+    # The whole answer (issue 25): tool calls and the raw body are contract fields; the rest mirror
+    # what the body says (None: it did not say).
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # as the API returns them, folded for a stream
+    raw: Optional[dict[str, Any]] = field(default=None, repr=False)  # the last attempt's parsed body
+    #                                     (a stream: folded), redacted; not in repr (it may be large)
+    refusal: Optional[str] = None  # message.refusal: the model declined (error_type "refused")
+    images: Optional[list[Any]] = None  # message.images (image output)
+    annotations: Optional[list[Any]] = None  # message.annotations (e.g. web-search citations)
+    logprobs: Optional[dict[str, Any]] = None  # choices[0].logprobs
+    reasoning_details: Optional[list[Any]] = None  # message.reasoning_details
+    native_finish_reason: Optional[str] = None  # the provider's own finish reason
+    cost_details: Optional[dict[str, Any]] = None  # usage.cost_details
+    cache_write_tokens: Optional[int] = None  # usage.prompt_tokens_details.cache_write_tokens
+    choices: Optional[list[dict[str, Any]]] = None  # every choice, when the answer has more than one (n > 1)
+    response_headers: Optional[dict[str, str]] = None  # the last answer's headers (names in lower case),
+    #                                                   the values of secret-bearing ones redacted
 
     def __post_init__(self) -> None:
         if self.success and self.exit_code not in (None, 0):
@@ -75,6 +92,15 @@ class ExecutionResult:
     def text(self) -> str:
         """The answer's text (``stdout``)."""
         return self.stdout
+
+    @property
+    def texts(self) -> list[str]:
+        """The text of every choice (``n > 1``), in order; ``[stdout]`` for an answer with one."""
+        if not self.choices:
+            return [self.stdout]
+        from .classify import choice_text
+
+        return [choice_text(choice) for choice in self.choices]
 
     def json(self) -> Any:
         """Parse the answer as JSON (for ``response_format`` calls).
@@ -100,9 +126,13 @@ class ExecutionResult:
             raise error_for(self)
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of every field (``started_at`` as ISO 8601)."""
-        data = dataclasses.asdict(self)
+    def to_dict(self, *, include_raw: bool = True) -> dict[str, Any]:
+        """A JSON-ready dict of every field (``started_at`` as ISO 8601); ``include_raw=False``
+        leaves out ``raw`` (the whole body: the largest field), which ``from_dict`` then restores as None."""
+        if include_raw:
+            data = dataclasses.asdict(self)
+        else:
+            data = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "raw"}
         data["started_at"] = self.started_at.isoformat()
         return data
 
@@ -128,6 +158,9 @@ class ExecutionResult:
                 raise ValueError(f"result field {name!r} has the wrong type ({type(value).__name__})")
         if not all(isinstance(item, str) for item in kwargs.get("warnings", [])):
             raise ValueError("result field 'warnings' must be a list of strings")
+        calls = kwargs.get("tool_calls")
+        if calls is not None and not all(isinstance(call, dict) for call in calls):
+            raise ValueError("result field 'tool_calls' must be a list of objects")
         for required in ("success", "stdout", "stderr", "duration_seconds"):
             if required not in kwargs:
                 raise ValueError(f"result field {required!r} is missing")
@@ -137,7 +170,7 @@ class ExecutionResult:
         return cls(**kwargs)
 
     def __repr__(self) -> str:
-        parts = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+        parts = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self) if f.repr)
         return redact(f"ExecutionResult({parts})")
 
     def __str__(self) -> str:
@@ -164,4 +197,8 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "reasoning": (str, _NONE), "cached_tokens": (int, _NONE), "reasoning_tokens": (int, _NONE),
     "status_code": (int, _NONE), "sheet_id": (str, _NONE), "from_checkpoint": (bool,),
     "unanswered_attempts": (int,), "system_fingerprint": (str, _NONE), "warnings": (list,),
+    "tool_calls": (list,), "raw": (dict, _NONE), "refusal": (str, _NONE), "images": (list, _NONE),
+    "annotations": (list, _NONE), "logprobs": (dict, _NONE), "reasoning_details": (list, _NONE),
+    "native_finish_reason": (str, _NONE), "cost_details": (dict, _NONE), "cache_write_tokens": (int, _NONE),
+    "choices": (list, _NONE), "response_headers": (dict, _NONE),
 }

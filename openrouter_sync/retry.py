@@ -53,7 +53,12 @@ class RetryPolicy:
     bounds the whole call: waits at the shared gate and between attempts count against it, and
     each attempt's timeout is cut to what is left. ``retry_unanswered=False`` never resends a
     request that was sent but not answered (a read timeout, a dropped connection), since the
-    server may have finished and billed it. ``RetryPolicy(max_attempts=1)`` never retries.
+    server may have finished and billed it. ``max_read_timeouts`` (default 2: one resend) caps the
+    attempts of one streamed call that were sent and then timed out before their first delta
+    (no event for ``timeout_seconds``): each may be a whole generation the provider went on with
+    and billed, and a provider stalled twice in a row rarely answers the third time (the openai
+    SDK sends at most 3 attempts for any failure; 8 stalls of 300 s would hold a call 40 minutes).
+    ``RetryPolicy(max_attempts=1)`` never retries.
 
     ``max_attempts`` counts the attempts the server processed. A refusal (see :func:`is_refusal`: a
     429, a 529, a 503 with a named wait, or a request the shared back-off did not send) did no work
@@ -72,10 +77,14 @@ class RetryPolicy:
     retry_on: FrozenSet[str] = field(default=TRANSIENT)
     retry_402_with_retry_after: bool = True
     retry_unanswered: bool = True
+    max_read_timeouts: int = 2
 
     def __post_init__(self) -> None:
         if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise ValueError(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
+        if isinstance(self.max_read_timeouts, bool) or not isinstance(self.max_read_timeouts, int) \
+                or self.max_read_timeouts < 1:
+            raise ValueError(f"max_read_timeouts must be an integer >= 1, got {self.max_read_timeouts!r}")
         for name in ("backoff_base", "backoff_max", "max_wait_seconds"):
             _check_number(name, getattr(self, name))
         _check_number("jitter", self.jitter)
@@ -97,7 +106,7 @@ class RetryPolicy:
     def is_retryable(self, outcome: Outcome) -> bool:
         """Whether this outcome is worth another attempt (ignoring attempt counts and budgets)."""
         kind = outcome.error_type
-        if kind is None:
+        if kind is None or outcome.final:
             return False
         if kind == ErrorType.INSUFFICIENT_CREDITS:
             return self.retry_402_with_retry_after and outcome.retry_after is not None

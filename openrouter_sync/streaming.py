@@ -1,28 +1,35 @@
 """Streaming: ``backend.stream(...)`` yields text deltas as they arrive, then exposes the result.
 
 The call is made by the same attempt pipeline as ``execute`` (retries happen only before the
-first token); ``Stream`` only consumes the open ``EventStream`` it is handed. After the first
-token, a mid-stream error chunk, a dropped connection or a passed deadline ends the stream with a
-failed result that keeps the partial text. Closing the stream early closes the HTTP request,
-which cancels the generation (and its billing) at most providers.
+first delta of any kind: text, reasoning, refusal or a tool call); ``Stream`` only consumes the
+open ``EventStream`` it is handed. After that, a mid-stream error chunk, a dropped connection or a
+passed deadline ends the stream with a failed result that keeps the partial text (and the tool
+calls and reasoning so far). Closing the stream early closes the HTTP request, which cancels the
+generation (and its billing) at most providers.
+
+Time: ``timeout_seconds`` bounds the wait for the stream's first delta and then each wait for
+its next one (a stall: keep-alive comments and empty chunks are no progress), not the stream's
+length, so an answer that keeps arriving is never cut by it; the whole call, stream included,
+is bounded by the retry policy's ``max_elapsed_seconds``.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
+from ._log import redact_data
 from .call import CallRecord
 from .classify import Outcome, meta_str, network_outcome
 from .error_types import ErrorType
-from .events import EventStream, outcome_of_event_stream
+from .events import EventStream, StreamEvent, outcome_of_event_stream
 from .reporting import StreamLog
 from .request import CallSpec
 from .result import ExecutionResult, utc_now
 from .retry import Interrupted
 from .transport import TransportError
 
-__all__ = ["Stream", "outcome_of_event_stream"]
+__all__ = ["Stream", "StreamEvent", "outcome_of_event_stream"]
 
 Opener = Callable[[], CallRecord]
 Finisher = Callable[[ExecutionResult, CallSpec, bool], None]
@@ -35,6 +42,9 @@ class Stream:
             for delta in stream:
                 print(delta, end="", flush=True)
         print(stream.result.cost)
+
+    ``stream.events()`` yields every delta instead (``StreamEvent``: reasoning, text, refusal and
+    tool-call pieces, as they arrive). Use one of the two ways to read a stream, not both.
     """
 
     def __init__(self, spec: CallSpec, opener: Opener, on_finish: Finisher) -> None:
@@ -66,30 +76,54 @@ class Stream:
         return self
 
     def __next__(self) -> str:
+        while True:
+            event = self._next_event()
+            if event is None:
+                raise StopIteration
+            if event.type == "text" and event.choice == 0:
+                return event.text
+
+    def events(self) -> Iterator[StreamEvent]:
+        """Every delta as it arrives: ``StreamEvent(type, text, ...)`` with ``type`` one of
+        ``"reasoning"``, ``"text"``, ``"refusal"``, ``"tool_call"`` (``text`` then holds a piece of the
+        call's arguments; ``tool_index``, ``tool_call_id`` and ``name`` say which call). When the
+        stream ends, ``result`` holds the whole answer, ``tool_calls`` folded."""
+        while True:
+            event = self._next_event()
+            if event is None:
+                return
+            yield event
+
+    def _next_event(self) -> Optional[StreamEvent]:
         if self._record is None and self.result is None:
             self._start()
         if self._whole is not None:
             whole, self._whole = self._whole, None
             if whole:
-                return whole
+                return StreamEvent("text", whole)
         if self.result is not None:
-            raise StopIteration
+            return None
         reader = self._reader
         assert reader is not None
         try:
-            delta = reader.next_delta()
+            event = reader.next_event()
         except TransportError as exc:
-            what = f"Timeout after {self._spec.timeout:g}s: the stream stalled" \
-                if exc.error_type == ErrorType.TIMEOUT else "the stream broke"
+            deadline = reader.response.deadline
+            if exc.error_type != ErrorType.TIMEOUT:
+                what = "the stream broke"
+            elif deadline.capped:
+                what = "Timeout: the stream ran past max_elapsed_seconds"
+            else:
+                what = f"Timeout after {self._spec.timeout:g}s: the stream stalled (no delta for that long)"
             self._finish(network_outcome(exc.error_type, f"{what} after {len(reader.text)} characters: {exc}",
                                          sent=True, partial=reader.text))
-            raise StopIteration from None
-        if delta is None:
+            return None
+        if event is None:
             self._finish(reader.outcome())
-            raise StopIteration
-        if self._log is not None:
-            self._log.write(delta)
-        return delta
+            return None
+        if self._log is not None and event.type == "text" and event.choice == 0:
+            self._log.write(event.text)
+        return event
 
     def _start(self) -> None:
         try:
@@ -126,6 +160,10 @@ class Stream:
             result.model = meta_str(folded.model) or result.model
             result.generation_id = meta_str(folded.generation_id) or result.generation_id
             result.finish_reason = meta_str(folded.finish_reason) or result.finish_reason
+            if result.raw is None and folded.chunks:  # the partial answer, as far as it came
+                result.raw = redact_data(folded.as_completion())
+                result.tool_calls = folded.tool_calls
+                result.reasoning = result.reasoning or "".join(folded.reasoning) or None
         self.result = result
         self._on_finish(result, self._spec, reader is not None)
 

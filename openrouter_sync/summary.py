@@ -34,6 +34,8 @@ class RunSummary:
     ``cost``, ``slowest``) count only what this run sent. ``cost`` is None when no answer of this
     run reported one. ``failures`` name each failed sheet ``(label, error_type, reason)``;
     ``truncated`` names the answers cut by the token limit (``finish_reason == "length"``).
+    ``tool_call_answers`` counts the successful answers that are tool calls (no text is expected
+    of them); ``empty`` names the other successful answers that hold no text at all.
     ``checkpoint_error`` is set when the checkpoint could not be written (it is incomplete).
     ``max_cost`` is the run's spending cap (None: none); ``earlier_cost`` what the checkpoint's
     records say earlier runs of the batch spent (it counts toward the cap, not toward ``cost``);
@@ -61,6 +63,8 @@ class RunSummary:
     max_cost: Optional[float] = None
     earlier_cost: float = 0.0
     budget_exceeded: int = 0
+    tool_call_answers: int = 0
+    empty: list[str] = field(default_factory=list)
 
     @classmethod
     def from_results(cls, results: Iterable[Optional[ExecutionResult]], wall_seconds: float = 0.0,
@@ -83,6 +87,10 @@ class RunSummary:
                 summary.succeeded += 1
                 if result.finish_reason == "length":
                     summary.truncated.append(label)
+                if result.tool_calls:
+                    summary.tool_call_answers += 1
+                elif not result.stdout.strip():
+                    summary.empty.append(label)
             else:
                 summary.failed += 1
                 errors[str(result.error_type or "unknown")] += 1
@@ -123,6 +131,11 @@ class RunSummary:
 
     def __str__(self) -> str:
         head = f"{plural(self.total, 'sheet')}: {self.succeeded} ok, {self.failed} failed"
+        kinds = [f"{plural(self.tool_call_answers, 'tool-call answer')}"] if self.tool_call_answers else []
+        if self.empty:
+            kinds.append(f"{len(self.empty)} empty")
+        if kinds:
+            head = head.replace(" ok,", f" ok ({', '.join(kinds)}),", 1)
         if self.from_checkpoint:
             head += f" ({self.from_checkpoint} from checkpoint, {self.sent} sent now)"
         cost = "cost unknown" if self.cost is None else f"cost ${self.cost:.6f}"
@@ -149,6 +162,9 @@ class RunSummary:
             earlier = f", ${self.earlier_cost:.6f} of it by earlier runs" if self.earlier_cost else ""
             lines.append(f"spending cap{cap} reached (${spent:.6f} spent{earlier}): "
                          f"{plural(self.budget_exceeded, 'sheet')} not sent; a rerun with a higher cap sends them")
+        if self.empty:
+            shown = ", ".join(self.empty[:_NAMED]) + (" ..." if len(self.empty) > _NAMED else "")
+            lines.append(f"empty answers (no text, no tool calls): {shown}")
         if self.slowest:
             lines.append("slowest: " + ", ".join(f"{name} {sec:.2f}s" for name, sec in self.slowest))
         if self.checkpoint_error is not None:

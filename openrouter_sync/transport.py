@@ -391,7 +391,7 @@ class Transport:
         found = self._templates.get((method, path, key))
         if found is None:
             headers = dict(self._headers)
-            if key:
+            if key and not any(name.lower() == "authorization" for name in headers):  # a given one wins
                 headers["Authorization"] = f"Bearer {key}"
             found = requests.Request(method, self.base_url + path, headers=headers, cookies=_NO_COOKIES).prepare()
             with self._lock:

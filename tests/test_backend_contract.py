@@ -93,8 +93,9 @@ def test_override_lifecycle() -> None:
     assert (b.model, b.temperature, b.max_tokens) == ("m/base", 0.5, 100)
     b.clear_overrides()
     assert b.model == "m/base"
-    with pytest.raises(ValueError, match="unknown override 'colour'"):
-        b.apply_overrides({"colour": "blue"})
+    with pytest.raises(ValueError, match="unknown override 'temprature': did you mean 'temperature'"):
+        b.apply_overrides({"temprature": 0.2})  # a typo of a known name: refused
+    b.clear_overrides()
     with pytest.raises(ValueError, match="temperature must be between 0 and 2"):
         b.apply_overrides({"temperature": 9})
     assert b.model == "m/base"

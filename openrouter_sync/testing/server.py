@@ -72,6 +72,12 @@ class Reply:
     ``truncate`` sends half the body and drops the connection; ``stream_error_after`` (streaming)
     sends that many content chunks, then an error chunk; ``chunked`` sends a scripted ``body`` with
     ``Transfer-Encoding: chunked`` (one chunk per SSE event) instead of a ``Content-Length``.
+
+    ``tool_calls`` answers with those calls (``[{"name": ..., "arguments": {...} or "..."}]`` or
+    the API's own shape; ids are made up where missing), ``content`` null and finish_reason
+    ``"tool_calls"``; ``message`` is merged into the answer's message (e.g. ``{"refusal": "..."}``,
+    ``{"content": [parts]}``, ``{"annotations": [...]}``). Both work plain and streamed (a stream
+    sends a tool call's arguments in pieces, as OpenAI does).
     """
 
     status: int = 200
@@ -85,6 +91,8 @@ class Reply:
     stream_error_after: Optional[int] = None
     stream_error_code: Union[int, str] = 502
     chunked: bool = False
+    tool_calls: Optional[list[dict[str, Any]]] = None
+    message: Optional[dict[str, Any]] = None
 
 
 @dataclass
@@ -163,6 +171,10 @@ class FakeOpenRouter:
     else when ``stream_usage="always"`` (the default, as OpenRouter) and the model id does not end
     in ``:compat`` (e.g. ``openai/gpt-4o-mini:compat``). With ``stream_usage="requested"``, every
     model behaves as an OpenAI-compatible server.
+
+    Auth: a ``Bearer`` token in ``Authorization`` (``require_key``: that one); ``keyless=True``
+    accepts any request, as vLLM or Ollama do; ``key_header="api-key"`` wants the key in that
+    header instead (Azure-style), ``require_key`` being its value.
     """
 
     def __init__(self, *, latency: float = 0.0, rate_limit: Optional[RateLimit] = None,
@@ -170,7 +182,8 @@ class FakeOpenRouter:
                  processing_comments: int = 1, record: bool = True, max_lifetime: float = 900.0,
                  host: str = "127.0.0.1", port: int = 0,
                  handler: Optional[Callable[[RecordedRequest], Optional[Reply]]] = None,
-                 stream_usage: str = "always") -> None:
+                 stream_usage: str = "always", keyless: bool = False,
+                 key_header: Optional[str] = None) -> None:
         if stream_usage not in ("always", "requested"):
             raise ValueError(f"stream_usage must be 'always' or 'requested', got {stream_usage!r}")
         self.latency = latency
@@ -182,6 +195,8 @@ class FakeOpenRouter:
         self.handler = handler
         self.max_lifetime = max_lifetime
         self.stream_usage = stream_usage
+        self.keyless = keyless
+        self.key_header = key_header
         self._host, self._port = host, port
         self._bucket = _Bucket(rate_limit) if rate_limit else None
         self._rng = random.Random(faults.seed if faults else 0)
@@ -355,10 +370,68 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, handler)
 
 
-def _completion(fake: FakeOpenRouter, payload: dict[str, Any], prompt: str) -> tuple[dict[str, Any], str]:
+def tool_call(name: str, arguments: Union[str, dict[str, Any]], call_id: str) -> dict[str, Any]:
+    """One tool call in the API's shape."""
+    args = arguments if isinstance(arguments, str) else json.dumps(arguments)
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}
+
+
+def _scripted_calls(calls: Sequence[dict[str, Any]], seed: str) -> list[dict[str, Any]]:
+    out = []
+    for n, call in enumerate(calls):
+        call_id = str(call.get("id") or f"call_{hashlib.sha1(f'{seed}{n}'.encode()).hexdigest()[:24]}")
+        if isinstance(call.get("function"), dict):
+            out.append({"type": "function", **call, "id": call_id})
+        else:
+            out.append(tool_call(str(call.get("name")), call.get("arguments") or {}, call_id))
+    return out
+
+
+def _auto_tool_calls(payload: dict[str, Any], prompt: str) -> Optional[list[dict[str, Any]]]:
+    """The fake's own tool use: a request offering ``tools`` whose last message is the user's
+    gets a call of the first tool (or the one ``tool_choice`` names), its required arguments made
+    up from their types (strings get the prompt); after the tool results it answers in text."""
+    tools = payload.get("tools")
+    messages = payload.get("messages") or []
+    choice = payload.get("tool_choice")
+    if not isinstance(tools, list) or not tools or choice == "none" or not messages:
+        return None
+    if not isinstance(messages[-1], dict) or messages[-1].get("role") != "user":
+        return None
+    functions = [t["function"] for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        wanted = choice["function"].get("name")
+        functions = [f for f in functions if f.get("name") == wanted] or functions
+    if not functions:
+        return None
+    function = functions[0]
+    given = function.get("parameters")
+    params: dict[str, Any] = given if isinstance(given, dict) else {}
+    props: dict[str, Any] = params["properties"] if isinstance(params.get("properties"), dict) else {}
+    made_up = {"string": prompt[:80], "integer": 1, "number": 1.5, "boolean": True, "array": [], "object": {}}
+    arguments = {name: made_up.get(str((props.get(name) or {}).get("type")))
+                 for name in params.get("required") or [] if isinstance(name, str)}
+    return _scripted_calls([{"name": function.get("name"), "arguments": arguments}], prompt)
+
+
+def _tool_results(payload: dict[str, Any]) -> str:
+    """The results of the tool calls the conversation ends with (for the fake's text answer)."""
+    results = []
+    for message in reversed(payload.get("messages") or []):
+        if not isinstance(message, dict) or message.get("role") != "tool":
+            break
+        results.append(str(message.get("content")))
+    return "; ".join(reversed(results))
+
+
+def _completion(fake: FakeOpenRouter, payload: dict[str, Any], prompt: str,
+                reply: Optional[Reply] = None) -> tuple[dict[str, Any], str]:
     model = payload.get("model") or (payload.get("models") or ["openai/gpt-4o-mini"])[0]
     model = str(model)
     text = fake_reply(prompt, model)
+    results = _tool_results(payload)
+    if results:
+        text += f" (tool results: {results[:200]})"
     fmt = payload.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
         text = json.dumps({"answer": text, "prompt_chars": len(prompt)})
@@ -375,6 +448,12 @@ def _completion(fake: FakeOpenRouter, payload: dict[str, Any], prompt: str) -> t
     message: dict[str, Any] = {"role": "assistant", "content": text, "reasoning": None}
     if payload.get("reasoning"):
         message["reasoning"] = f"Thinking about: {prompt[:40]}"
+    calls = _scripted_calls(reply.tool_calls, prompt) if reply is not None and reply.tool_calls is not None \
+        else _auto_tool_calls(payload, prompt)
+    if calls:
+        message["content"], message["tool_calls"], finish = None, calls, "tool_calls"
+    if reply is not None and reply.message:
+        message.update(reply.message)
     body = {
         "id": gen_id, "object": "chat.completion", "created": int(time.time()), "model": model,
         "provider": "FakeProvider", "system_fingerprint": FINGERPRINT,
@@ -594,6 +673,12 @@ class _Handler(BaseHTTPRequestHandler):
         return recorded
 
     def _authorized(self) -> bool:
+        fake = self.fake
+        if fake.keyless:
+            return True
+        if fake.key_header is not None:
+            given = self.headers.get(fake.key_header) or ""
+            return given == fake.require_key if fake.require_key is not None else bool(given)
         auth = self.headers.get("Authorization") or ""
         if self.fake.require_key is not None:
             return auth == f"Bearer {self.fake.require_key}"
@@ -673,7 +758,7 @@ class _Handler(BaseHTTPRequestHandler):
         body: Union[bytes, str, dict, list]
         answered = False
         if reply.body is None and reply.status == 200:
-            body, _ = _completion(fake, payload, prompt)
+            body, _ = _completion(fake, payload, prompt, reply)
             answered = not reply.truncate
         elif reply.body == "error200":
             body, _ = _completion(fake, payload, prompt)
@@ -691,10 +776,25 @@ class _Handler(BaseHTTPRequestHandler):
         fake.count(reply.status if not reply.truncate else 0, recorded, answered)
         return self._send(reply.status, body, headers, reply)
 
+    def _stream_tool_call(self, base: dict[str, Any], position: int, call: dict[str, Any]) -> None:
+        """One tool call as OpenAI streams it: id, type and name first, then the arguments in pieces."""
+        function = call.get("function") or {}
+        head = {"index": position, "id": call.get("id"), "type": call.get("type", "function"),
+                "function": {"name": function.get("name"), "arguments": ""}}
+        delta = {"role": "assistant", "content": None, "tool_calls": [head]}
+        self._chunk(_event({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}))
+        arguments = str(function.get("arguments") or "")
+        for i in range(0, len(arguments), 10):
+            piece = {"index": position, "function": {"arguments": arguments[i:i + 10]}}
+            self._chunk(_event({**base, "choices": [{"index": 0, "delta": {"tool_calls": [piece]},
+                                                     "finish_reason": None}]}))
+
     def _stream(self, reply: Reply, payload: dict[str, Any], prompt: str, recorded: RecordedRequest) -> None:
         """A chunked, keep-alive event stream: comments, content deltas, finish, usage, ``[DONE]``."""
         fake = self.fake
-        body, text = _completion(fake, payload, prompt)
+        body, text = _completion(fake, payload, prompt, reply)
+        said = body["choices"][0]["message"]
+        text = said["content"] if isinstance(said.get("content"), str) else ""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -708,7 +808,15 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             for _ in range(fake.processing_comments):
                 self._chunk(b": OPENROUTER PROCESSING\n\n")
-            pieces = [text[i:i + 8] for i in range(0, len(text), 8)] or [""]
+            if said.get("reasoning"):
+                self._chunk(_event({**base, "choices": [{"index": 0, "delta": {
+                    "role": "assistant", "content": "", "reasoning": said["reasoning"]}, "finish_reason": None}]}))
+            extras = {k: v for k, v in said.items() if k not in ("role", "content", "reasoning", "tool_calls")}
+            if extras:  # refusal, annotations, images, ...: one delta
+                self._chunk(_event({**base, "choices": [{"index": 0, "delta": extras, "finish_reason": None}]}))
+            for position, call in enumerate(said.get("tool_calls") or []):
+                self._stream_tool_call(base, position, call)
+            pieces = [text[i:i + 8] for i in range(0, len(text), 8)] or ([] if said.get("tool_calls") else [""])
             for index, piece in enumerate(pieces):
                 if reply.stream_error_after is not None and index >= reply.stream_error_after:
                     error = {"code": reply.stream_error_code, "message": "Provider disconnected mid-stream"}
