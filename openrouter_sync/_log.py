@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any, Iterable, Optional
 from urllib.parse import quote, unquote
 
@@ -38,6 +38,7 @@ MIN_SECRET = 4  # shorter values are not remembered (they would redact ordinary 
 RECENT = 32  # released secrets still redacted (the most recent ones)
 
 _lock = threading.Lock()
+_pending: deque[str] = deque()  # releases not yet carried out (see release_secret)
 _counts: dict[str, int] = {}  # secret -> owners holding it (0: released, kept among the recent)
 _recent: OrderedDict[str, None] = OrderedDict()  # released secrets, oldest first
 _short: tuple[str, ...] = ()  # known secrets shorter than LONG, longest first
@@ -76,26 +77,41 @@ def register_secret(value: Optional[str]) -> None:
     if not value or len(value) < MIN_SECRET:
         return
     with _lock:
+        _settle()
         count = _counts.get(value)
         if count is None:
             _add(value)
         elif count == 0:
             _recent.pop(value, None)
         _counts[value] = (count or 0) + 1
+        _settle()  # releases a finalizer gave back meanwhile
 
 
 def release_secret(value: Optional[str]) -> None:
     """Give back one hold of ``register_secret``; a secret nobody holds is forgotten (after the
-    ``RECENT`` secrets released after it)."""
+    ``RECENT`` secrets released after it). Safe from a finalizer: it never waits for the lock (the
+    garbage collector may run one while this thread holds it); a release that finds the lock taken
+    is settled by the next call that takes it."""
     if not value or len(value) < MIN_SECRET:
         return
-    with _lock:
+    _pending.append(value)
+    if _lock.acquire(blocking=False):
+        try:
+            _settle()
+        finally:
+            _lock.release()
+
+
+def _settle() -> None:
+    """Carry out the releases given back so far (with ``_lock`` held)."""
+    while _pending:
+        value = _pending.popleft()
         count = _counts.get(value)
         if not count:
-            return
+            continue
         _counts[value] = count - 1
         if count > 1:
-            return
+            continue
         _recent[value] = None
         while len(_recent) > RECENT:
             old, _ = _recent.popitem(last=False)

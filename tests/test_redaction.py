@@ -54,3 +54,26 @@ def test_key_not_in_connection_error_text(monkeypatch: pytest.MonkeyPatch) -> No
     with OpenRouterBackend(base_url="http://127.0.0.1:9/x", retry_policy=RetryPolicy(max_attempts=1)) as b:
         r = b.execute("x")
     assert "deadbeef" not in repr(r)
+
+
+def test_a_release_from_a_finalizer_while_the_lock_is_held_never_deadlocks() -> None:
+    """The garbage collector may run a backend's finalizer (which releases its key) inside
+    register_secret, with the lock held by the same thread: the release must not wait for it."""
+    import threading
+
+    from openrouter_sync import _log
+
+    key = "sk-or-v1-finalizer-" + "f" * 40
+    _log.register_secret(key)
+    done = threading.Event()
+
+    def release_inside_the_lock() -> None:
+        with _log._lock:
+            _log.release_secret(key)  # as a finalizer run by the collector there would
+        done.set()
+
+    worker = threading.Thread(target=release_inside_the_lock, daemon=True)
+    worker.start()
+    assert done.wait(5.0), "release_secret waited for a lock its own thread held"
+    _log.register_secret("sk-or-v1-another-" + "a" * 40)  # the next call settles the release
+    assert _log._counts.get(key) == 0 and not _log._pending
