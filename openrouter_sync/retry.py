@@ -161,7 +161,10 @@ class Activity:
 def is_refusal(outcome: Outcome) -> bool:
     """Whether the server (or the shared back-off) refused the request without processing it: a
     429, a 529 (overloaded), a 503 that names when to come back, or a request not sent at all. (A
-    503 without a wait may be lasting, e.g. no provider meets the routing requirements.)"""
+    503 without a wait may be lasting, e.g. no provider meets the routing requirements.) A wait of
+    zero (``Retry-After: 0``, a date already past) is no refusal: it counts as an attempt."""
+    if outcome.retry_after is not None and outcome.retry_after <= 0:
+        return False  # "come back now" again and again: counted, or retries would storm a dead server
     if outcome.status is None:
         return outcome.error_type == ErrorType.RATE_LIMIT and not outcome.sent
     return outcome.status in (429, 529) or (outcome.status == 503 and outcome.retry_after is not None)

@@ -164,7 +164,7 @@ class Throttle:
     @classmethod
     def for_endpoint(cls, base_url: str, api_key: Optional[str]) -> Throttle:
         """The process-wide throttle for this endpoint and key: the same object while it is in use
-        (released, with its state file, once no backend holds it).
+        (released, closing its state file, once no backend holds it).
 
         Only a hash of the key is kept (never the key itself). With ``$OPENROUTER_SYNC_SHARED_STATE``
         set to a directory (created ``0700`` if missing), its key-wide state is shared with the other

@@ -208,3 +208,12 @@ def test_a_call_that_ends_unsent_at_the_gate_reports_what_the_server_said(fake: 
     with OpenRouterBackend(base_url=fake.base_url, api_key=key, retry_policy=policy, share_throttle=False) as b:
         r = b.execute("x")
     assert (r.error_type, r.exit_code) == ("service_unavailable", 503) and "503" in (r.error_message or "")
+
+
+def test_a_refusal_saying_come_back_now_counts_as_an_attempt(fake: FakeOpenRouter, key: str) -> None:
+    # Retry-After: 0 again and again is a server that is down, not one shedding load: no storm.
+    fake.script(*[Reply(503, {"Retry-After": "0"}) for _ in range(50)])
+    policy = RetryPolicy(max_attempts=3, backoff_base=0.01, backoff_max=0.01)
+    with OpenRouterBackend(base_url=fake.base_url, api_key=key, retry_policy=policy, share_throttle=False) as b:
+        r = b.execute("x")
+    assert r.error_type == "service_unavailable" and fake.request_count == 3
