@@ -126,7 +126,7 @@ class Pipeline:
         call = CallState(self.clock, self.sleep, cancel, self.activity, self._policy.max_elapsed_seconds)
         retrying = self._retrying.copy(sleep=call.retry_sleep)
         outcome: Outcome = retrying(self._attempt, call, spec, key, body, stream)
-        if not outcome.sent and outcome.status is None and call.answered is not None and is_refusal(outcome):
+        if outcome.status is None and call.answered is not None and is_refusal(outcome):
             outcome = call.answered  # ended unsent at the shared gate: the result is what the server last said
         return CallRecord(outcome, call.attempts, call.waited, call.unanswered, started_at, self.clock() - start)
 
@@ -138,10 +138,11 @@ class Pipeline:
                                   gate=policy.max_attempts > 1, scopes=scopes_for(spec.model))
         call.waited += ticket.waited
         if not ticket.admitted:
-            call.refused += 1  # (a refusal: see is_refusal)
-            return Outcome(ErrorType.RATE_LIMIT, 429, f"HTTP 429 (rate_limit): not sent: requests to this endpoint "
-                           f"must wait {ticket.refused_for:.1f}s more", retry_after=ticket.refused_for,
-                           retry_source="shared back-off", sent=False)
+            unsent = Outcome(ErrorType.RATE_LIMIT, 429, f"HTTP 429 (rate_limit): not sent: requests to this endpoint "
+                             f"must wait {ticket.refused_for:.1f}s more", retry_after=ticket.refused_for,
+                             retry_source="shared back-off", sent=False)
+            call.refused += is_refusal(unsent)  # one rule for what is free, sent or not
+            return unsent
         left = call.budget_left()
         timeout = min(spec.timeout, left)
         if timeout <= 0:
