@@ -170,7 +170,8 @@ class Throttle:
         set to a directory (created ``0700`` if missing), its key-wide state is shared with the other
         processes that set it (see :meth:`shared`), in a file there named after a hash of the
         endpoint and key. A directory that is not this user's alone (another owner, writable by
-        group or others, or a link) is refused with a warning, and the state stays in this process.
+        group or others, or a link), or one below a folder or link another user could swap, is
+        refused with a warning, and the state stays in this process.
         A Redis URL (``redis://``, ``rediss://``, ``unix://``; needs ``openrouter-sync[redis]``)
         shares it with processes on other machines too (without the ``redis`` package, or with a
         malformed URL, a warning is logged and the state is not shared). Unset, or ``off``: not shared."""
@@ -829,10 +830,37 @@ def _default_store(where: str, name: str) -> Optional[StateStore]:
         logger.warning("%s: %s cannot be used (%s); state is not shared", SHARED_STATE_ENV, where, exc)
         return None
     mine = not hasattr(os, "getuid") or info.st_uid == os.getuid()
-    if not stat.S_ISDIR(info.st_mode) or not mine or info.st_mode & 0o022:
+    if not stat.S_ISDIR(info.st_mode) or not mine or info.st_mode & 0o022 or not _safe_ancestors(directory):
         logger.warning("%s: %s is not a directory of this user's alone; state is not shared", SHARED_STATE_ENV, where)
         return None
     return SharedState(os.path.join(directory, f"{name}.state"))
+
+
+def _safe_ancestors(directory: str) -> bool:
+    """Whether no other user can swap what lies above ``directory``: every folder on its way from
+    ``/`` is this user's or root's, and writable by no one else unless sticky (as ``/tmp`` is), and
+    every link on the way is this user's or root's."""
+    if not hasattr(os, "getuid"):
+        return True
+    trusted = (0, os.getuid())
+    path = os.path.abspath(directory)
+    seen = 0
+    while True:
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        try:
+            link = os.lstat(parent)
+            if stat.S_ISLNK(link.st_mode):
+                seen += 1
+                if link.st_uid not in trusted or seen > 40:
+                    return False
+            folder = os.stat(parent)
+        except OSError:
+            return False
+        if folder.st_uid not in trusted or (folder.st_mode & 0o022 and not folder.st_mode & stat.S_ISVTX):
+            return False
+        path = os.path.realpath(parent) if stat.S_ISLNK(link.st_mode) else parent
 
 
 class KeyThrottles:

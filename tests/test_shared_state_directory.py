@@ -70,3 +70,40 @@ def test_throttles_of_keys_no_longer_in_use_are_released_with_their_files(
     gc.collect()
     assert len(Throttle._registry) <= before_registry + 1
     assert _open_fds() <= before_fds + 2
+
+
+@pytest.mark.parametrize("make", ["writable-parent", "foreign-link-above", "foreign-parent"])
+def test_a_directory_below_a_folder_or_link_another_user_controls_is_refused(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, key: str, caplog: pytest.LogCaptureFixture,
+        make: str) -> None:
+    """A planted parent (a world-writable folder without the sticky bit, another user's folder, or
+    another user's link anywhere above) could swap the directory for one of its own later."""
+    above = tmp_path / "above"
+    above.mkdir()
+    if make == "writable-parent":
+        above.chmod(0o777)
+        where = above / "state"
+    elif make == "foreign-link-above":
+        if os.getuid() != 0:
+            pytest.skip("giving a link to another user needs root")
+        link = tmp_path / "link"
+        link.symlink_to(above, target_is_directory=True)
+        os.lchown(link, 54321, -1)
+        where = link / "state"
+    else:
+        if os.getuid() != 0:
+            pytest.skip("giving a folder to another user needs root")
+        os.chown(above, 54321, -1)
+        where = above / "state"
+    monkeypatch.setenv(SHARED_STATE_ENV, str(where))
+    with caplog.at_level(logging.WARNING, logger="openrouter_sync"):
+        throttle = Throttle.for_endpoint("http://127.0.0.1:6/api/v1", key)
+    assert throttle.shared_state is None and "state is not shared" in caplog.text
+
+
+def test_a_sticky_shared_folder_above_is_fine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, key: str) -> None:
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)  # as /tmp is: anyone may add, no one may swap another's entry
+    monkeypatch.setenv(SHARED_STATE_ENV, str(shared / "state"))
+    assert Throttle.for_endpoint("http://127.0.0.1:7/api/v1", key).shared_state is not None
