@@ -578,16 +578,18 @@ class Throttle:
         """A refusal. ``wait``: the seconds the server named, or None. ``scope``: what the limit applies
         to: None for the whole endpoint and key, ``"model:<id>"`` for one model, ``"free"`` for the
         ``:free`` family's quota. ``shed``: a 503 or 529 (load shed by the model's provider): a signal
-        when its wait is within ``max_gate_seconds``; a longer one is an outage, which holds only the
-        request told of it (it is heard as an answer)."""
-        if shed and (wait is None or wait > self._max_gate):
+        with no wait of its own for the scope (the wait is its request's floor: a sick model refusing
+        half its requests would keep a gate shut), when it names none (a 529) or one within
+        ``max_gate_seconds``; a longer one is an outage, which holds only the request told of it (it
+        is heard as an answer)."""
+        if shed and wait is not None and wait > self._max_gate:
             self.on_answer(ticket)
             return
         target = KEY_SCOPE if scope is None else scope
         with self._lock:
             now = self._clock()
             self._rate_limited += 1
-            hint = finite_positive(wait)
+            hint = None if shed else finite_positive(wait)  # a shed's wait is its own request's floor, not a gate
             before = self._key_snapshot()
             for name in (KEY_SCOPE, *ticket.scopes):
                 if name != target and ticket.sent_at is not None:

@@ -359,3 +359,28 @@ def test_declared_work_holds_the_learned_rate_only_near_its_end() -> None:
         throttle.acquire(sleep, 60)
         vt.now += 1.0
         assert throttle.learned_rate == pytest.approx(2 * held, rel=0.01)
+
+
+def test_a_sick_model_whose_answers_alternate_with_503s_is_not_held_by_their_waits() -> None:
+    """Every second request to the model is refused with 503 and ``Retry-After: 1``, whatever the load
+    (an outside check's server). The wait is its own request's floor: were it to shut the model's gate
+    for everyone, as a 429's does, the gate would be shut almost all the time (315 s for 160 prompts
+    in this run, against 21 s with the wait kept to its request)."""
+    from ratesim import Answer
+
+    class Sick(Server):
+        latency = 0.3
+
+        def __init__(self) -> None:
+            self.count = 0
+
+        def handle(self, now: float, model: str) -> Answer:
+            self.count += 1
+            return Answer(503, 1.0, None, self.refusal_latency) if self.count % 2 == 0 else self.ok()
+
+        def ideal(self, n: int) -> float:
+            return 1.0
+
+    run = simulate(Sick(), n=160, workers=32)
+    assert run.failures == 0 and len(run.finished_at) == 160
+    assert run.makespan < 60.0

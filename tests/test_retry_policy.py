@@ -148,13 +148,18 @@ def test_refusals_are_bounded_by_time_not_by_attempts(fake: FakeOpenRouter, key:
     assert r.success and r.attempts == 13 and fake.request_count == 13
 
 
-def test_a_server_that_refuses_forever_ends_each_call_in_max_elapsed_seconds(fake: FakeOpenRouter, key: str) -> None:
-    fake.script(*[Reply(503, {"Retry-After": "0.02"}) for _ in range(2000)])
+@pytest.mark.parametrize("status, error_type", [(429, "rate_limit"), (503, "service_unavailable")])
+def test_a_server_that_refuses_forever_ends_each_call_in_max_elapsed_seconds(
+        fake: FakeOpenRouter, key: str, status: int, error_type: str) -> None:
+    """Refusals do not use up ``max_attempts``: a 429's wait holds the scope's gate, so the call retries
+    until ``max_elapsed_seconds``; a 503's (a load shed) slows the model's pace instead, and once the
+    next paced send lies beyond the time left the call ends with the server's answer."""
+    fake.script(*[Reply(status, {"Retry-After": "0.02"}) for _ in range(2000)])
     policy = RetryPolicy(max_attempts=3, max_elapsed_seconds=0.6)
     with OpenRouterBackend(base_url=fake.base_url, api_key=key, retry_policy=policy, share_throttle=False) as b:
         start = time.monotonic()
         r = b.execute("x")
-    assert r.error_type == "service_unavailable" and r.attempts > 3
+    assert r.error_type == error_type and r.attempts > (3 if status == 429 else 1)
     assert time.monotonic() - start < 1.5
 
 
