@@ -166,6 +166,7 @@ class Record:
     sheet: dict[str, Any] = field(default_factory=dict)
     line: int = 0
     data: dict[str, Any] = field(default_factory=dict, repr=False)  # the line as read
+    path: Optional[Path] = field(default=None, repr=False)  # the file it was read from (CheckpointIndex)
 
 
 def _parse(data: Any) -> Record:
@@ -367,6 +368,8 @@ class CheckpointIndex:
     def __init__(self, paths: Iterable[PathLike] = ()) -> None:
         self.paths: list[Path] = []
         self.spent = 0.0
+        #: Lines skipped while reading (not valid records).
+        self.skipped = 0
         self._latest: dict[str, int] = {}
         self._offset = array("q")
         self._length = array("q")
@@ -491,6 +494,7 @@ class CheckpointIndex:
                 old += stored is None
                 self.spent += _cost(cost)
                 self._append(key, index, settings, success, verified, start, len(raw), number, file)
+        self.skipped += bad
         if bad > _NAMED_LINES:
             logger.warning("%s: %d more lines ignored (%d in all)", path, bad - _NAMED_LINES, bad)
         if old:
@@ -524,14 +528,22 @@ class CheckpointIndex:
             entry = self._prev[entry]
         return None
 
-    def line_bytes(self, key: str) -> Optional[tuple[int, bytes]]:
-        """The file number and the line (bytes, as written) of the latest valid record of ``key``."""
+    def latest_entry(self, key: str) -> Optional[int]:
+        """The entry number of the latest valid record of ``key`` (parsed, to be sure), or None."""
         entry = self._latest.get(key, -1)
         while entry >= 0:
             if not self._flags[entry] & _INVALID and self._load(key, entry) is not None:
-                return self._file[entry], self._read(entry)
+                return entry
             entry = self._prev[entry]
         return None
+
+    def entry_place(self, entry: int) -> tuple[int, int]:
+        """``(file number, byte offset)`` of an entry's line."""
+        return self._file[entry], self._offset[entry]
+
+    def entry_bytes(self, entry: int) -> bytes:
+        """An entry's line, as written."""
+        return self._read(entry)
 
     def _read(self, entry: int) -> bytes:
         file = self._file[entry]
@@ -567,7 +579,7 @@ class CheckpointIndex:
             why = _NOT_JSON if isinstance(exc, (json.JSONDecodeError, RecursionError)) else str(exc)[:200]
             logger.warning("%s, line %d: ignored (%s); that sheet will run again", path, number, why)
             return None
-        record.line = number
+        record.line, record.path = number, path
         return record
 
     def in_input_order(self) -> list[str]:
