@@ -1,6 +1,6 @@
 """BENCHMARKS.md's tables and pictures, regenerated: ``python -m benchmarks.run --markdown``.
 
-Four families, each measured side by side with its peers in one run, each written as one table
+Five families, each measured side by side with its peers in one run, each written as one table
 and one picture (matplotlib, the ``bench`` extra) between its markers in BENCHMARKS.md:
 
 - ``matrix``: rate control against independent servers, one row per server model
@@ -11,7 +11,9 @@ and one picture (matplotlib, the ``bench`` extra) between its markers in BENCHMA
 - ``overhead``: per-call CPU, answer time and import time (``benchmarks.overhead``):
   openrouter-sync, ``requests`` and the openai SDK (raw ``http.client`` as the floor);
 - ``batches``: a fault soak and a latency-bound batch on the fake server (``benchmarks.scenarios``)
-  and memory over 10,000 sheets: openrouter-sync, the plain loop, a plain thread pool.
+  and memory over 10,000 sheets: openrouter-sync, the plain loop, a plain thread pool;
+- ``scale``: sheets/s, peak RSS and resume time up to a million sheets (``benchmarks.scale``),
+  beside a plain thread pool (a table, no picture).
 
 A marker pair is ``<!-- benchmarks:NAME -->`` ... ``<!-- /benchmarks:NAME -->``; what lies
 between is replaced, the rest of the file is left as written.
@@ -280,8 +282,21 @@ def batches(quick: bool) -> Family:
                   {"soak": soak, "batch": batch, "memory": memory})
 
 
+# ----- scale -----
+
+def scale(quick: bool) -> Family:
+    """Throughput, peak RSS and resume time up to a million sheets (``benchmarks.scale``), beside a plain pool."""
+    from . import scale as sc
+
+    sizes, run_sizes = ([2000], [1000]) if quick else ([10_000, 100_000, 1_000_000], [10_000, 100_000])
+    rows = sc.run(sizes, run_sizes, 16)
+    markdown = ("Fresh runs against `benchmarks.fastserver` (16 workers), then resumes of synthesized checkpoints "
+                "(peak RSS of each child process):\n\n" + sc.table(rows))
+    return Family("scale", markdown, rows)
+
+
 FAMILIES: dict[str, Callable[[bool], Family]] = {"matrix": matrix, "processes": processes, "overhead": overhead,
-                                                 "batches": batches}
+                                                 "batches": batches, "scale": scale}
 
 
 def machine(quick: bool) -> str:

@@ -3,10 +3,14 @@
 A record (one line, ASCII only: ``ensure_ascii``, so no answer can make a write fail)::
 
     {"id": "fact-1", "index": 0, "label": "line 1",
-     "sheet": {"prompt": "...", "metadata": {...}},
      "settings": {"model": "...", "temperature": 0.7, "max_tokens": 16384, "options": {...},
                   "endpoint": "https://openrouter.ai/api/v1"},
-     "result": {...ExecutionResult.to_dict()...}}
+     "result": {"success": true, "cost": 0.0001, ...the rest of ExecutionResult.to_dict()...},
+     "sheet": {"prompt": "...", "metadata": {...}}}
+
+The fields come in that order so that a resume reads what decides reuse (the id, the settings,
+``success`` and ``cost``) from a line's head without parsing the answer (``CheckpointIndex``);
+records of the older layout (``sheet`` before ``settings``) are still read, in full.
 
 Answers, reasoning and prompts are kept as they were, except that the secrets the library knows
 of (the API key and the other credentials given to it) are replaced by ``[REDACTED]``; error
@@ -21,23 +25,31 @@ file in ``<checkpoint>.attachments/`` and referenced from the records (see
 The latest valid record of an id wins. A successful record is reused only when its ``settings``
 equal the settings the sheet would be sent with now. A line that is not a valid record (torn,
 hand-edited, of another shape) is skipped with a warning naming the line, and its sheet runs
-again. While a run writes a checkpoint it holds an exclusive lock (POSIX ``flock``) on the file
-itself, whatever name or link it is reached by, and ``<checkpoint>.lock`` names its pid (removed when
-the run ends; a symbolic link or a file of another user there is refused, never written to). On
-platforms without ``fcntl`` (Windows) there is no lock, so do not point two runs at one checkpoint there.
+again (or an earlier valid record of its id is used); a line whose head is valid but whose answer
+is not is found, and skipped the same way, when its sheet is reached.
+
+While a run writes a checkpoint it holds an exclusive lock (POSIX ``flock``) on the file itself,
+whatever name or link it is reached by, and ``<checkpoint>.lock`` names its pid (removed when the
+run ends; a symbolic link or a file of another user there is refused, never written to). On
+platforms without ``fcntl`` (Windows) there is no lock, so do not point two runs at one checkpoint
+there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import re
 import stat
 import threading
+from array import array
 from dataclasses import dataclass, field
+from json.decoder import scanstring  # type: ignore[attr-defined]
 from pathlib import Path
-from typing import IO, Any, Iterator, Optional, Union
+from typing import IO, Any, Iterable, Iterator, Optional, Union
 
 from . import attachments
 from ._files import QUIET, UnsafeFile, open_private
@@ -93,6 +105,9 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
+_PLAIN = (int, float, type(None))
+
+
 def endpoint_of(backend: Any, tag: Optional[str] = None) -> str:
     """What a checkpoint records as the endpoint: ``tag`` if given, else the backend's base URL."""
     return tag if tag is not None else str(getattr(backend, "base_url", ""))
@@ -111,9 +126,11 @@ def settings_for(backend: Any, sheet: Any, endpoint: str) -> Optional[Settings]:
             spec = resolve(sheet)
             model, temperature, max_tokens, options = spec.model, spec.temperature, spec.max_tokens, spec.options
         options = {k: v for k, v in dict(options).items() if v is not None}
-        settings: Settings = _jsonable({"model": model, "temperature": temperature, "max_tokens": max_tokens,
-                                        "options": options, "endpoint": endpoint})
-        return settings
+        settings: Settings = {"endpoint": endpoint, "max_tokens": max_tokens, "model": model, "options": options,
+                              "temperature": temperature}
+        plain = not options and type(model) is str and type(endpoint) is str and type(max_tokens) in _PLAIN \
+            and type(temperature) in _PLAIN and (type(temperature) is not float or math.isfinite(temperature))
+        return settings if plain else _jsonable(settings)  # (what JSON reads back; the common case is that already)
     except (ValueError, TypeError):
         return None
 
@@ -149,6 +166,7 @@ class Record:
     sheet: dict[str, Any] = field(default_factory=dict)
     line: int = 0
     data: dict[str, Any] = field(default_factory=dict, repr=False)  # the line as read
+    path: Optional[Path] = field(default=None, repr=False)  # the file it was read from (CheckpointIndex)
 
 
 def _parse(data: Any) -> Record:
@@ -223,6 +241,361 @@ def scan_records(path: PathLike) -> Iterator[Record]:
     if old:
         logger.warning("%s: %d record(s) do not say which settings made them (an older version wrote them); "
                        "their sheets will run again", path, old)
+
+
+#: Whitespace JSON allows between tokens.
+_BLANK = re.compile(r"[ \t\n\r]*")
+_scan_value = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+#: The fields a line of the current layout has before ``result`` (each at most once).
+_HEAD_FIELDS = ("id", "index", "label", "settings")
+_NOT_JSON = "not valid JSON"
+#: What CheckpointIndex keeps of a record (bits of its ``flags``).
+_SUCCESS, _VERIFIED, _INVALID = 1, 2, 4
+_NO_INDEX = -(1 << 62)
+#: A line as this version writes it, up to its settings: an id and a label without escapes.
+_FAST_HEAD = re.compile(r'\{"id": "([^"\\]+)", "index": (\d+|null), (?:"label": "[^"\\]*", )?"settings": ')
+#: What follows the settings in such a line, up to the result's cost.
+_FAST_RESULT = re.compile(r', "result": \{"success": (true|false), "cost": (null|\d+(?:\.\d+)?(?:e[-+]?\d+)?)[,}]')
+
+
+def _token(text: str, pos: int, char: str) -> int:
+    """The position after ``char`` (whitespace before it skipped); ValueError when it is not there."""
+    pos = _BLANK.match(text, pos).end()  # type: ignore[union-attr]
+    if text[pos:pos + 1] != char:
+        raise ValueError(_NOT_JSON)
+    return pos + 1
+
+
+def _name(text: str, pos: int) -> tuple[str, int]:
+    """An object's member name and the position of its value (after the colon)."""
+    pos = _token(text, pos, '"')
+    name, pos = scanstring(text, pos)
+    pos = _token(text, pos, ":")
+    return name, _BLANK.match(text, pos).end()  # type: ignore[union-attr]
+
+
+def _value(text: str, pos: int) -> tuple[Any, int]:
+    try:
+        value, end = _scan_value(text, pos)
+    except StopIteration:
+        raise ValueError(_NOT_JSON) from None
+    return value, end
+
+
+@dataclass
+class Head:
+    """What a line of the current layout says before its answer: enough to decide reuse."""
+
+    id: str
+    index: Optional[int]
+    settings: Optional[Settings]
+    settings_text: str  # the settings as written (a cache key: equal texts are equal settings)
+    success: bool
+    cost: Any
+
+
+def read_head(text: str) -> Optional[Head]:
+    """The head of a line of the current layout (id, index, label, settings, then the result's
+    ``success`` and ``cost``), parsed without parsing the answer; None for a line of another layout
+    (read it in full). ``ValueError`` saying what is wrong with a head that is not valid."""
+    if not text.startswith('{"id": '):
+        return None
+    fields: dict[str, Any] = {}
+    settings_text = ""
+    pos = 1
+    try:
+        while True:
+            name, pos = _name(text, pos)
+            if name == "result":
+                break
+            if name not in _HEAD_FIELDS or name in fields:
+                return None
+            start = pos
+            fields[name], pos = _value(text, pos)
+            if name == "settings":
+                settings_text = text[start:pos]
+            pos = _token(text, pos, ",")
+        pos = _token(text, pos, "{")
+        name, pos = _name(text, pos)
+        if name != "success":
+            return None
+        success, pos = _value(text, pos)
+        pos = _token(text, pos, ",")
+        name, pos = _name(text, pos)
+        if name != "cost":
+            return None
+        cost, pos = _value(text, pos)
+    except (ValueError, RecursionError):  # json.JSONDecodeError is a ValueError
+        raise ValueError(_NOT_JSON) from None
+    if not text.rstrip().endswith("}"):
+        raise ValueError(_NOT_JSON)  # torn: the line ends inside the record
+    key = fields.get("id")
+    if not isinstance(key, str) or not key:
+        raise ValueError("'id' is missing or not a string")
+    index = fields.get("index")
+    if index is not None and (isinstance(index, bool) or not isinstance(index, int)):
+        raise ValueError("'index' is not an integer")
+    label = fields.get("label")
+    if label is not None and not isinstance(label, str):
+        raise ValueError("'label' is not a string")
+    settings = fields.get("settings")
+    if settings is not None and not _valid_settings(settings):
+        raise ValueError("'settings' is not of the expected shape")
+    if not isinstance(success, bool):
+        raise ValueError("'result.success' or 'result.stdout' has the wrong type")
+    return Head(key, index, settings, settings_text, success, cost)
+
+
+def _cost(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value) and value > 0 else 0.0
+
+
+class CheckpointIndex:
+    """Where the records of one or more checkpoints lie, read in one streaming pass.
+
+    Per record it keeps only what decides reuse (a settings number, the success flag, the byte
+    range and line of the record, the sheet's input index, the id's previous record): about 40
+    bytes, plus the id once per sheet. Answers are parsed only when asked for (``record``), so
+    memory does not grow with the size of the answers. Lines of the current layout are read by
+    their head (``read_head``); others are parsed in full. Invalid lines are skipped with a
+    warning naming the line; one whose head is valid but whose answer is not is found (and
+    skipped the same way, for the id's earlier record) when ``record`` reads it. ``spent`` is what
+    the records read say their answers cost (superseded ones too). Files named later count as
+    written later (the latest record of an id wins across files, as within one).
+    """
+
+    def __init__(self, paths: Iterable[PathLike] = ()) -> None:
+        self.paths: list[Path] = []
+        self.spent = 0.0
+        #: Lines skipped while reading (not valid records).
+        self.skipped = 0
+        self._latest: dict[str, int] = {}
+        self._offset = array("q")
+        self._length = array("q")
+        self._line = array("q")
+        self._file = array("H")
+        self._settings_of = array("i")
+        self._flags = array("B")
+        self._prev = array("q")
+        self._index = array("q")
+        self._settings: list[Settings] = []
+        self._settings_by_text: dict[str, int] = {}
+        self._settings_by_value: dict[str, int] = {}
+        self._fds: dict[int, int] = {}
+        self._lock = threading.Lock()
+        for path in paths:
+            self.add(path)
+
+    def __len__(self) -> int:
+        return len(self._latest)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._latest
+
+    def __iter__(self) -> Iterator[str]:
+        """The ids, in the order they first appear."""
+        return iter(self._latest)
+
+    @property
+    def records(self) -> int:
+        """How many valid-looking records were read (superseded ones too)."""
+        return len(self._offset)
+
+    def _settings_number(self, settings: Optional[Settings], text: str) -> int:
+        if settings is None:
+            return -1
+        number = self._settings_by_text.get(text) if text else None
+        if number is None:
+            canonical = json.dumps(settings, sort_keys=True)
+            number = self._settings_by_value.get(canonical)
+            if number is None:
+                number = self._settings_by_value[canonical] = len(self._settings)
+                self._settings.append(settings)
+            if text:
+                self._settings_by_text[text] = number
+        return number
+
+    def _append(self, key: str, index: Optional[int], settings: int, success: bool, verified: bool, offset: int,
+                length: int, line: int, file: int) -> None:
+        entry = len(self._offset)
+        self._prev.append(self._latest.get(key, -1))
+        self._latest[key] = entry
+        self._offset.append(offset)
+        self._length.append(length)
+        self._line.append(line)
+        self._file.append(file)
+        self._settings_of.append(settings)
+        self._flags.append((_SUCCESS if success else 0) | (_VERIFIED if verified else 0))
+        self._index.append(_NO_INDEX if index is None else index)
+
+    def _fast_head(self, text: str, last: list[Any]) -> Optional[tuple[str, Optional[int], int, bool, Any]]:
+        """``(id, index, settings number, success, cost)`` of a line exactly as this version writes
+        it (an id without escapes, the settings of the line before), by two regular expressions;
+        None when the line is otherwise (``read_head`` decides then)."""
+        head = _FAST_HEAD.match(text)
+        if head is None:
+            return None
+        pos = head.end()
+        settings_text, number = last
+        if not settings_text or not text.startswith(settings_text, pos):
+            return None
+        tail = _FAST_RESULT.match(text, pos + len(settings_text))
+        if tail is None or not text.endswith("}\n"):
+            return None
+        index, cost = head.group(2), tail.group(2)
+        return (head.group(1), None if index == "null" else int(index), number, tail.group(1) == "true",
+                None if cost == "null" else float(cost))
+
+    def add(self, path: PathLike) -> None:
+        """Read one more file (a missing one has no records); its records count as the latest."""
+        path = Path(path)
+        file = len(self.paths)
+        self.paths.append(path)
+        if not path.exists():
+            return
+        if not path.is_file():  # a device or a pipe (/dev/full reads zeros forever): nothing to resume from
+            logger.warning("checkpoint %s is not a regular file; nothing is read from it", path)
+            return
+        old = bad = 0
+        offset = 0
+        last: list[Any] = ["", -1]  # the settings text of the line before, and its number
+        with open(path, "rb") as handle:
+            for number, raw in enumerate(handle, 1):
+                start, offset = offset, offset + len(raw)
+                if not raw.strip():
+                    continue
+                text = raw.decode("utf-8", "replace")
+                fast = self._fast_head(text, last)
+                if fast is not None:
+                    key, index, settings, success, cost = fast
+                    self.spent += _cost(cost)
+                    self._append(key, index, settings, success, False, start, len(raw), number, file)
+                    continue
+                try:
+                    head = read_head(text)
+                    if head is None:  # another layout: parsed in full (and then known valid)
+                        record = _parse(json.loads(text))
+                        settings = self._settings_number(record.settings, "")
+                        success, cost, verified = record.result.success, record.result.cost, True
+                        key, index, stored = record.id, record.index, record.settings
+                    else:
+                        settings = self._settings_number(head.settings, head.settings_text)
+                        if head.settings is not None:
+                            last[:] = [head.settings_text, settings]
+                        success, cost, verified = head.success, head.cost, False
+                        key, index, stored = head.id, head.index, head.settings
+                except (ValueError, RecursionError) as exc:
+                    bad += 1
+                    if bad <= _NAMED_LINES:
+                        why = _NOT_JSON if isinstance(exc, (json.JSONDecodeError, RecursionError)) else str(exc)[:200]
+                        logger.warning("%s, line %d: ignored (%s); that sheet will run again", path, number, why)
+                    continue
+                old += stored is None
+                self.spent += _cost(cost)
+                self._append(key, index, settings, success, verified, start, len(raw), number, file)
+        self.skipped += bad
+        if bad > _NAMED_LINES:
+            logger.warning("%s: %d more lines ignored (%d in all)", path, bad - _NAMED_LINES, bad)
+        if old:
+            logger.warning("%s: %d record(s) do not say which settings made them (an older version wrote them); "
+                           "their sheets will run again", path, old)
+
+    def head(self, key: str) -> Optional[tuple[bool, Optional[Settings]]]:
+        """``(success, settings)`` of the latest record of ``key`` not known to be invalid, from the index."""
+        entry = self._latest.get(key, -1)
+        while entry >= 0 and self._flags[entry] & _INVALID:
+            entry = self._prev[entry]
+        if entry < 0:
+            return None
+        number = self._settings_of[entry]
+        return bool(self._flags[entry] & _SUCCESS), (self._settings[number] if number >= 0 else None)
+
+    def index_of(self, key: str) -> Optional[int]:
+        """The input index the latest record of ``key`` names (None: none)."""
+        entry = self._latest.get(key, -1)
+        value = self._index[entry] if entry >= 0 else _NO_INDEX
+        return None if value == _NO_INDEX else value
+
+    def record(self, key: str) -> Optional[Record]:
+        """The latest valid record of ``key``, parsed from its line (None: it has none)."""
+        entry = self._latest.get(key, -1)
+        while entry >= 0:
+            if not self._flags[entry] & _INVALID:
+                record = self._load(key, entry)
+                if record is not None:
+                    return record
+            entry = self._prev[entry]
+        return None
+
+    def latest_entry(self, key: str) -> Optional[int]:
+        """The entry number of the latest valid record of ``key`` (parsed, to be sure), or None."""
+        entry = self._latest.get(key, -1)
+        while entry >= 0:
+            if not self._flags[entry] & _INVALID and self._load(key, entry) is not None:
+                return entry
+            entry = self._prev[entry]
+        return None
+
+    def entry_place(self, entry: int) -> tuple[int, int]:
+        """``(file number, byte offset)`` of an entry's line."""
+        return self._file[entry], self._offset[entry]
+
+    def entry_bytes(self, entry: int) -> bytes:
+        """An entry's line, as written."""
+        return self._read(entry)
+
+    def _read(self, entry: int) -> bytes:
+        file = self._file[entry]
+        with self._lock:
+            fd = self._fds.get(file)
+            if fd is None:
+                fd = self._fds[file] = os.open(self.paths[file], os.O_RDONLY | QUIET)
+        length, offset = self._length[entry], self._offset[entry]
+        data = os.pread(fd, length, offset)
+        while len(data) < length:  # pread may return less than asked (rarely, for a regular file)
+            more = os.pread(fd, length - len(data), offset + len(data))
+            if not more:
+                break
+            data += more
+        return data
+
+    def _load(self, key: str, entry: int) -> Optional[Record]:
+        number = self._line[entry]
+        path = self.paths[self._file[entry]]
+        try:
+            data = self._read(entry)
+            record = _parse(json.loads(data.decode("utf-8", "replace")))
+            settings = self._settings_of[entry]
+            if record.id != key or record.result.success != bool(self._flags[entry] & _SUCCESS) \
+                    or record.settings != (self._settings[settings] if settings >= 0 else None):
+                raise ValueError("its head and its body disagree")
+        except OSError as exc:
+            logger.warning("%s, line %d: could not be read again (%s); that sheet will run again", path, number, exc)
+            return None
+        except (ValueError, RecursionError) as exc:
+            with self._lock:
+                self._flags[entry] |= _INVALID
+            why = _NOT_JSON if isinstance(exc, (json.JSONDecodeError, RecursionError)) else str(exc)[:200]
+            logger.warning("%s, line %d: ignored (%s); that sheet will run again", path, number, why)
+            return None
+        record.line, record.path = number, path
+        return record
+
+    def in_input_order(self) -> list[str]:
+        """The ids sorted by the input index of their latest record (ids without one last), ties in the
+        order they first appear."""
+        keys = list(self._latest)
+        latest, indexes, last = self._latest, self._index, 1 << 62
+        return sorted(keys, key=lambda key: indexes[latest[key]] if indexes[latest[key]] != _NO_INDEX else last)
+
+    def close(self) -> None:
+        """Close the files ``record`` reads from (the index itself stays usable: they reopen)."""
+        with self._lock:
+            fds, self._fds = list(self._fds.values()), {}
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def read_records(path: PathLike) -> dict[str, Record]:
@@ -380,15 +753,16 @@ def _holder(lock: Path) -> str:
 
 
 class Checkpoint:
-    """A checkpoint in use by one run: locked, read once, appended to from worker threads.
+    """A checkpoint in use by one run: locked, indexed once (``CheckpointIndex``), appended to from
+    worker threads.
 
-    ``restore(key, settings)`` gives the stored answer when it may be reused (attachments put
-    back); ``write`` never raises: a result that cannot be serialised is written in a reduced form
-    (its sheet and an ``internal_error``, no answer; ``reduced`` counts them) and the records after
-    it are still written; when the file cannot be written (disk full, ...) it logs a warning once,
-    stops writing, and ``error``/``unwritten`` say so. ``spent`` is the cost the records read say
-    was paid (every record, superseded ones too: money spent on the batch). ``keep_raw`` says
-    whether a result's ``raw`` is written.
+    ``restore(key, settings)`` gives the stored answer when it may be reused (parsed from its line
+    only then, attachments put back); ``write`` never raises: a result that cannot be serialised is
+    written in a reduced form (its sheet and an ``internal_error``, no answer; ``reduced`` counts
+    them) and the records after it are still written; when the file cannot be written (disk full,
+    ...) it logs a warning once, stops writing, and ``error``/``unwritten`` say so. ``spent`` is the
+    cost the records read say was paid (every record, superseded ones too: money spent on the batch).
+    ``keep_raw`` says whether a result's ``raw`` is written.
     """
 
     def __init__(self, path: PathLike, *, resume: bool = True, fsync: bool = False, keep_raw: bool = False) -> None:
@@ -399,15 +773,15 @@ class Checkpoint:
         self._lock = _Lock(self.path)
         self.keep_raw = keep_raw
         self.attachments = attachments.AttachmentStore(attachments.folder_for(self.path))
-        self.records: dict[str, Record] = {}
-        #: What the records read say their answers cost, superseded records included (money spent).
-        self.spent = 0.0
+        self.index = CheckpointIndex()
         try:
-            for record in scan_records(self.path) if resume else ():
-                self.records[record.id] = record
-                self.spent += recorded_cost(record)
+            if resume:
+                self.index.add(self.path)
+            #: What the records read say their answers cost, superseded records included (money spent).
+            self.spent = self.index.spent
             self._handle: Optional[IO[str]] = self._open()
         except BaseException:
+            self.index.close()
             self._lock.release()
             raise
         self._fsync = fsync
@@ -429,19 +803,31 @@ class Checkpoint:
         return handle
 
     def stored(self, key: str) -> Optional[Record]:
-        return self.records.get(key)
+        """The latest valid record of ``key`` read at the start (parsed now), or None."""
+        return self.index.record(key)
 
     def restore(self, key: str, settings: Optional[Settings]) -> Optional[ExecutionResult]:
-        """The stored answer for ``key`` if it succeeded and was made with ``settings``; else None."""
-        record = self.records.get(key)
-        if record is None or not record.result.success or settings is None or record.settings != settings:
+        """The stored answer for ``key`` if it succeeded and was made with ``settings``; else None.
+
+        Parsed from its line on each call (a new result every time)."""
+        if settings is None or key not in self.index:
             return None
-        return _with_attachments(dataclasses.replace(record.result, from_checkpoint=True, sheet_id=key),
-                                 self.attachments.folder)  # a copy per call
+        record = self.index.record(key)
+        if record is None or not record.result.success or record.settings != settings:
+            return None
+        result = record.result
+        result.from_checkpoint, result.sheet_id = True, key
+        return _with_attachments(result, self.attachments.folder)
 
     def mismatch(self, key: str, settings: Optional[Settings]) -> Optional[str]:
-        """Why the stored answer for ``key`` cannot be reused (other settings), or None."""
-        record = self.records.get(key)
+        """Why the stored answer for ``key`` cannot be reused (other settings), or None.
+
+        Decided from the index when its latest record is a failure or matches ``settings``; the
+        record is parsed (to be sure it is valid) only when it names other settings."""
+        head = self.index.head(key)
+        if head is None or not head[0] or (settings is not None and head[1] == settings):
+            return None
+        record = self.index.record(key)
         if record is None or not record.result.success or (settings is not None and record.settings == settings):
             return None
         return describe_difference(record.settings, settings)
@@ -492,7 +878,9 @@ class Checkpoint:
                 return self._line(key, index, reduced, kept_settings, kept_sheet, safe_label)
             except Exception:  # the sheet (or settings) itself cannot be written: drop it too
                 continue
-        return json.dumps({"id": key, "index": index, "result": reduced.to_dict()}, ensure_ascii=True) + "\n"
+        data = reduced.to_dict()
+        data = {"success": data.pop("success"), "cost": data.pop("cost"), **data}
+        return json.dumps({"id": key, "index": index, "result": data}, ensure_ascii=True) + "\n"
 
     def _line(self, key: str, index: int, result: ExecutionResult, settings: Optional[Settings], sheet: Any,
               label: Optional[str]) -> str:
@@ -508,17 +896,19 @@ class Checkpoint:
         store = self.attachments
         data = {name: redact(value) if name in _ERROR_FIELDS and isinstance(value, str) else
                 _kept(value, store if name == _ATTACHING_RESULT_FIELD else None) for name, value in data.items()}
+        # The order read_head relies on: id, index, label, settings, then result (success and cost
+        # first), then the sheet; what decides reuse is read without parsing the answer.
         record: dict[str, Any] = {"id": key, "index": index}
         if label is not None:
             record["label"] = label
+        if settings is not None:
+            record["settings"] = settings
+        record["result"] = {"success": data.pop("success"), "cost": data.pop("cost", None), **data}
         if sheet is not None:
             kept = {name: getattr(sheet, name, None) for name in _SHEET_FIELDS}
             kept = {name: _kept(value, store if name == _ATTACHING_SHEET_FIELD else None)
                     for name, value in kept.items()}
             record["sheet"] = {name: value for name, value in kept.items() if value}
-        if settings is not None:
-            record["settings"] = settings
-        record["result"] = data
         return json.dumps(record, ensure_ascii=True, default=str) + "\n"
 
     def close(self) -> None:
@@ -531,4 +921,5 @@ class Checkpoint:
             self.error = self.error or f"{type(exc).__name__}: {exc}"
             logger.warning("checkpoint %s: closing failed (%s)", self.path, exc)
         finally:
+            self.index.close()
             self._lock.release()

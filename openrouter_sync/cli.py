@@ -1,10 +1,12 @@
-"""The ``openrouter-sync`` command: run a batch, ask one question, list models, check a key, export results.
+"""The ``openrouter-sync`` command: run a batch, ask one question, list models, check a key, export or compact results.
 
     openrouter-sync run prompts.txt -o results.jsonl      # one prompt a line; .jsonl: one object a line
     openrouter-sync ask "Explain quicksort"               # streams the answer ("-": the prompt from stdin)
     openrouter-sync models --free
     openrouter-sync check
     openrouter-sync export results.jsonl -o final.csv     # one row per prompt, in input order
+    openrouter-sync compact results.jsonl                 # keep only the latest record of each prompt
+    openrouter-sync run prompts.txt --shard 2/3 -o r2.jsonl   # share 2 of 3 (merge: export r1.jsonl r2.jsonl r3.jsonl)
 
 Needs OPENROUTER_API_KEY for OpenRouter (another --base-url, e.g. a local vLLM, needs
 none; --no-key sends none; -H 'api-key: ...' sends another auth header). Without it,
@@ -30,17 +32,19 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Optional, Sequence
+from typing import IO, Any, Callable, Iterable, Iterator, Optional, Sequence
 
 from ._files import QUIET
 from ._log import redact
 from ._version import __version__
 from .backend import DEFAULT_BASE_URL, DEFAULT_MODEL, OpenRouterBackend
-from .checkpoint import CheckpointError, CheckpointLocked, CheckpointMismatch, Record, read_records, record_data
+from .checkpoint import CheckpointError, CheckpointLocked, CheckpointMismatch, Record, record_data
 from .errors import OpenRouterError
 from .request import OVERRIDE_KEYS, is_openrouter_url
+from .resultsfile import compact, latest_records
 from .retry import RetryPolicy
 from .runner import RunAborted, RunInterrupted, Terminated, run_sheets
+from .shards import parse_shard
 from .sheet import Sheet
 from .summary import plural
 from .testing.demo import OFFLINE_ENV, demo_backend
@@ -369,7 +373,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             results = run_sheets(backend, sheets, max_workers=args.workers, checkpoint=args.output,
                                  progress=not args.no_progress, checkpoint_tag="offline" if offline else None,
                                  on_mismatch="redo" if args.force else "refuse", resume=not args.fresh,
-                                 max_cost=args.max_cost, on_result=count, stop_on_sigterm=True)
+                                 max_cost=args.max_cost, on_result=count, stop_on_sigterm=True,
+                                 shard=args.shard)
             summary = str(results.summary)
         except CheckpointMismatch as exc:
             index, _, why = exc.found[0]
@@ -487,7 +492,7 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
-def _export_rows(records: list[Record]) -> Iterator[dict[str, Any]]:
+def _export_rows(records: Iterable[Record]) -> Iterator[dict[str, Any]]:
     for record in records:
         result, sheet = record.result, record.sheet
         yield {"id": record.id, "index": record.index, "label": record.label, "prompt": sheet.get("prompt", ""),
@@ -500,31 +505,41 @@ def _export_rows(records: list[Record]) -> Iterator[dict[str, Any]]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    source = Path(args.results)
-    if not source.is_file():
-        raise UsageError(f"{args.results}: no such results file")
-    if not _is_results_file(source):
-        raise UsageError(f"{args.results} is not an openrouter-sync results file")
+    sources = [Path(name) for name in args.results]
+    for source in sources:
+        if not source.is_file():
+            raise UsageError(f"{source}: no such results file")
+        if not _is_results_file(source):
+            raise UsageError(f"{source} is not an openrouter-sync results file")
     fmt = args.format or ("csv" if args.output and args.output.lower().endswith(".csv") else "jsonl")
     if args.output and args.output != "-":
         if Path(args.output).is_dir():
             raise UsageError(f"-o/--output {args.output} is a directory")
-        if Path(args.output).exists() and os.path.samefile(args.output, source):
-            raise UsageError("-o/--output is the results file itself; export to another file")
-    records = list(read_records(source).values())
-    order = {record.id: position for position, record in enumerate(records)}
-    records.sort(key=lambda r: (r.index if r.index is not None else math.inf, order[r.id]))
+        if Path(args.output).exists() and any(os.path.samefile(args.output, source) for source in sources):
+            raise UsageError("-o/--output is one of the results files; export to another file")
+    counts = {"sheets": 0, "failed": 0, "calls": 0, "empty": 0}
+
+    def records() -> Iterator[Record]:
+        """The latest record of each sheet across the files, in input order, one at a time."""
+        for record in latest_records(sources):
+            result = record.result
+            counts["sheets"] += 1
+            counts["failed"] += not result.success
+            counts["calls"] += bool(result.success and result.tool_calls)
+            counts["empty"] += bool(result.success and not result.tool_calls and not result.stdout.strip())
+            yield record
 
     def write(out: Any) -> None:
         if fmt == "csv":
             writer = csv.DictWriter(out, fieldnames=list(_CSV_COLUMNS))
             writer.writeheader()
-            for row in _export_rows(records):
+            for row in _export_rows(records()):
                 writer.writerow({k: "" if v is None else _printable(v) if isinstance(v, str) else v
                                  for k, v in row.items()})
         else:
-            for record in records:
-                out.write(_printable(json.dumps(record_data(record, source), ensure_ascii=False)) + "\n")
+            for record in records():
+                data = record_data(record, record.path or sources[0])
+                out.write(_printable(json.dumps(data, ensure_ascii=False)) + "\n")
 
     if not args.output or args.output == "-":
         write(sys.stdout)
@@ -539,12 +554,27 @@ def cmd_export(args: argparse.Namespace) -> int:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-    failed = sum(not r.result.success for r in records)
-    calls = sum(bool(r.result.success and r.result.tool_calls) for r in records)
-    empty = sum(bool(r.result.success and not r.result.tool_calls and not r.result.stdout.strip()) for r in records)
+    calls, empty = counts["calls"], counts["empty"]
     kinds = "".join([f", {plural(calls, 'tool-call answer')}" if calls else "", f", {empty} empty" if empty else ""])
-    print(f"exported {plural(len(records), 'sheet')} ({failed} failed{kinds}) from {args.results}"
+    named = ", ".join(args.results)
+    print(f"exported {plural(counts['sheets'], 'sheet')} ({counts['failed']} failed{kinds}) from {named}"
           + (f" to {args.output}" if args.output and args.output != "-" else ""), file=sys.stderr)
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    source = Path(args.results)
+    if not source.is_file():
+        raise UsageError(f"{args.results}: no such results file")
+    if not _is_results_file(source):
+        raise UsageError(f"{args.results} is not an openrouter-sync results file")
+    try:
+        report = compact(source)
+    except CheckpointLocked as exc:
+        _err(f"{exc}; nothing was changed")
+        return EXIT_FAILED
+    print(f"compacted {args.results}: kept {plural(report.kept, 'record')} (the latest of each sheet), dropped "
+          f"{report.dropped}; {report.bytes_before:,} -> {report.bytes_after:,} bytes", file=sys.stderr)
     return 0
 
 
@@ -567,6 +597,15 @@ def _number(kind: Callable[[str], Any], low: float, high: float = math.inf,
                                              f"got {text!r}")
         return value
     return parse
+
+
+def _shard(text: str) -> str:
+    """An argparse type: ``K/N`` as ``parse_shard`` reads it (kept as text for run_sheets)."""
+    try:
+        parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("shard must be", "must be")) from None
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -633,6 +672,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="redo the sheets whose stored answers were made with other settings (default: refuse)")
     redo.add_argument("--fresh", action="store_true",
                       help="reuse nothing from the results file: redo every sheet, appending (default: resume)")
+    run.add_argument("--shard", type=_shard, metavar="K/N",
+                     help="run only share K of N of the prompts (1 <= K <= N), split by a hash of each prompt's "
+                          "id: N machines or array tasks, each with its own -o, run every prompt exactly once "
+                          "between them; `export` merges their results files (default: every prompt)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
     run.set_defaults(func=cmd_run)
 
@@ -653,11 +696,21 @@ def build_parser() -> argparse.ArgumentParser:
                                         "or CSV (id, index, label, prompt, success, answer, error_type, "
                                         "error_message, finish_reason, tool_calls, model, input_tokens, "
                                         "output_tokens, cost, attempts, duration_seconds, metadata).")
-    export.add_argument("results", help="a results file written by `openrouter-sync run`")
+    export.add_argument("results", nargs="+", metavar="RESULTS",
+                        help="a results file written by `openrouter-sync run`; several (the shards of one batch, "
+                             "--shard) are merged into one, in input order (a later file wins for a sheet in two)")
     export.add_argument("-o", "--output", metavar="FILE", help="where to write (default: stdout)")
     export.add_argument("--format", choices=("jsonl", "csv"),
                         help="output format (default: csv when -o ends in .csv, else jsonl)")
     export.set_defaults(func=cmd_export)
+
+    compacting = sub.add_parser("compact", help="rewrite a results file keeping the latest record of each sheet",
+                                description="Rewrite a results file keeping only the latest valid record of each "
+                                            "sheet (superseded records from reruns, torn and foreign lines go), "
+                                            "atomically: a new file is written beside it and renamed over it. "
+                                            "Refused while a run uses the file.")
+    compacting.add_argument("results", help="a results file written by `openrouter-sync run`")
+    compacting.set_defaults(func=cmd_compact)
     return parser
 
 

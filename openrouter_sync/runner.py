@@ -40,6 +40,7 @@ from .handout import Handout
 from .progress import Progress, ProgressArg
 from .result import ExecutionResult, utc_now
 from .retry import Interrupted
+from .shards import Shard, in_shard, parse_shard
 from .sheet import Sheet, SheetKeys, as_sheet
 from .summary import RunSummary
 from .throttle import Throttle
@@ -235,10 +236,13 @@ def _check_modes(max_workers: int, on_mismatch: str, max_cost: Optional[float], 
 def _iterate(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers: int, progress: ProgressArg,
              on_result: Optional[OnResult], checkpoint: Optional[Checkpoint], endpoint: str, on_mismatch: str,
              executor: Optional[cf.Executor], stream: bool, total: Optional[int], budget: _Budget,
-             collect: Optional[_Collect] = None) -> Generator[tuple[int, Sheet, ExecutionResult], None, None]:
+             collect: Optional[_Collect] = None, shard: Optional[Shard] = None,
+             count: Optional[int] = None) -> Generator[tuple[int, Sheet, ExecutionResult], None, None]:
     """The engine of ``iter_sheets`` and ``run_sheets``. ``collect(index, result)`` (run_sheets) hears of
     every finished sheet as soon as it is harvested, and on an early end of those finished but not
-    yet harvested, so none is lost from ``RunInterrupted.results`` / ``RunAborted.results``."""
+    yet harvested, so none is lost from ``RunInterrupted.results`` / ``RunAborted.results``. With
+    ``shard``, only the sheets of that share run (indexes stay those of the whole input); ``count``
+    is how many that is, when known."""
     workers = max_workers
     if executor is not None:  # size the pool and the window to the threads that will really run
         workers = max(workers, int(getattr(executor, "_max_workers", workers)))
@@ -247,7 +251,8 @@ def _iterate(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers: 
     own_executor = executor is None
     pool: cf.Executor = executor or cf.ThreadPoolExecutor(max_workers, thread_name_prefix="openrouter-sync")
     cancel = threading.Event()
-    length = len(sheets) if isinstance(sheets, Sequence) else None  # None: known once the input is used up
+    # How many sheets this run handles; None: known once the input is used up.
+    length = count if count is not None else len(sheets) if isinstance(sheets, Sequence) and shard is None else None
     meter = Progress(total if total is not None else length, progress, activity=getattr(backend, "activity", None))
     pending: dict[cf.Future[ExecutionResult], tuple[int, Sheet]] = {}
     keys = SheetKeys() if checkpoint is not None else None  # ids matter (and cost memory) only for a checkpoint
@@ -339,6 +344,8 @@ def _iterate(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers: 
         """Fill the look-ahead from the input; sheets the checkpoint holds are finished at once."""
         for index, item in source:
             sheet = as_sheet(item)
+            if shard is not None and not in_shard(sheet.key, shard):
+                continue  # another share's sheet
             key = keys.assign(index, sheet) if keys is not None else sheet.id
             settings: Optional[Settings] = None
             if checkpoint is not None and key is not None:
@@ -397,7 +404,8 @@ def iter_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_worker
                 checkpoint: Union[str, Path, None] = None, executor: Optional[cf.Executor] = None,
                 stream: bool = False, total: Optional[int] = None, checkpoint_tag: Optional[str] = None,
                 on_mismatch: str = "redo", resume: bool = True, max_cost: Optional[float] = None,
-                keep_raw: bool = False) -> Iterator[tuple[int, Sheet, ExecutionResult]]:
+                keep_raw: bool = False, shard: Union[str, tuple[int, int], None] = None,
+                ) -> Iterator[tuple[int, Sheet, ExecutionResult]]:
     """Yield ``(index, sheet, result)`` as sheets finish (not in input order).
 
     Inputs are read lazily: at most ``2 * max_workers`` sheets are in flight and ``4 * max_workers``
@@ -413,14 +421,18 @@ def iter_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_worker
     closed, so that their answers (made and billed by the server) are written to the checkpoint
     and, after a ``break``, reported to ``on_result``. The exception from ``on_result`` then
     propagates. Ctrl-C cuts the sheets in flight instead.
+
+    ``shard="K/N"`` (or ``(K, N)``) yields only the sheets of share K of N (see ``run_sheets``),
+    with their indexes in the whole input.
     """
     _check_modes(max_workers, on_mismatch, max_cost, keep_raw)
+    share = parse_shard(shard)
     opened = Checkpoint(checkpoint, resume=resume, keep_raw=keep_raw) if checkpoint is not None else None
     try:
         yield from _iterate(backend, sheets, max_workers=max_workers, progress=progress, on_result=on_result,
                             checkpoint=opened, endpoint=endpoint_of(backend, checkpoint_tag),
                             on_mismatch=on_mismatch, executor=executor, stream=stream, total=total,
-                            budget=_Budget(max_cost, opened.spent if opened is not None else 0.0))
+                            budget=_Budget(max_cost, opened.spent if opened is not None else 0.0), shard=share)
     finally:
         if opened is not None:
             opened.close()
@@ -430,9 +442,11 @@ def iter_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_worker
 
 
 def _refuse_mismatches(backend: Any, items: Sequence[Sheet], keys: Sequence[str], checkpoint: Checkpoint,
-                       endpoint: str) -> None:
+                       endpoint: str, chosen: Optional[Sequence[bool]] = None) -> None:
     found = []
     for index, (sheet, key) in enumerate(zip(items, keys)):
+        if chosen is not None and not chosen[index]:
+            continue
         why = checkpoint.mismatch(key, settings_for(backend, sheet, endpoint))
         if why is not None:
             found.append((index, key, why))
@@ -449,7 +463,7 @@ def run_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers
                checkpoint: Union[str, Path, None] = None, executor: Optional[cf.Executor] = None,
                stream: bool = False, checkpoint_tag: Optional[str] = None, on_mismatch: str = "redo",
                resume: bool = True, max_cost: Optional[float] = None, keep_raw: bool = False,
-               stop_on_sigterm: bool = False) -> RunResults:
+               stop_on_sigterm: bool = False, shard: Union[str, tuple[int, int], None] = None) -> RunResults:
     """Run every sheet (``Sheet`` objects and plain prompt strings, mixed) on ``max_workers`` threads.
 
     Returns one ``ExecutionResult`` per input, in input order; a failing sheet gives a failed
@@ -490,9 +504,17 @@ def run_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers
     Kubernetes stop a job) as Ctrl-C: in-flight sheets are cut, everything finished is in the
     checkpoint, and ``RunInterrupted`` is raised with ``signal == signal.SIGTERM``; the previous
     handler is restored when the call returns.
+
+    ``shard="K/N"`` (or ``(K, N)``, ``1 <= K <= N``) runs only share K of N of the sheets, split by
+    a hash of each sheet's id (``openrouter_sync.shards``): N processes or machines given the same
+    sheets run each sheet exactly once between them (give each its own checkpoint; ``openrouter-sync
+    export`` merges them). The list still has one entry per input, in input order: the sheets of
+    other shares are None there, and the summary counts this share's.
     """
     _check_modes(max_workers, on_mismatch, max_cost, keep_raw)
+    share = parse_shard(shard)
     items = [as_sheet(item) for item in sheets]
+    chosen = None if share is None else [in_shard(sheet.key, share) for sheet in items]
     labels = [sheet.label or sheet.id or f"#{index}" for index, sheet in enumerate(items)]
     opened: Optional[Checkpoint] = None
     endpoint = endpoint_of(backend, checkpoint_tag)
@@ -516,11 +538,12 @@ def run_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers
     started = time.monotonic()
     engine = _iterate(backend, items, max_workers=max_workers, progress=progress, on_result=on_result,
                       checkpoint=opened, endpoint=endpoint, on_mismatch="redo", executor=executor,
-                      stream=stream, total=len(items), budget=budget, collect=collect)
+                      stream=stream, total=len(items) if chosen is None else sum(chosen), budget=budget,
+                      collect=collect, shard=share, count=None if chosen is None else sum(chosen))
     with _sigterm_stops(stop_on_sigterm) as terminated:
         try:
             if opened is not None and on_mismatch == "refuse":
-                _refuse_mismatches(backend, items, keys, opened, endpoint)
+                _refuse_mismatches(backend, items, keys, opened, endpoint, chosen)
             for _ in engine:
                 pass
         except KeyboardInterrupt:

@@ -8,6 +8,7 @@ not a secret).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import uuid
@@ -120,7 +121,7 @@ def test_key_with_an_inner_control_character_is_a_configuration_error(
     for r in (result, streamed):
         assert (r.success, r.error_type, r.exit_code) == (False, "configuration", 1), (r.error_type, r.error_message)
     _assert_no_leak(secret, _shown(result, caplog, repr(backend), str(backend), streamed, repr(streamed)))
-    _assert_no_leak(secret, [str(vars(result)), str(vars(streamed))])
+    _assert_no_leak(secret, [str(dataclasses.asdict(result)), str(dataclasses.asdict(streamed))])
 
 
 # ----- keys echoed back by the server ---------------------------------------------------------------
