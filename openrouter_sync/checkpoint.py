@@ -169,10 +169,8 @@ class Record:
     path: Optional[Path] = field(default=None, repr=False)  # the file it was read from (CheckpointIndex)
 
 
-def _parse(data: Any) -> Record:
-    """A ``Record`` from a parsed line; ``ValueError`` saying what is wrong otherwise."""
-    if not isinstance(data, dict):
-        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+def _identity(data: dict[str, Any]) -> tuple[str, Optional[int], Optional[str]]:
+    """A record's id, input index and label, checked; ``ValueError`` saying which is wrong."""
     key = data.get("id")
     if not isinstance(key, str) or not key:
         raise ValueError("'id' is missing or not a string")
@@ -182,12 +180,26 @@ def _parse(data: Any) -> Record:
     label = data.get("label")
     if label is not None and not isinstance(label, str):
         raise ValueError("'label' is not a string")
-    sheet = data.get("sheet", {})
-    if not isinstance(sheet, dict):
-        raise ValueError("'sheet' is not an object")
+    return key, index, label
+
+
+def _settings_field(data: dict[str, Any]) -> Optional[Settings]:
+    """A record's settings (None: not recorded), checked; ``ValueError`` when of another shape."""
     settings = data.get("settings")
     if settings is not None and not _valid_settings(settings):
         raise ValueError("'settings' is not of the expected shape")
+    return settings  # type: ignore[no-any-return]
+
+
+def _parse(data: Any) -> Record:
+    """A ``Record`` from a parsed line; ``ValueError`` saying what is wrong otherwise."""
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    key, index, label = _identity(data)
+    sheet = data.get("sheet", {})
+    if not isinstance(sheet, dict):
+        raise ValueError("'sheet' is not an object")
+    settings = _settings_field(data)
     raw_result = data.get("result")
     if not isinstance(raw_result, dict):
         raise ValueError("'result' is not an object")
@@ -329,18 +341,8 @@ def read_head(text: str) -> Optional[Head]:
         raise ValueError(_NOT_JSON) from None
     if not text.rstrip().endswith("}"):
         raise ValueError(_NOT_JSON)  # torn: the line ends inside the record
-    key = fields.get("id")
-    if not isinstance(key, str) or not key:
-        raise ValueError("'id' is missing or not a string")
-    index = fields.get("index")
-    if index is not None and (isinstance(index, bool) or not isinstance(index, int)):
-        raise ValueError("'index' is not an integer")
-    label = fields.get("label")
-    if label is not None and not isinstance(label, str):
-        raise ValueError("'label' is not a string")
-    settings = fields.get("settings")
-    if settings is not None and not _valid_settings(settings):
-        raise ValueError("'settings' is not of the expected shape")
+    key, index, _ = _identity(fields)
+    settings = _settings_field(fields)
     if not isinstance(success, bool):
         raise ValueError("'result.success' or 'result.stdout' has the wrong type")
     return Head(key, index, settings, settings_text, success, cost)
