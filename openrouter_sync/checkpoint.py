@@ -56,6 +56,7 @@ from ._files import QUIET, UnsafeFile, open_private
 from ._log import logger, redact, redact_secrets
 from .classify import MAX_COUNT
 from .error_types import ErrorType
+from .request import check_sheet_content
 from .result import ExecutionResult
 
 try:
@@ -133,6 +134,75 @@ def settings_for(backend: Any, sheet: Any, endpoint: str) -> Optional[Settings]:
         return settings if plain else _jsonable(settings)  # (what JSON reads back; the common case is that already)
     except (ValueError, TypeError):
         return None
+
+
+def _plain_key(value: Any) -> Optional[str]:
+    """Options or overrides as a memo key: ``""`` for none, else their JSON text (key order aside),
+    which tells apart exactly what the settings record (``1``, ``1.0`` and ``true`` differ; a tuple
+    and a list do not, as in a record); None when they are not a dict with string names and plain
+    JSON values (no key: resolved every time)."""
+    if type(value) is not dict:
+        return None
+    if not value:
+        return ""
+    if not all(type(name) is str for name in value):
+        return None
+    try:
+        return json.dumps(value, sort_keys=True)
+    except (TypeError, ValueError):
+        return None
+
+
+class SettingsMemo:
+    """``settings_for(backend, sheet, endpoint)`` for one run, resolved once per combination of the
+    backend's defaults and a sheet's overrides.
+
+    What a sheet is sent with apart from its content (model, temperature, max_tokens, request
+    options) depends only on the backend's defaults (its model, temperature, max_tokens,
+    ``default_options``, ``strict_options`` and applied overrides) and the sheet's ``overrides``:
+    those are the key, read from the backend for every sheet (so a setting changed mid-run counts
+    from the next sheet on, as without the memo). Each sheet's own content (messages, timeout) is
+    still checked as a call checks it (an invalid sheet has no settings). Only resolutions that
+    succeeded are remembered; a backend of another kind, a subclass that resolves sheets its own
+    way, or options that are not plain JSON are resolved every time by ``settings_for``."""
+
+    def __init__(self, backend: Any, endpoint: str) -> None:
+        from .backend import OpenRouterBackend  # (not at import: the checkpoint module stays light)
+
+        kind = type(backend)
+        self._backend = backend
+        self._endpoint = endpoint
+        self._known = isinstance(backend, OpenRouterBackend) \
+            and kind.spec_for_sheet is OpenRouterBackend.spec_for_sheet \
+            and kind._defaults is OpenRouterBackend._defaults  # type: ignore[comparison-overlap]
+        self._memo: dict[tuple[Any, ...], Settings] = {}
+
+    def _key(self, sheet: Any) -> Optional[tuple[Any, ...]]:
+        defaults = self._backend._defaults()
+        options, overrides = _plain_key(defaults.options), _plain_key(sheet.overrides or {})
+        if options is None or overrides is None:
+            return None
+        model, temperature, max_tokens = defaults.model, defaults.temperature, defaults.max_tokens
+        return (type(model), model, type(temperature), temperature, type(max_tokens), max_tokens, defaults.strict,
+                options, overrides)
+
+    def __call__(self, sheet: Any) -> Optional[Settings]:
+        if not self._known:
+            return settings_for(self._backend, sheet, self._endpoint)
+        key = self._key(sheet)
+        if key is None:
+            return settings_for(self._backend, sheet, self._endpoint)
+        settings = self._memo.get(key)
+        if settings is None:
+            settings = settings_for(self._backend, sheet, self._endpoint)
+            if settings is not None:
+                self._memo[key] = settings
+            return settings
+        try:
+            check_sheet_content(sheet)
+        except (ValueError, TypeError):
+            return None
+        return settings
 
 
 def describe_difference(stored: Optional[Settings], current: Optional[Settings]) -> str:

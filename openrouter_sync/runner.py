@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Sequence, Union
 
 from ._log import logger, redact
-from .checkpoint import Checkpoint, CheckpointMismatch, Settings, endpoint_of, settings_for
+from .checkpoint import Checkpoint, CheckpointMismatch, Settings, SettingsMemo, endpoint_of
 from .deadline import abort_tagged
 from .display import results_html
 from .error_types import ErrorType
@@ -339,6 +339,7 @@ def _iterate(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers: 
     window = 2 * workers
     handout: Handout[tuple[int, Sheet, Optional[str], Optional[Settings]]] = Handout(backend, _LOOKAHEAD * workers)
     source = enumerate(sheets)
+    settings_of = SettingsMemo(backend, endpoint)
 
     def read_ahead() -> Iterator[tuple[int, Sheet, ExecutionResult]]:
         """Fill the look-ahead from the input; sheets the checkpoint holds are finished at once."""
@@ -349,7 +350,7 @@ def _iterate(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers: 
             key = keys.assign(index, sheet) if keys is not None else sheet.id
             settings: Optional[Settings] = None
             if checkpoint is not None and key is not None:
-                settings = settings_for(backend, sheet, endpoint)
+                settings = settings_of(sheet)
                 stored = checkpoint.restore(key, settings)
                 if stored is not None:
                     yield finish(index, sheet, stored)
@@ -444,10 +445,11 @@ def iter_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_worker
 def _refuse_mismatches(backend: Any, items: Sequence[Sheet], keys: Sequence[str], checkpoint: Checkpoint,
                        endpoint: str, chosen: Optional[Sequence[bool]] = None) -> None:
     found = []
+    settings_of = SettingsMemo(backend, endpoint)
     for index, (sheet, key) in enumerate(zip(items, keys)):
         if chosen is not None and not chosen[index]:
             continue
-        why = checkpoint.mismatch(key, settings_for(backend, sheet, endpoint))
+        why = checkpoint.mismatch(key, settings_of(sheet))
         if why is not None:
             found.append((index, key, why))
     if found:
