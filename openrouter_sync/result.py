@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Optional, TypeVar
@@ -190,6 +191,10 @@ class ExecutionResult:
         for required in ("success", "stdout", "stderr", "duration_seconds"):
             if required not in kwargs:
                 raise ValueError(f"result field {required!r} is missing")
+        for name in _SHARED_FIELDS:  # one string for all the results that say the same (a resume holds many)
+            value = kwargs.get(name)
+            if type(value) is str:
+                kwargs[name] = sys.intern(value)
         started = data.get("started_at")
         if isinstance(started, str):
             kwargs["started_at"] = datetime.fromisoformat(started)
@@ -228,6 +233,9 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "native_finish_reason": (str, _NONE), "cost_details": (dict, _NONE), "cache_write_tokens": (int, _NONE),
     "choices": (list, _NONE), "response_headers": (dict, _NONE),
 }
+#: Fields whose values repeat from result to result (a few models, providers, reasons): from_dict
+#: interns them, so that a million restored results do not hold a million copies of each.
+_SHARED_FIELDS = ("model", "provider", "exit_reason", "finish_reason", "native_finish_reason", "error_type")
 #: Each field's name (the string the dataclass's ``__init__`` was compiled with) and what from_dict accepts.
 _FIELDS: dict[str, tuple[str, tuple[type, ...]]] = {
     f.name: (f.name, _FIELD_TYPES[f.name]) for f in dataclasses.fields(ExecutionResult) if f.name in _FIELD_TYPES}
