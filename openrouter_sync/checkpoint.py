@@ -308,7 +308,7 @@ def scan_records(path: PathLike) -> Iterator[Record]:
             if not line.strip():
                 continue
             try:
-                record = _parse(json.loads(line))
+                record = _parse(_loads(line))
             except (ValueError, RecursionError) as exc:
                 bad += 1
                 if bad <= _NAMED_LINES:
@@ -362,6 +362,15 @@ def _value(text: str, pos: int) -> tuple[Any, int]:
     except StopIteration:
         raise ValueError(_NOT_JSON) from None
     return value, end
+
+
+def _loads(text: str) -> Any:
+    """``json.loads(text)`` without its Python wrapper (a tenth of its time on a record): the value
+    after any leading whitespace, and nothing but whitespace after it; ValueError otherwise."""
+    value, end = _value(text, _BLANK.match(text).end())  # type: ignore[union-attr]
+    if _BLANK.match(text, end).end() != len(text):  # type: ignore[union-attr]
+        raise ValueError(_NOT_JSON)
+    return value
 
 
 @dataclass
@@ -547,7 +556,7 @@ class CheckpointIndex:
                 try:
                     head = read_head(text)
                     if head is None:  # another layout: parsed in full (and then known valid)
-                        record = _parse(json.loads(text))
+                        record = _parse(_loads(text))
                         settings = self._settings_number(record.settings, "")
                         success, cost, verified = record.result.success, record.result.cost, True
                         key, index, stored = record.id, record.index, record.settings
@@ -637,7 +646,7 @@ class CheckpointIndex:
         path = self.paths[self._file[entry]]
         try:
             data = self._read(entry)
-            record = _parse(json.loads(data.decode("utf-8", "replace")))
+            record = _parse(_loads(data.decode("utf-8", "replace")))
             settings = self._settings_of[entry]
             if record.id != key or record.result.success != bool(self._flags[entry] & _SUCCESS) \
                     or record.settings != (self._settings[settings] if settings >= 0 else None):
