@@ -185,7 +185,7 @@ def check_options(options: Mapping[str, Any], allowed: frozenset[str] = REQUEST_
                   strict: bool = False) -> None:
     """Refuse a name the library writes itself, or one a typo away from a known name (a
     ``ValueError`` suggesting it); warn of any other unknown name (``strict``: refuse it)."""
-    if not options.keys() - allowed:
+    if not options or not options.keys() - allowed:
         return
     for name in sorted(options.keys() - allowed, key=str):
         if not isinstance(name, str) or not name:
