@@ -56,6 +56,7 @@ from ._files import QUIET, UnsafeFile, open_private
 from ._log import logger, redact, redact_secrets
 from .classify import MAX_COUNT
 from .error_types import ErrorType
+from .request import check_sheet_content
 from .result import ExecutionResult
 
 try:
@@ -133,6 +134,75 @@ def settings_for(backend: Any, sheet: Any, endpoint: str) -> Optional[Settings]:
         return settings if plain else _jsonable(settings)  # (what JSON reads back; the common case is that already)
     except (ValueError, TypeError):
         return None
+
+
+def _plain_key(value: Any) -> Optional[str]:
+    """Options or overrides as a memo key: ``""`` for none, else their JSON text (key order aside),
+    which tells apart exactly what the settings record (``1``, ``1.0`` and ``true`` differ; a tuple
+    and a list do not, as in a record); None when they are not a dict with string names and plain
+    JSON values (no key: resolved every time)."""
+    if type(value) is not dict:
+        return None
+    if not value:
+        return ""
+    if not all(type(name) is str for name in value):
+        return None
+    try:
+        return json.dumps(value, sort_keys=True)
+    except (TypeError, ValueError):
+        return None
+
+
+class SettingsMemo:
+    """``settings_for(backend, sheet, endpoint)`` for one run, resolved once per combination of the
+    backend's defaults and a sheet's overrides.
+
+    What a sheet is sent with apart from its content (model, temperature, max_tokens, request
+    options) depends only on the backend's defaults (its model, temperature, max_tokens,
+    ``default_options``, ``strict_options`` and applied overrides) and the sheet's ``overrides``:
+    those are the key, read from the backend for every sheet (so a setting changed mid-run counts
+    from the next sheet on, as without the memo). Each sheet's own content (messages, timeout) is
+    still checked as a call checks it (an invalid sheet has no settings). Only resolutions that
+    succeeded are remembered; a backend of another kind, a subclass that resolves sheets its own
+    way, or options that are not plain JSON are resolved every time by ``settings_for``."""
+
+    def __init__(self, backend: Any, endpoint: str) -> None:
+        from .backend import OpenRouterBackend  # (not at import: the checkpoint module stays light)
+
+        kind = type(backend)
+        self._backend = backend
+        self._endpoint = endpoint
+        self._known = isinstance(backend, OpenRouterBackend) \
+            and kind.spec_for_sheet is OpenRouterBackend.spec_for_sheet \
+            and kind._defaults is OpenRouterBackend._defaults  # type: ignore[comparison-overlap]
+        self._memo: dict[tuple[Any, ...], Settings] = {}
+
+    def _key(self, sheet: Any) -> Optional[tuple[Any, ...]]:
+        defaults = self._backend._defaults()
+        options, overrides = _plain_key(defaults.options), _plain_key(sheet.overrides or {})
+        if options is None or overrides is None:
+            return None
+        model, temperature, max_tokens = defaults.model, defaults.temperature, defaults.max_tokens
+        return (type(model), model, type(temperature), temperature, type(max_tokens), max_tokens, defaults.strict,
+                options, overrides)
+
+    def __call__(self, sheet: Any) -> Optional[Settings]:
+        if not self._known:
+            return settings_for(self._backend, sheet, self._endpoint)
+        key = self._key(sheet)
+        if key is None:
+            return settings_for(self._backend, sheet, self._endpoint)
+        settings = self._memo.get(key)
+        if settings is None:
+            settings = settings_for(self._backend, sheet, self._endpoint)
+            if settings is not None:
+                self._memo[key] = settings
+            return settings
+        try:
+            check_sheet_content(sheet)
+        except (ValueError, TypeError):
+            return None
+        return settings
 
 
 def describe_difference(stored: Optional[Settings], current: Optional[Settings]) -> str:
@@ -238,7 +308,7 @@ def scan_records(path: PathLike) -> Iterator[Record]:
             if not line.strip():
                 continue
             try:
-                record = _parse(json.loads(line))
+                record = _parse(_loads(line))
             except (ValueError, RecursionError) as exc:
                 bad += 1
                 if bad <= _NAMED_LINES:
@@ -292,6 +362,15 @@ def _value(text: str, pos: int) -> tuple[Any, int]:
     except StopIteration:
         raise ValueError(_NOT_JSON) from None
     return value, end
+
+
+def _loads(text: str) -> Any:
+    """``json.loads(text)`` without its Python wrapper (a tenth of its time on a record): the value
+    after any leading whitespace, and nothing but whitespace after it; ValueError otherwise."""
+    value, end = _value(text, _BLANK.match(text).end())  # type: ignore[union-attr]
+    if _BLANK.match(text, end).end() != len(text):  # type: ignore[union-attr]
+        raise ValueError(_NOT_JSON)
+    return value
 
 
 @dataclass
@@ -477,7 +556,7 @@ class CheckpointIndex:
                 try:
                     head = read_head(text)
                     if head is None:  # another layout: parsed in full (and then known valid)
-                        record = _parse(json.loads(text))
+                        record = _parse(_loads(text))
                         settings = self._settings_number(record.settings, "")
                         success, cost, verified = record.result.success, record.result.cost, True
                         key, index, stored = record.id, record.index, record.settings
@@ -567,7 +646,7 @@ class CheckpointIndex:
         path = self.paths[self._file[entry]]
         try:
             data = self._read(entry)
-            record = _parse(json.loads(data.decode("utf-8", "replace")))
+            record = _parse(_loads(data.decode("utf-8", "replace")))
             settings = self._settings_of[entry]
             if record.id != key or record.result.success != bool(self._flags[entry] & _SUCCESS) \
                     or record.settings != (self._settings[settings] if settings >= 0 else None):

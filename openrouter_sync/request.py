@@ -185,7 +185,7 @@ def check_options(options: Mapping[str, Any], allowed: frozenset[str] = REQUEST_
                   strict: bool = False) -> None:
     """Refuse a name the library writes itself, or one a typo away from a known name (a
     ``ValueError`` suggesting it); warn of any other unknown name (``strict``: refuse it)."""
-    if not options.keys() - allowed:
+    if not options or not options.keys() - allowed:
         return
     for name in sorted(options.keys() - allowed, key=str):
         if not isinstance(name, str) or not name:
@@ -370,9 +370,21 @@ def resolve(defaults: Defaults, overrides: Mapping[str, Any], messages: tuple[di
     return CallSpec(model, temperature, max_tokens, timeout, messages, options, output_log_path, sheet_id, headers)
 
 
+def sheet_messages(sheet: Any) -> tuple[dict[str, Any], ...]:
+    """A ``Sheet``'s messages (its prompt, preamble, extensions, system and messages), checked."""
+    return build_messages(sheet.prompt, preamble=sheet.preamble, extensions=sheet.extensions,
+                          system=sheet.system, messages=sheet.messages)
+
+
 def spec_for_sheet(defaults: Defaults, sheet: Any) -> CallSpec:
     """The call for a ``Sheet``: everything per-sheet comes from the sheet."""
-    messages = build_messages(sheet.prompt, preamble=sheet.preamble, extensions=sheet.extensions,
-                              system=sheet.system, messages=sheet.messages)
-    return resolve(defaults, sheet.overrides or {}, messages, timeout=sheet.timeout_seconds,
+    return resolve(defaults, sheet.overrides or {}, sheet_messages(sheet), timeout=sheet.timeout_seconds,
                    output_log_path=sheet.output_log_path, sheet_id=sheet.id)
+
+
+def check_sheet_content(sheet: Any) -> None:
+    """Raise as ``spec_for_sheet`` would for what is the sheet's own, whatever the defaults and
+    overrides: its messages and its timeout (the rest of a call depends only on those two)."""
+    sheet_messages(sheet)
+    if sheet.timeout_seconds is not None:
+        check_timeout(sheet.timeout_seconds)

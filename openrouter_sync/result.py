@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Optional, TypeVar
@@ -173,23 +174,15 @@ class ExecutionResult:
         foreign record), so such a record is never mistaken for a real answer."""
         if not isinstance(data, dict):
             raise ValueError(f"a result must be a JSON object, got {type(data).__name__}")
-        # The common case first: each value exactly of a type its field allows (JSON's own types).
-        # Keyed by the field names' own (interned) strings: a keyword argument whose name is another
-        # string object costs a string comparison with every parameter before it (half of the time here).
-        kwargs: dict[str, Any] = {_NAMES.get(name, name): value for name, value in data.items()
-                                  if type(value) in _FIELD_TYPES.get(name, ())}
-        for name in data.keys() - kwargs.keys():
-            kinds = _FIELD_TYPES.get(name)
-            if kinds is None:
-                continue
-            value = data[name]
-            if value is None and type(None) in kinds:
-                kwargs[_NAMES[name]] = None
-            elif isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds):
-                kwargs[_NAMES[name]] = float(value) if float in kinds and not isinstance(value, bool) and \
-                    isinstance(value, int) and int not in kinds else value
-            else:
-                raise ValueError(f"result field {name!r} has the wrong type ({type(value).__name__})")
+        # One look-up a field: its name as ``__init__`` was compiled with it (a keyword argument whose
+        # name is another string object costs a string comparison with every parameter before it) and
+        # the types it allows; a value exactly of one of them (JSON's own types: the common case) is
+        # taken as it is, any other is checked by ``_loose``.
+        kwargs: dict[str, Any] = {}
+        for name, value in data.items():
+            known = _FIELDS.get(name)
+            if known is not None:
+                kwargs[known[0]] = value if type(value) in known[1] else _loose(name, value, known[1])
         if not all(isinstance(item, str) for item in kwargs.get("warnings", [])):
             raise ValueError("result field 'warnings' must be a list of strings")
         calls = kwargs.get("tool_calls")
@@ -198,6 +191,10 @@ class ExecutionResult:
         for required in ("success", "stdout", "stderr", "duration_seconds"):
             if required not in kwargs:
                 raise ValueError(f"result field {required!r} is missing")
+        for name in _SHARED_FIELDS:  # one string for all the results that say the same (a resume holds many)
+            value = kwargs.get(name)
+            if type(value) is str:
+                kwargs[name] = sys.intern(value)
         started = data.get("started_at")
         if isinstance(started, str):
             kwargs["started_at"] = datetime.fromisoformat(started)
@@ -236,5 +233,17 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "native_finish_reason": (str, _NONE), "cost_details": (dict, _NONE), "cache_write_tokens": (int, _NONE),
     "choices": (list, _NONE), "response_headers": (dict, _NONE),
 }
-#: Each field name to itself, the string the dataclass's ``__init__`` was compiled with.
-_NAMES: dict[str, str] = {f.name: f.name for f in dataclasses.fields(ExecutionResult)}
+#: Fields whose values repeat from result to result (a few models, providers, reasons): from_dict
+#: interns them, so that a million restored results do not hold a million copies of each.
+_SHARED_FIELDS = ("model", "provider", "exit_reason", "finish_reason", "native_finish_reason", "error_type")
+#: Each field's name (the string the dataclass's ``__init__`` was compiled with) and what from_dict accepts.
+_FIELDS: dict[str, tuple[str, tuple[type, ...]]] = {
+    f.name: (f.name, _FIELD_TYPES[f.name]) for f in dataclasses.fields(ExecutionResult) if f.name in _FIELD_TYPES}
+
+
+def _loose(name: str, value: Any, kinds: tuple[type, ...]) -> Any:
+    """A value of field ``name`` that is not exactly of a type it allows: one of a subclass (not a
+    bool where numbers are asked), an int where only floats are (made a float); else ``ValueError``."""
+    if isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds):
+        return float(value) if float in kinds and int not in kinds and isinstance(value, int) else value
+    raise ValueError(f"result field {name!r} has the wrong type ({type(value).__name__})")

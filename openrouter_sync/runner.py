@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Sequence, Union
 
 from ._log import logger, redact
-from .checkpoint import Checkpoint, CheckpointMismatch, Settings, endpoint_of, settings_for
+from .checkpoint import Checkpoint, CheckpointMismatch, Settings, SettingsMemo, endpoint_of
 from .deadline import abort_tagged
 from .display import results_html
 from .error_types import ErrorType
@@ -237,12 +237,14 @@ def _iterate(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers: 
              on_result: Optional[OnResult], checkpoint: Optional[Checkpoint], endpoint: str, on_mismatch: str,
              executor: Optional[cf.Executor], stream: bool, total: Optional[int], budget: _Budget,
              collect: Optional[_Collect] = None, shard: Optional[Shard] = None,
-             count: Optional[int] = None) -> Generator[tuple[int, Sheet, ExecutionResult], None, None]:
+             count: Optional[int] = None, keys: Optional[Sequence[str]] = None,
+             ) -> Generator[tuple[int, Sheet, ExecutionResult], None, None]:
     """The engine of ``iter_sheets`` and ``run_sheets``. ``collect(index, result)`` (run_sheets) hears of
     every finished sheet as soon as it is harvested, and on an early end of those finished but not
     yet harvested, so none is lost from ``RunInterrupted.results`` / ``RunAborted.results``. With
     ``shard``, only the sheets of that share run (indexes stay those of the whole input); ``count``
-    is how many that is, when known."""
+    is how many that is, when known. ``keys`` are the sheets' checkpoint keys, when the caller has
+    assigned them already (run_sheets without a shard); else they are assigned here as sheets are read."""
     workers = max_workers
     if executor is not None:  # size the pool and the window to the threads that will really run
         workers = max(workers, int(getattr(executor, "_max_workers", workers)))
@@ -255,7 +257,8 @@ def _iterate(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers: 
     length = count if count is not None else len(sheets) if isinstance(sheets, Sequence) and shard is None else None
     meter = Progress(total if total is not None else length, progress, activity=getattr(backend, "activity", None))
     pending: dict[cf.Future[ExecutionResult], tuple[int, Sheet]] = {}
-    keys = SheetKeys() if checkpoint is not None else None  # ids matter (and cost memory) only for a checkpoint
+    # Ids matter (and cost memory) only for a checkpoint.
+    assigner = SheetKeys() if checkpoint is not None and keys is None else None
     finished_normally = False
     on_result_raised = False
 
@@ -339,6 +342,7 @@ def _iterate(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers: 
     window = 2 * workers
     handout: Handout[tuple[int, Sheet, Optional[str], Optional[Settings]]] = Handout(backend, _LOOKAHEAD * workers)
     source = enumerate(sheets)
+    settings_of = SettingsMemo(backend, endpoint)
 
     def read_ahead() -> Iterator[tuple[int, Sheet, ExecutionResult]]:
         """Fill the look-ahead from the input; sheets the checkpoint holds are finished at once."""
@@ -346,10 +350,11 @@ def _iterate(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers: 
             sheet = as_sheet(item)
             if shard is not None and not in_shard(sheet.key, shard):
                 continue  # another share's sheet
-            key = keys.assign(index, sheet) if keys is not None else sheet.id
+            key = keys[index] if keys is not None else assigner.assign(index, sheet) if assigner is not None \
+                else sheet.id
             settings: Optional[Settings] = None
             if checkpoint is not None and key is not None:
-                settings = settings_for(backend, sheet, endpoint)
+                settings = settings_of(sheet)
                 stored = checkpoint.restore(key, settings)
                 if stored is not None:
                     yield finish(index, sheet, stored)
@@ -444,10 +449,11 @@ def iter_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_worker
 def _refuse_mismatches(backend: Any, items: Sequence[Sheet], keys: Sequence[str], checkpoint: Checkpoint,
                        endpoint: str, chosen: Optional[Sequence[bool]] = None) -> None:
     found = []
+    settings_of = SettingsMemo(backend, endpoint)
     for index, (sheet, key) in enumerate(zip(items, keys)):
         if chosen is not None and not chosen[index]:
             continue
-        why = checkpoint.mismatch(key, settings_for(backend, sheet, endpoint))
+        why = checkpoint.mismatch(key, settings_of(sheet))
         if why is not None:
             found.append((index, key, why))
     if found:
@@ -539,7 +545,8 @@ def run_sheets(backend: Any, sheets: Iterable[Union[Sheet, str]], *, max_workers
     engine = _iterate(backend, items, max_workers=max_workers, progress=progress, on_result=on_result,
                       checkpoint=opened, endpoint=endpoint, on_mismatch="redo", executor=executor,
                       stream=stream, total=len(items) if chosen is None else sum(chosen), budget=budget,
-                      collect=collect, shard=share, count=None if chosen is None else sum(chosen))
+                      collect=collect, shard=share, count=None if chosen is None else sum(chosen),
+                      keys=keys if opened is not None and share is None else None)  # (a shard assigns its own)
     with _sigterm_stops(stop_on_sigterm) as terminated:
         try:
             if opened is not None and on_mismatch == "refuse":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import pickle
 import sys
 
@@ -77,3 +78,14 @@ def test_from_dict_still_refuses_wrong_types_and_widens_nothing() -> None:
     for name, bad in (("success", "yes"), ("attempts", True), ("cost", "1"), ("warnings", [1])):
         with pytest.raises(ValueError, match=name):
             ExecutionResult.from_dict({**data, name: bad})
+
+
+def test_restored_results_share_the_strings_that_repeat() -> None:
+    """A resume holds many results that name the same model, provider and reasons: one string each."""
+    data = json.loads(json.dumps(_result(model="some/model", provider="P", finish_reason="stop").to_dict()))
+    again = json.loads(json.dumps(data))
+    first, second = ExecutionResult.from_dict(data), ExecutionResult.from_dict(again)
+    assert data["model"] is not again["model"]  # json.loads makes a new string each time
+    for name in ("model", "provider", "exit_reason", "finish_reason"):
+        assert getattr(first, name) is getattr(second, name), name
+    assert first == second and first.stdout is not second.stdout  # answers are not interned
