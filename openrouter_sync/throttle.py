@@ -526,10 +526,13 @@ class Throttle:
 
     @staticmethod
     def _restart_stale(lanes: List[Lane], now: float) -> None:
-        """Void reservations made at a much slower pace than the lane's rate now."""
+        """Void reservations made at a much slower pace than the lane's rate now. The next slot is
+        still one (new) interval after the lane's latest send: a bucket with no burst to spare
+        refuses a request that follows the one before it sooner."""
         for lane in lanes:
-            if lane.pacer.stale(lane.interval(now)):
-                lane.pacer.restart(now)
+            interval = lane.interval(now)
+            if lane.pacer.stale(interval):
+                lane.pacer.restart(max(now, lane.last_sent() + interval))
                 lane.epoch += 1
 
     def _look_again(self, lane: Lane) -> float:

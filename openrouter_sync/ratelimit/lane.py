@@ -341,6 +341,10 @@ class Lane:
         rounds, index = divmod(ahead, len(pending))
         return max(pending[-1 - index] + latency * (1 + rounds), now + again)
 
+    def last_sent(self) -> float:
+        """When this lane's latest request went (-inf: none kept)."""
+        return self._records[-1][0] if self._records else _NEVER
+
     def sent(self, sent_at: float, seq: Optional[int] = None) -> None:
         """A request went; ``seq``: its number among the sends of every process sharing this lane."""
         self._records.append([sent_at, est.PENDING, float(self.in_flight), -1.0 if seq is None else float(seq)])
