@@ -582,7 +582,7 @@ class Throttle:
         to: None for the whole endpoint and key, ``"model:<id>"`` for one model, ``"free"`` for the
         ``:free`` family's quota. ``shed``: a 503 or 529 (load shed by the model's provider): a signal
         with no wait of its own for the scope (the wait is its request's floor: a sick model refusing
-        half its requests would keep a gate shut), when it names none (a 529) or one within
+        half its requests would keep a gate shut), when it names none or one within
         ``max_gate_seconds``; a longer one is an outage, which holds only the request told of it (it
         is heard as an answer)."""
         if shed and wait is not None and wait > self._max_gate:
