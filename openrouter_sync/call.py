@@ -30,6 +30,7 @@ from .transport import Transport, TransportError
 
 Sleep = Callable[[float], None]
 CHAT_PATH = "/chat/completions"
+_SIGNALS = frozenset({429, 503, 529})  # refusals the throttle hears of: it slows the scope they name
 
 
 class CallState(CallClock):
@@ -153,8 +154,8 @@ class Pipeline:
         outcome = self._exchange(call, spec, key, body, stream, deadline, timeout)
         if outcome.status is not None:
             call.answered = outcome
-        if is_refusal(outcome):  # a 429, a 529, a 503 naming a wait: a signal for the scope it names
-            call.refused += 1
+        call.refused += is_refusal(outcome)  # a 429, a 529, a 503 naming a wait: free, bounded by time
+        if outcome.status in _SIGNALS:  # a signal for the scope it names (a 503 with no wait, too: an attempt)
             shed = outcome.status != 429  # a 503 or 529: the model's provider shed it
             scope = f"model:{spec.model}" if shed else _scope_name(outcome.scope, spec.model)
             throttle.on_rate_limited(ticket, outcome.retry_after, scope, shed=shed)

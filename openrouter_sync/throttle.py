@@ -524,12 +524,17 @@ class Throttle:
             start = lane.pacer.earliest(start)
         return start, None, probes
 
-    @staticmethod
-    def _restart_stale(lanes: List[Lane], now: float) -> None:
-        """Void reservations made at a much slower pace than the lane's rate now."""
+    def _restart_stale(self, lanes: List[Lane], now: float) -> None:
+        """Void reservations made at a much slower pace than the lane's rate now. The next slot is
+        still one (new) interval after the lane's latest send (a bucket with no burst to spare
+        refuses a request that follows the one before it sooner), except in a key-wide lane that
+        processes share: that chain restarts for all of them at once, and spacing it from this
+        process's own latest send held the others back (2 x 16 on slow sockets: 1.17x, not 1.02x)."""
         for lane in lanes:
-            if lane.pacer.stale(lane.interval(now)):
-                lane.pacer.restart(now)
+            interval = lane.interval(now)
+            if lane.pacer.stale(interval):
+                shared = lane is self._key and self._shared is not None
+                lane.pacer.restart(now if shared else max(now, lane.last_sent() + interval))
                 lane.epoch += 1
 
     def _look_again(self, lane: Lane) -> float:
@@ -579,7 +584,7 @@ class Throttle:
         to: None for the whole endpoint and key, ``"model:<id>"`` for one model, ``"free"`` for the
         ``:free`` family's quota. ``shed``: a 503 or 529 (load shed by the model's provider): a signal
         with no wait of its own for the scope (the wait is its request's floor: a sick model refusing
-        half its requests would keep a gate shut), when it names none (a 529) or one within
+        half its requests would keep a gate shut), when it names none or one within
         ``max_gate_seconds``; a longer one is an outage, which holds only the request told of it (it
         is heard as an answer)."""
         if shed and wait is not None and wait > self._max_gate:

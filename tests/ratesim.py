@@ -398,8 +398,8 @@ def simulate(server: Server, n: int = 300, workers: int = 32, *, plain: bool = F
     """Run ``n`` prompts (model ``models[i % len(models)]``) through ``workers`` virtual threads.
 
     The library's client: ``acquire``, send, wait the answer's latency, report it; after a
-    refusal (a 429, a 529, a 503 naming a wait: reported to the throttle, and not counted against
-    ``max_attempts``, only against the 900 s budget), wait the named wait (a floor for that
+    refusal (a 429, a 529, a 503 naming a wait: not counted against ``max_attempts``, only against
+    the 900 s budget; reported to the throttle, as a 503 with no wait is too), wait the named wait (a floor for that
     request) or else an exponential back-off (0.2 * 2**(k-1), jitter 50%), then try again.
     ``plain=True``: the usual hand-written loop instead (no throttle, tenacity's
     ``wait_exponential_jitter(initial=0.1, max=5)``, waits named by the server ignored, every
@@ -527,14 +527,14 @@ class _Client:
                 self.finished[key] = vt.now
                 self.last = max(self.last, vt.now)
                 return
-            refusal = answer.status in (429, 529) or (answer.status == 503 and answer.wait is not None)
+            signal = answer.status in (429, 503, 529)  # a 503 with no wait is a signal too, but an attempt
             if answer.status != 200:
                 counts["refusals"] += 1
-            if refusal and throttle is not None and ticket is not None:
+            if signal and throttle is not None and ticket is not None:
                 shed = answer.status != 429  # a 503 or 529: the model's provider shed it (as the pipeline says)
                 throttle.on_rate_limited(ticket, answer.wait, scopes[0] if shed else answer.scope, shed=shed)
             elif throttle is not None and ticket is not None:
-                throttle.on_answer(ticket)  # a 503 with no wait: an answer
+                throttle.on_answer(ticket)
             wait = answer.wait if answer.wait is not None and not self.plain else self.backoff(attempt)
             if wait > self.max_wait:
                 counts["failures"] += 1  # the retry policy gives up on waits this long

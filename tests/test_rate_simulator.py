@@ -384,3 +384,38 @@ def test_a_sick_model_whose_answers_alternate_with_503s_is_not_held_by_their_wai
     run = simulate(Sick(), n=160, workers=32)
     assert run.failures == 0 and len(run.finished_at) == 160
     assert run.makespan < 60.0
+
+
+def test_a_pace_that_rises_keeps_its_spacing_from_the_latest_send() -> None:
+    """A token bucket with no burst to spare (burst 1) refuses any request that follows the one
+    before it by less than one token's interval. When the pace rises, the reservations made at the
+    old pace are voided; the next slot must still lie one new interval after the latest send, not
+    at once (which drew a refusal at almost every rise: the median of these 16 runs was 1.75x the
+    ideal before, 1.48x with the spacing kept; burst 1 is still the bucket this controller serves worst)."""
+    ratios = []
+    for style in ("exact", "whole", "none", "http-date-up"):
+        for rate in (8.0, 15.0, 34.0, 55.0):
+            server = TokenBucket(rate, 1, style)
+            run = simulate(server, n=150, workers=32)
+            assert run.failures == 0
+            ratios.append(run.ratio)
+    ratios.sort()
+    assert ratios[len(ratios) // 2] < 1.55, ratios
+
+
+def test_a_rate_limit_is_kept_beside_a_concurrency_cap() -> None:
+    """Two limits at once: a token bucket and an in-flight cap. Once the cap is found, the
+    bucket's 429s must still pace requests; when the cap replaced the rate, each opening of a
+    short gate let the whole line go at once and most of it was refused (321-337% of the prompts
+    refused in two of these runs; 9-15% with the rate kept)."""
+    from limiters import Both
+
+    shares = []
+    for style in ("exact", "ms", "whole"):
+        for rate, cap in ((30.0, 6), (50.0, 12), (15.0, 6), (25.0, 4)):
+            both = Both(TokenBucket(rate, 10, style), Concurrency(cap))
+            both.latency = both.first.latency = both.second.latency = 0.1
+            run = simulate(both, n=150, workers=32)
+            assert run.failures == 0 and run.ratio < 1.2
+            shares.append(run.share_429)
+    assert max(shares) < 0.3, shares

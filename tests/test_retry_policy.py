@@ -120,12 +120,27 @@ def test_total_budget_is_respected(fake: FakeOpenRouter, key: str) -> None:
 
 
 def test_attempts_and_waits_are_recorded(fake: FakeOpenRouter, key: str) -> None:
-    fake.script(Reply(500), Reply(503), Reply())
+    fake.script(Reply(500), Reply(502), Reply())
     policy = RetryPolicy(backoff_base=0.05, backoff_max=0.05, jitter=0)
     with OpenRouterBackend(base_url=fake.base_url, api_key=key, retry_policy=policy) as b:
         r = b.execute("x")
     assert r.success and r.attempts == 3
     assert r.retry_wait_seconds == pytest.approx(0.1, abs=0.02)
+
+
+def test_a_503_naming_no_wait_is_an_attempt_and_a_signal_for_its_model(fake: FakeOpenRouter, key: str) -> None:
+    """A 503 without ``Retry-After`` may be lasting (no provider meets the routing requirements), so
+    it counts as an attempt; it is also a load shed by the model's provider, so it slows that
+    model's scope, and not the key's."""
+    fake.script(Reply(503), Reply())
+    policy = RetryPolicy(backoff_base=0.05, backoff_max=0.05, jitter=0)
+    with OpenRouterBackend(base_url=fake.base_url, api_key=key, retry_policy=policy, share_throttle=False) as b:
+        r = b.execute("x")
+        scopes = {s.scope: s for s in b.throttle.status().scopes}
+    assert r.success and r.attempts == 2
+    model = next(name for name in scopes if name.startswith("model:"))
+    assert scopes[model].rate_limited_count == 1 and scopes["key"].rate_limited_count == 0
+    assert 0.05 <= r.retry_wait_seconds < 1.5
 
 
 def test_exhausted_retries_return_the_last_failure(fake: FakeOpenRouter, key: str) -> None:

@@ -359,7 +359,7 @@ def test_sigint_returns_quickly_with_checkpoint_intact(tmp_path: Path) -> None:
 
 
 def test_progress_counts_sheets_waiting_to_retry(fake: FakeOpenRouter, key: str) -> None:
-    fake.script(Reply(503))  # the first request fails; its sheet waits 0.3 s before its retry
+    fake.script(Reply(500))  # the first request fails (no refusal: nothing is paced); it waits 0.3 s to retry
     infos: list[ProgressInfo] = []
     policy = RetryPolicy(backoff_base=0.3, backoff_max=0.3, jitter=0)
     with OpenRouterBackend(base_url=fake.base_url, api_key=key, retry_policy=policy) as b:

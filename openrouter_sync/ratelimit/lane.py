@@ -203,12 +203,16 @@ class Lane:
     # ----- what it says now -----
     def current_rate(self, now: float) -> Optional[float]:
         """The adaptive rate now (growth applied), or None when nothing is paced. Under a
-        concurrency cap: None (an answer frees a slot), or on a path that delays answers
-        (``slow_path``) ``MARGIN`` below the cap per answer time."""
+        concurrency cap as well (two limits at once: a rate and a cap), and then on a path that
+        delays answers (``slow_path``) never above ``MARGIN`` below the cap per answer time."""
+        rate = self._grown_rate(now)
         cap = self.current_cap(now)
-        if cap is not None:
-            latency = self.typical_latency()
-            return cap / latency * MARGIN if latency > 0.0 and self.slow_path() else None
+        latency = self.typical_latency()
+        if cap is not None and latency > 0.0 and self.slow_path():
+            return min(rate or UNLIMITED, cap / latency * MARGIN)
+        return rate
+
+    def _grown_rate(self, now: float) -> Optional[float]:
         rate = self.rate
         if rate is None:
             return None
@@ -340,6 +344,10 @@ class Lane:
             return now + again
         rounds, index = divmod(ahead, len(pending))
         return max(pending[-1 - index] + latency * (1 + rounds), now + again)
+
+    def last_sent(self) -> float:
+        """When this lane's latest request went (-inf: none kept)."""
+        return self._records[-1][0] if self._records else _NEVER
 
     def sent(self, sent_at: float, seq: Optional[int] = None) -> None:
         """A request went; ``seq``: its number among the sends of every process sharing this lane."""
