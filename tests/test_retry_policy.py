@@ -170,12 +170,12 @@ def test_a_server_that_refuses_forever_ends_each_call_in_max_elapsed_seconds(
     until ``max_elapsed_seconds``; a 503's (a load shed) slows the model's pace instead, and once the
     next paced send lies beyond the time left the call ends with the server's answer."""
     fake.script(*[Reply(status, {"Retry-After": "0.02"}) for _ in range(2000)])
-    policy = RetryPolicy(max_attempts=3, max_elapsed_seconds=0.6)
+    policy = RetryPolicy(max_attempts=3, max_elapsed_seconds=1.0)
     with OpenRouterBackend(base_url=fake.base_url, api_key=key, retry_policy=policy, share_throttle=False) as b:
         start = time.monotonic()
         r = b.execute("x")
-    assert r.error_type == error_type and r.attempts > (3 if status == 429 else 1)
-    assert time.monotonic() - start < 1.5
+    assert r.error_type == error_type and r.attempts > (3 if status == 429 else 1), r.attempts
+    assert time.monotonic() - start < 2.5  # the budget, and a loaded machine's slack
 
 
 def test_without_max_elapsed_seconds_refusals_count_as_attempts(fake: FakeOpenRouter, key: str) -> None:
