@@ -7,6 +7,7 @@ says: what a client that knew the limiter exactly would achieve.
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from collections import deque
@@ -150,8 +151,31 @@ FAMILIES = ("bucket", "window", "sliding", "inflight", "shedding", "cost", "chan
 
 
 def ideal(server: Server, n: int, workers: int) -> float:
-    """The oracle's makespan, and never less than ``n`` prompts take on ``workers`` workers."""
+    """The oracle's makespan, and never less than ``n`` prompts take on ``workers`` workers. A fixed
+    window's oracle assumes its first (partial) window takes its whole quota at once, which
+    ``workers`` may not send before the window ends: that one is the greedy client with ``workers``."""
+    if isinstance(server, FixedWindow):
+        return _window_greedy(server, n, workers)
     return max(server.ideal(n), math.ceil(n / workers) * server.latency)
+
+
+def _window_greedy(server: FixedWindow, n: int, workers: int) -> float:
+    """When the last of ``n`` answers is in for a client whose ``workers`` each send the moment they
+    are free and the window has room (the exact limiter known)."""
+    free = [0.0] * workers  # seconds after the start at which each worker is free
+    counts: dict[int, int] = {}
+    end = 0.0
+    for _ in range(n):
+        while True:
+            t = heapq.heappop(free)
+            index = math.floor((server.start + t - server.origin) / server.window + 1e-9)
+            if counts.get(index, 0) < server.limit:
+                break
+            heapq.heappush(free, server.origin + (index + 1) * server.window - server.start)
+        counts[index] = counts.get(index, 0) + 1
+        heapq.heappush(free, t + server.latency)
+        end = max(end, t + server.latency)
+    return end + server.delay
 
 
 def draw(rng: random.Random, n: int, family: Optional[str] = None) -> Tuple[str, Server]:
