@@ -592,6 +592,19 @@ class CheckpointIndex:
         number = self._settings_of[entry]
         return bool(self._flags[entry] & _SUCCESS), (self._settings[number] if number >= 0 else None)
 
+    def other_settings_before(self, key: str, settings: Optional[Settings]) -> bool:
+        """Whether an earlier successful record of ``key`` (not known to be invalid) names other
+        settings than ``settings``, from the index: if the latest proves invalid, that one counts."""
+        entry = self._latest.get(key, -1)
+        entry = self._prev[entry] if entry >= 0 else -1
+        while entry >= 0:
+            number = self._settings_of[entry]
+            if self._flags[entry] & _SUCCESS and not self._flags[entry] & _INVALID \
+                    and (self._settings[number] if number >= 0 else None) != settings:
+                return True
+            entry = self._prev[entry]
+        return False
+
     def index_of(self, key: str) -> Optional[int]:
         """The input index the latest record of ``key`` names (None: none)."""
         entry = self._latest.get(key, -1)
@@ -903,10 +916,13 @@ class Checkpoint:
     def mismatch(self, key: str, settings: Optional[Settings]) -> Optional[str]:
         """Why the stored answer for ``key`` cannot be reused (other settings), or None.
 
-        Decided from the index when its latest record is a failure or matches ``settings``; the
-        record is parsed (to be sure it is valid) only when it names other settings."""
+        Decided from the index when its latest record is a failure, or matches ``settings`` with no
+        earlier success made with other settings; else the latest valid record is parsed (a latest
+        one that matches but whose answer is torn leaves the earlier one to decide)."""
         head = self.index.head(key)
-        if head is None or not head[0] or (settings is not None and head[1] == settings):
+        if head is None or not head[0]:
+            return None
+        if settings is not None and head[1] == settings and not self.index.other_settings_before(key, settings):
             return None
         record = self.index.record(key)
         if record is None or not record.result.success or (settings is not None and record.settings == settings):

@@ -152,3 +152,29 @@ def test_the_index_costs_well_under_200_bytes_a_record(tmp_path: Path, offline_b
     assert len(index) == n and index.record("s123") is not None
     print(f"{(after - before) / n:.0f} bytes a record")
     assert (after - before) / n < 200, (after - before) / n
+
+
+def test_a_torn_answer_made_with_these_settings_leaves_the_earlier_one_to_decide(tmp_path: Path,
+                                                                                  offline_backend: Any) -> None:
+    """The latest record has this run's settings and a valid head, but its answer is bad (skipped); the
+    record before it was made with other settings. That one is the latest valid record, so
+    ``on_mismatch="refuse"`` refuses (it used to redo the sheet)."""
+    from openrouter_sync import CheckpointMismatch
+
+    path = tmp_path / "c.jsonl"
+    sheet = Sheet("q0", id="a")
+    _write(path, offline_backend, [Sheet("q0", id="a", overrides={"temperature": 0.1})], "other")
+    _write(path, offline_backend, [sheet], "this")
+    lines = path.read_text().splitlines()
+    bad = json.loads(lines[1])
+    bad["result"]["duration_seconds"] = "slow"  # the head (id, settings, success, cost) still valid
+    path.write_text("\n".join([lines[0], json.dumps(bad)]) + "\n")
+    with pytest.raises(CheckpointMismatch, match="temperature"):
+        run_sheets(offline_backend, [sheet], checkpoint=path, on_mismatch="refuse")
+    with pytest.raises(CheckpointMismatch, match="temperature"):
+        list(iter_sheets(offline_backend, [sheet], checkpoint=path, on_mismatch="refuse"))
+    checkpoint = Checkpoint(path)
+    try:
+        assert checkpoint.mismatch("a", settings_for(offline_backend, sheet, endpoint_of(offline_backend)))
+    finally:
+        checkpoint.close()
