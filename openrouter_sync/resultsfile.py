@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
 from ._log import logger
+from .attachments import MARKER, folder_for
 from .checkpoint import CheckpointError, CheckpointIndex, Record, _Lock
 
 PathLike = Union[str, Path]
+_USED = re.compile(rb'"' + re.escape(MARKER.encode()) + rb'": ?"([0-9a-f]{64})"')
+_NAME = re.compile(r"[0-9a-f]{64}")
 
 __all__ = ["CompactReport", "compact", "latest_records"]
 
@@ -25,17 +29,20 @@ __all__ = ["CompactReport", "compact", "latest_records"]
 @dataclass
 class CompactReport:
     """What ``compact`` did: records kept and dropped (superseded, or lines that were no valid
-    record), and the file's size before and after, in bytes."""
+    record), the file's size before and after, in bytes, and the attachments removed (stored for
+    dropped records only)."""
 
     path: Path
     kept: int
     dropped: int
     bytes_before: int
     bytes_after: int
+    attachments_removed: int = 0
 
     def __str__(self) -> str:
+        removed = f"; {self.attachments_removed} unused attachment(s) removed" if self.attachments_removed else ""
         return (f"{self.path}: kept {self.kept} record(s), dropped {self.dropped} (superseded or invalid); "
-                f"{self.bytes_before} -> {self.bytes_after} bytes")
+                f"{self.bytes_before} -> {self.bytes_after} bytes{removed}")
 
 
 def compact(path: PathLike, *, fsync: bool = True) -> CompactReport:
@@ -46,7 +53,9 @@ def compact(path: PathLike, *, fsync: bool = True) -> CompactReport:
     written next to the old one and renamed over it (``os.replace``) after an ``fsync``, so a
     crash leaves the old file or the new one, never a mix; its mode is the old file's. The
     checkpoint lock is taken first: ``CheckpointLocked`` while a run holds it. Memory: the index
-    (see ``CheckpointIndex``) and one record at a time. ``<file>.attachments/`` is left as it is.
+    (see ``CheckpointIndex``), one record at a time and the digests of the attachments the kept
+    records use; the others are then removed from ``<file>.attachments/`` (a folder that is a
+    symbolic link is left alone).
     """
     path = Path(path)
     if not path.is_file():
@@ -62,12 +71,14 @@ def compact(path: PathLike, *, fsync: bool = True) -> CompactReport:
             if entry is not None:
                 keep[entry] = 1
         kept = keep.count(1)
+        used: set[bytes] = set()
         fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".compact", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as out:
                 os.fchmod(out.fileno(), before.st_mode & 0o7777)
                 for entry in (number for number, flag in enumerate(keep) if flag):
                     line = index.entry_bytes(entry)
+                    used.update(_USED.findall(line))
                     out.write(line if line.endswith(b"\n") else line + b"\n")
                 out.flush()
                 if fsync:
@@ -80,12 +91,29 @@ def compact(path: PathLike, *, fsync: bool = True) -> CompactReport:
         if fsync:
             _fsync_folder(path.parent)
         after = path.stat().st_size
+        removed = _remove_unused(folder_for(path), {digest.decode() for digest in used})
     finally:
         index.close()
         lock.release()
-    report = CompactReport(path, kept, index.records - kept + index.skipped, before.st_size, after)
+    report = CompactReport(path, kept, index.records - kept + index.skipped, before.st_size, after, removed)
     logger.info("%s", report)
     return report
+
+
+def _remove_unused(folder: Path, used: set[str]) -> int:
+    """Remove the attachment files in ``folder`` whose digest no record in ``used`` names; how many."""
+    if folder.is_symlink() or not folder.is_dir():
+        return 0
+    removed = 0
+    for part in folder.iterdir():
+        if part.is_symlink() or not part.is_dir():
+            continue
+        for item in part.iterdir():
+            if _NAME.fullmatch(item.name) and item.name not in used and not item.is_symlink():
+                with contextlib.suppress(OSError):
+                    item.unlink()
+                    removed += 1
+    return removed
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -92,3 +92,36 @@ def test_compact_is_refused_while_a_run_holds_the_file(tmp_path: Path, capsys: p
     finally:
         running.close()
     assert compact(path).kept == 0
+
+
+def test_compact_removes_the_attachments_only_dropped_records_used(fake: FakeOpenRouter, key: str,
+                                                                   tmp_path: Path) -> None:
+    import base64
+    import random
+
+    from openrouter_sync.attachments import folder_for
+
+    rng = random.Random(7)
+    old, new, shared = ("data:image/png;base64," + base64.b64encode(rng.randbytes(3000)).decode() for _ in range(3))
+
+    def sheet(image: str) -> Sheet:
+        parts = [{"type": "text", "text": "describe"}, {"type": "image_url", "image_url": {"url": image}},
+                 {"type": "image_url", "image_url": {"url": shared}}]
+        return Sheet(messages=[{"role": "user", "content": parts}], id="a")
+
+    path = tmp_path / "run.jsonl"
+    with OpenRouterBackend(base_url=fake.base_url, api_key=key, retry_policy=RetryPolicy(max_attempts=1)) as b:
+        run_sheets(b, [sheet(old)], checkpoint=path)
+        run_sheets(b, [sheet(new)], checkpoint=path, resume=False)  # the first record is superseded
+        folder = folder_for(path)
+        assert sorted(p.read_text() for p in folder.rglob("*") if p.is_file()) == sorted([old, new, shared])
+        (folder / "notes.txt").write_text("not an attachment")
+        report = compact(path)
+        assert (report.kept, report.dropped, report.attachments_removed) == (1, 1, 1)
+        assert "1 unused attachment(s) removed" in str(report)
+        assert sorted(p.read_text() for p in folder.rglob("*") if p.is_file() and p.parent != folder) \
+            == sorted([new, shared])
+        assert (folder / "notes.txt").exists()
+        fake.reset_counts()
+        (again,) = run_sheets(b, [sheet(new)], checkpoint=path)
+    assert again.from_checkpoint and fake.request_count == 0
