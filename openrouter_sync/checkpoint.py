@@ -290,6 +290,17 @@ def _parse(data: Any) -> Record:
     return Record(key, result, index, label, settings, sheet, data=data)
 
 
+def _readable(path: Path) -> bool:
+    """Whether ``path`` holds records to read: a missing file has none, nor (with a warning) a device
+    or a pipe (/dev/full reads zeros forever)."""
+    if not path.exists():
+        return False
+    if not path.is_file():
+        logger.warning("checkpoint %s is not a regular file; nothing is read from it", path)
+        return False
+    return True
+
+
 def scan_records(path: PathLike) -> Iterator[Record]:
     """Every valid record of a checkpoint, in file order (a superseded one too). A missing file has none.
 
@@ -297,10 +308,7 @@ def scan_records(path: PathLike) -> Iterator[Record]:
     line after a crash, a hand-edited or foreign record); their sheets run again.
     """
     path = Path(path)
-    if not path.exists():
-        return
-    if not path.is_file():  # a device or a pipe (/dev/full reads zeros forever): nothing to resume from
-        logger.warning("checkpoint %s is not a regular file; nothing is read from it", path)
+    if not _readable(path):
         return
     old = bad = 0
     with open(path, encoding="utf-8", errors="replace") as handle:
@@ -533,10 +541,7 @@ class CheckpointIndex:
         path = Path(path)
         file = len(self.paths)
         self.paths.append(path)
-        if not path.exists():
-            return
-        if not path.is_file():  # a device or a pipe (/dev/full reads zeros forever): nothing to resume from
-            logger.warning("checkpoint %s is not a regular file; nothing is read from it", path)
+        if not _readable(path):
             return
         old = bad = 0
         offset = 0
