@@ -11,6 +11,7 @@ to ``<checkpoint>.attachments/<2 hex digits>/<sha256 of the string>``, and the r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -27,6 +28,7 @@ MIN_CHARS = 1024
 MARKER = "$attachment"
 _BASE64 = re.compile(r"[A-Za-z0-9+/_\-\r\n]+=*")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
+_NAMED = re.compile(rb'"' + re.escape(MARKER.encode()) + rb'": ?"([0-9a-f]{64})"')  # a marker in a record's line
 
 
 def is_attachment(text: str) -> bool:
@@ -49,6 +51,28 @@ def _encode(text: str) -> bytes:
 
 def _file(folder: Path, digest: str) -> Path:
     return folder / digest[:2] / digest
+
+
+def digests_in(line: bytes) -> set[str]:
+    """The digests of the attachments a record's line (as written) refers to."""
+    return {digest.decode() for digest in _NAMED.findall(line)}
+
+
+def remove_unused(folder: Path, used: set[str]) -> int:
+    """Remove the attachment files in ``folder`` whose digest is not in ``used``; how many. A folder
+    or file that is a symbolic link, and any file not named as an attachment, is left alone."""
+    if folder.is_symlink() or not folder.is_dir():
+        return 0
+    removed = 0
+    for part in folder.iterdir():
+        if part.is_symlink() or not part.is_dir():
+            continue
+        for item in part.iterdir():
+            if _DIGEST.fullmatch(item.name) and item.name not in used and not item.is_symlink():
+                with contextlib.suppress(OSError):
+                    item.unlink()
+                    removed += 1
+    return removed
 
 
 def _holds(target: Path, digest: str) -> bool:

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
 from ._log import logger
-from .attachments import MARKER, folder_for
+from .attachments import digests_in, folder_for, remove_unused
 from .checkpoint import CheckpointError, CheckpointIndex, Record, _Lock
 
 PathLike = Union[str, Path]
-_USED = re.compile(rb'"' + re.escape(MARKER.encode()) + rb'": ?"([0-9a-f]{64})"')
-_NAME = re.compile(r"[0-9a-f]{64}")
 
 __all__ = ["CompactReport", "compact", "latest_records"]
 
@@ -71,14 +68,14 @@ def compact(path: PathLike, *, fsync: bool = True) -> CompactReport:
             if entry is not None:
                 keep[entry] = 1
         kept = keep.count(1)
-        used: set[bytes] = set()
+        used: set[str] = set()
         fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".compact", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as out:
                 os.fchmod(out.fileno(), before.st_mode & 0o7777)
                 for entry in (number for number, flag in enumerate(keep) if flag):
                     line = index.entry_bytes(entry)
-                    used.update(_USED.findall(line))
+                    used |= digests_in(line)
                     out.write(line if line.endswith(b"\n") else line + b"\n")
                 out.flush()
                 if fsync:
@@ -91,29 +88,13 @@ def compact(path: PathLike, *, fsync: bool = True) -> CompactReport:
         if fsync:
             _fsync_folder(path.parent)
         after = path.stat().st_size
-        removed = _remove_unused(folder_for(path), {digest.decode() for digest in used})
+        removed = remove_unused(folder_for(path), used)
     finally:
         index.close()
         lock.release()
     report = CompactReport(path, kept, index.records - kept + index.skipped, before.st_size, after, removed)
     logger.info("%s", report)
     return report
-
-
-def _remove_unused(folder: Path, used: set[str]) -> int:
-    """Remove the attachment files in ``folder`` whose digest no record in ``used`` names; how many."""
-    if folder.is_symlink() or not folder.is_dir():
-        return 0
-    removed = 0
-    for part in folder.iterdir():
-        if part.is_symlink() or not part.is_dir():
-            continue
-        for item in part.iterdir():
-            if _NAME.fullmatch(item.name) and item.name not in used and not item.is_symlink():
-                with contextlib.suppress(OSError):
-                    item.unlink()
-                    removed += 1
-    return removed
 
 
 def _fsync_folder(folder: Path) -> None:
