@@ -28,7 +28,7 @@ MIN_CHARS = 1024
 MARKER = "$attachment"
 _BASE64 = re.compile(r"[A-Za-z0-9+/_\-\r\n]+=*")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
-_NAMED = re.compile(rb'"' + re.escape(MARKER.encode()) + rb'": ?"([0-9a-f]{64})"')  # a marker in a record's line
+_NAMED = re.compile(rb'"%s": ?"(%s)"' % (re.escape(MARKER.encode()), _DIGEST.pattern.encode()))  # a marker in a line
 
 
 def is_attachment(text: str) -> bool:
