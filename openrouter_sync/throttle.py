@@ -26,7 +26,6 @@ import hashlib
 import math
 import os
 import secrets
-import stat
 import threading
 import time
 import weakref
@@ -35,9 +34,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from ._log import logger
 from .ratelimit.lane import Lane, finite_positive
-from .ratelimit.shared import TIMES, SharedState, State, StateStore
+from .ratelimit.shared import SHARED_STATE_ENV, State, StateStore, sanitize, store_from_env
 
 __all__ = ["KEY_SCOPE", "KeyThrottles", "ScopeStatus", "Throttle", "ThrottleStatus", "Ticket"]
 
@@ -48,9 +46,6 @@ KEY_SCOPE = "key"
 _NEVER = float("-inf")
 _RING = 16  # the latest key-wide 429s of all processes kept in the shared state
 REFINE_LOOK = 0.01  # seconds between looks at a send slot while a first guess waits to be raised
-#: A directory, or a Redis URL, where every endpoint's key-wide state is shared between processes
-#: (see :meth:`Throttle.for_endpoint`); unset or ``off``: not shared.
-SHARED_STATE_ENV = "OPENROUTER_SYNC_SHARED_STATE"
 
 
 @dataclass(frozen=True)
@@ -183,7 +178,7 @@ class Throttle:
             if throttle is None:
                 name = hashlib.sha256(f"{url}\n{digest}".encode()).hexdigest()[:32]
                 throttle = cls()
-                throttle._shared = _default_store(os.environ.get(SHARED_STATE_ENV, "").strip(), name)
+                throttle._shared = store_from_env(os.environ.get(SHARED_STATE_ENV, "").strip(), name)
                 if throttle._shared is not None:
                     weakref.finalize(throttle, throttle._shared.close)
                 cls._registry[key] = throttle
@@ -629,7 +624,7 @@ class Throttle:
         hold requests without bound."""
         now = self._clock()
         try:
-            _sanitize(state, now, self._max_gate)
+            sanitize(state, now, self._max_gate)
             self._take_over(state, now)
         except (TypeError, ValueError, OverflowError, AttributeError, IndexError):
             state.clear()  # not a state this library wrote: start afresh
@@ -817,59 +812,6 @@ class Throttle:
                 self._share_gate(state, now)
 
 
-def _default_store(where: str, name: str) -> Optional[StateStore]:
-    """The store ``$OPENROUTER_SYNC_SHARED_STATE`` names for ``name`` (see ``Throttle.for_endpoint``)."""
-    from .ratelimit.redis_state import open_shared_state
-
-    if not where or where.lower() == "off":
-        return None
-    if "://" in where:  # Redis, or refused (another scheme never becomes a file name)
-        try:
-            return open_shared_state(where, name)
-        except (ImportError, ValueError) as exc:  # no redis package, or a bad URL: calls never raise
-            logger.warning("%s: %s; state is not shared", SHARED_STATE_ENV, exc)
-            return None
-    directory = os.path.expanduser(where)
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        info = os.lstat(directory)
-    except OSError as exc:
-        logger.warning("%s: %s cannot be used (%s); state is not shared", SHARED_STATE_ENV, where, exc)
-        return None
-    mine = not hasattr(os, "getuid") or info.st_uid == os.getuid()
-    if not stat.S_ISDIR(info.st_mode) or not mine or info.st_mode & 0o022 or not _safe_ancestors(directory):
-        logger.warning("%s: %s is not a directory of this user's alone; state is not shared", SHARED_STATE_ENV, where)
-        return None
-    return SharedState(os.path.join(directory, f"{name}.state"))
-
-
-def _safe_ancestors(directory: str) -> bool:
-    """Whether no other user can swap what lies above ``directory``: every folder on its way from
-    ``/`` is this user's or root's, and writable by no one else unless sticky (as ``/tmp`` is), and
-    every link on the way is this user's or root's."""
-    if not hasattr(os, "getuid"):
-        return True
-    trusted = (0, os.getuid())
-    path = os.path.abspath(directory)
-    seen = 0
-    while True:
-        parent = os.path.dirname(path)
-        if parent == path:
-            return True
-        try:
-            link = os.lstat(parent)
-            if stat.S_ISLNK(link.st_mode):
-                seen += 1
-                if link.st_uid not in trusted or seen > 40:
-                    return False
-            folder = os.stat(parent)
-        except OSError:
-            return False
-        if folder.st_uid not in trusted or (folder.st_mode & 0o022 and not folder.st_mode & stat.S_ISVTX):
-            return False
-        path = os.path.realpath(parent) if stat.S_ISLNK(link.st_mode) else parent
-
-
 class KeyThrottles:
     """Which throttle a backend's calls with a key go through: the backend's own (``own``), or the
     process-wide one for the endpoint and key (:meth:`Throttle.for_endpoint`). A throttle gets the
@@ -899,38 +841,6 @@ class KeyThrottles:
         if not adaptive:
             throttle.adaptive = False
         return throttle
-
-
-_SLOT_HORIZON = 3600.0  # seconds: no chain of send slots legitimately reaches further ahead
-
-
-def _sanitize(state: State, now: float, max_gate: float) -> None:
-    """Drop what no process of this library writes, so a corrupted state cannot stall or break
-    calls: numbers that are not finite or absurdly large, rates that are not positive, times far
-    in the future (a shared gate holds at most ``max_gate`` seconds, as a gate here does; a chain of
-    slots at most an hour), and malformed entries of the 429 ring."""
-    for name, value in list(state.items()):
-        if isinstance(value, float) and not math.isfinite(value):
-            del state[name]  # -inf (never, for a time) reads the same as a missing field
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) > 1e12:
-            del state[name]
-    rate = state.get("rate")
-    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0):
-        del state["rate"]
-    horizon = {"hold": max_gate, "next_slot": _SLOT_HORIZON}
-    for name in TIMES:
-        value = state.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            del state[name]
-        elif value > now + horizon.get(name, max_gate):
-            del state[name]  # a time this far ahead was not written by a clock that agrees with ours
-    ring = state.get("refused")
-    if ring is not None:
-        state["refused"] = [entry for entry in ring if isinstance(entry, list) and len(entry) == 3
-                            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-                                    and abs(x) <= 1e12 for x in entry[:2])] if isinstance(ring, list) else []
 
 
 def _after_fork_in_child() -> None:

@@ -23,6 +23,10 @@ inherited across ``fork`` would share the lock with the parent). A write happens
 and replaces the whole content; a file left half-written by a crash reads as empty state. On a
 filesystem without working locks (``flock`` fails: some NFS or FUSE mounts, or no ``fcntl`` at all)
 the state falls back to this process alone, with one warning.
+
+``store_from_env`` opens the store ``$OPENROUTER_SYNC_SHARED_STATE`` names, after checking that a
+directory is this user's alone; ``sanitize`` drops from a state read back what this library never
+writes, whichever store it came from.
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import os
 import random
+import stat
 import threading
 import time
 from contextlib import contextmanager
@@ -52,6 +58,9 @@ _MAX_BYTES = 4096
 LOCK_WAIT = 1.0  # seconds a caller waits for the lock before going on with this process's own state
 
 
+#: A directory, or a Redis URL, where every endpoint's key-wide state is shared between processes
+#: (see ``Throttle.for_endpoint``); unset or ``off``: not shared.
+SHARED_STATE_ENV = "OPENROUTER_SYNC_SHARED_STATE"
 #: The state's fields that hold a time (``time.monotonic()`` seconds on the machine that reads them).
 TIMES = ("next_slot", "rate_at", "grow_from", "reacted", "hold")
 #: The state's fields that hold a list of entries whose first item is such a time.
@@ -206,3 +215,89 @@ class SharedState:
             state = {}  # written before a reboot (its times mean nothing now), or not ours
         state["base"] = round(base, 3) if "base" not in state else state["base"]
         return state
+
+
+def store_from_env(where: str, name: str) -> Optional[StateStore]:
+    """The store ``$OPENROUTER_SYNC_SHARED_STATE`` (``where``) names for ``name``, or None: not shared
+    (see ``Throttle.for_endpoint``)."""
+    from .redis_state import open_shared_state
+
+    if not where or where.lower() == "off":
+        return None
+    if "://" in where:  # Redis, or refused (another scheme never becomes a file name)
+        try:
+            return open_shared_state(where, name)
+        except (ImportError, ValueError) as exc:  # no redis package, or a bad URL: calls never raise
+            logger.warning("%s: %s; state is not shared", SHARED_STATE_ENV, exc)
+            return None
+    directory = os.path.expanduser(where)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        info = os.lstat(directory)
+    except OSError as exc:
+        logger.warning("%s: %s cannot be used (%s); state is not shared", SHARED_STATE_ENV, where, exc)
+        return None
+    mine = not hasattr(os, "getuid") or info.st_uid == os.getuid()
+    if not stat.S_ISDIR(info.st_mode) or not mine or info.st_mode & 0o022 or not safe_ancestors(directory):
+        logger.warning("%s: %s is not a directory of this user's alone; state is not shared", SHARED_STATE_ENV, where)
+        return None
+    return SharedState(os.path.join(directory, f"{name}.state"))
+
+
+def safe_ancestors(directory: str) -> bool:
+    """Whether no other user can swap what lies above ``directory``: every folder on its way from
+    ``/`` is this user's or root's, and writable by no one else unless sticky (as ``/tmp`` is), and
+    every link on the way is this user's or root's."""
+    if not hasattr(os, "getuid"):
+        return True
+    trusted = (0, os.getuid())
+    path = os.path.abspath(directory)
+    seen = 0
+    while True:
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        try:
+            link = os.lstat(parent)
+            if stat.S_ISLNK(link.st_mode):
+                seen += 1
+                if link.st_uid not in trusted or seen > 40:
+                    return False
+            folder = os.stat(parent)
+        except OSError:
+            return False
+        if folder.st_uid not in trusted or (folder.st_mode & 0o022 and not folder.st_mode & stat.S_ISVTX):
+            return False
+        path = os.path.realpath(parent) if stat.S_ISLNK(link.st_mode) else parent
+
+
+_SLOT_HORIZON = 3600.0  # seconds: no chain of send slots legitimately reaches further ahead
+
+
+def sanitize(state: State, now: float, max_gate: float) -> None:
+    """Drop what no process of this library writes, so a corrupted state cannot stall or break
+    calls: numbers that are not finite or absurdly large, rates that are not positive, times far
+    in the future (a shared gate holds at most ``max_gate`` seconds, as a gate here does; a chain of
+    slots at most an hour), and malformed entries of the 429 ring."""
+    for name, value in list(state.items()):
+        if isinstance(value, float) and not math.isfinite(value):
+            del state[name]  # -inf (never, for a time) reads the same as a missing field
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) > 1e12:
+            del state[name]
+    rate = state.get("rate")
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0):
+        del state["rate"]
+    horizon = {"hold": max_gate, "next_slot": _SLOT_HORIZON}
+    for name in TIMES:
+        value = state.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            del state[name]
+        elif value > now + horizon.get(name, max_gate):
+            del state[name]  # a time this far ahead was not written by a clock that agrees with ours
+    ring = state.get("refused")
+    if ring is not None:
+        state["refused"] = [entry for entry in ring if isinstance(entry, list) and len(entry) == 3
+                            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                                    and abs(x) <= 1e12 for x in entry[:2])] if isinstance(ring, list) else []
