@@ -238,13 +238,13 @@ def store_from_env(where: str, name: str) -> Optional[StateStore]:
         logger.warning("%s: %s cannot be used (%s); state is not shared", SHARED_STATE_ENV, where, exc)
         return None
     mine = not hasattr(os, "getuid") or info.st_uid == os.getuid()
-    if not stat.S_ISDIR(info.st_mode) or not mine or info.st_mode & 0o022 or not safe_ancestors(directory):
+    if not stat.S_ISDIR(info.st_mode) or not mine or info.st_mode & 0o022 or not _safe_ancestors(directory):
         logger.warning("%s: %s is not a directory of this user's alone; state is not shared", SHARED_STATE_ENV, where)
         return None
     return SharedState(os.path.join(directory, f"{name}.state"))
 
 
-def safe_ancestors(directory: str) -> bool:
+def _safe_ancestors(directory: str) -> bool:
     """Whether no other user can swap what lies above ``directory``: every folder on its way from
     ``/`` is this user's or root's, and writable by no one else unless sticky (as ``/tmp`` is), and
     every link on the way is this user's or root's."""
