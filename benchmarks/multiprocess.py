@@ -21,10 +21,10 @@
 ``throttle=Throttle.shared(path)`` (one fresh state file per run, shared by its processes).
 ``--shared-state off`` sets ``$OPENROUTER_SYNC_SHARED_STATE=off`` (each process on its own); without
 the flag, the processes run with the default (a fresh runtime directory per run, see
-``Throttle.for_endpoint``). ``--shared-state redis`` shares through Redis instead (``RedisState``, the ``openrouter-sync[redis]``
-extra): a ``redis-server`` started for the benchmark on a free port of 127.0.0.1, one fresh key
-per run; ``--shared-state redis://host:port/db`` uses that server. ``shared`` then compares
-with and without the Redis state.
+``Throttle.for_endpoint``). ``--shared-state redis`` shares through Redis instead (``RedisState``,
+the ``openrouter-sync[redis]`` extra): a ``redis-server`` started for the benchmark on a free port
+of 127.0.0.1, one fresh key per run; ``--shared-state redis://host:port/db`` uses that server.
+``shared`` then compares with and without the Redis state.
 """
 
 from __future__ import annotations
