@@ -92,7 +92,9 @@ def ours(base_url: str, prompts: list[str], workers: int, start_at: Optional[flo
     from openrouter_sync import OpenRouterBackend, run_sheets
 
     extra: dict[str, Any] = {}
-    if shared_state:
+    if shared_state == "off":
+        os.environ[SHARED_STATE_ENV] = "off"
+    elif shared_state:
         throttle = find_throttle()
         if callable(getattr(throttle, "shared", None)):
             extra["throttle"] = throttle.shared(shared_state)

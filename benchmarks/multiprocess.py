@@ -19,10 +19,12 @@
 
 ``--shared-state`` builds every openrouter-sync backend of ``scale`` and ``kill`` with
 ``throttle=Throttle.shared(path)`` (one fresh state file per run, shared by its processes).
-``--shared-state redis`` shares through Redis instead (``RedisState``, the ``openrouter-sync[redis]``
-extra): a ``redis-server`` started for the benchmark on a free port of 127.0.0.1, one fresh key
-per run; ``--shared-state redis://host:port/db`` uses that server. ``shared`` then compares
-with and without the Redis state.
+``--shared-state off`` sets ``$OPENROUTER_SYNC_SHARED_STATE=off`` (each process on its own); without
+the flag, the processes run with the default (a fresh runtime directory per run, see
+``Throttle.for_endpoint``). ``--shared-state redis`` shares through Redis instead (``RedisState``,
+the ``openrouter-sync[redis]`` extra): a ``redis-server`` started for the benchmark on a free port
+of 127.0.0.1, one fresh key per run; ``--shared-state redis://host:port/db`` uses that server.
+``shared`` then compares with and without the Redis state.
 """
 
 from __future__ import annotations
@@ -99,17 +101,22 @@ class RedisServer:
 
 
 class StateBackend:
-    """Where the shared state of one run lives: a fresh file (``redis_url`` None) or a fresh key in Redis."""
+    """Where the shared state of one run lives: a fresh file (``redis_url`` None) or a fresh key in
+    Redis; ``off``: nowhere (``$OPENROUTER_SYNC_SHARED_STATE=off``, each process on its own)."""
 
     def __init__(self, redis_url: Optional[str] = None) -> None:
         self.redis_url = redis_url
 
     @property
     def label(self) -> str:
+        if self.redis_url == "off":
+            return "not shared"
         return "shared state" if self.redis_url is None else "shared state in Redis"
 
     def fresh(self) -> tuple[str, Optional[str]]:
         """A new state's ``Throttle.shared`` argument, and a directory to remove after the run (or None)."""
+        if self.redis_url == "off":
+            return "off", None
         if self.redis_url is not None:
             return f"{self.redis_url.split('#', 1)[0]}#bench-{uuid.uuid4().hex[:12]}", None
         folder = tempfile.mkdtemp(prefix="bench-shared-")
@@ -122,6 +129,9 @@ def run_group(kind: str, spec: ServerSpec, processes: int, n: int, pythonpath: O
     """``processes`` client processes of ``kind`` against one fresh server, started together.
     With ``kill_after``, the last process is SIGKILLed that many seconds after the start."""
     where, state_dir = shared_state.fresh() if shared_state is not None and kind == "ours" else (None, None)
+    if where is None:  # the default: a fresh runtime directory per run, where the processes find each other
+        state_dir = tempfile.mkdtemp(prefix="bench-runtime-")
+        os.environ["XDG_RUNTIME_DIR"] = state_dir
     with ServerProcess(spec) as server:
         start_at = time.time() + 1.0 + 0.5 * processes  # time for every process to import and set up
         clients = [Client(kind, server.base_url, f"{kind}{i}-{uuid.uuid4().hex[:8]}", n, workers, start_at,
@@ -265,7 +275,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--shared-state", nargs="?", const="file", default=None, metavar="file|redis|URL",
                         help="scale and kill: build openrouter-sync backends with throttle=Throttle.shared(path) "
                              "(a fresh state file); 'redis': a fresh key in a redis-server started for the run; "
-                             "a redis:// URL: a fresh key on that server. Also the backend of the shared scenario")
+                             "a redis:// URL: a fresh key on that server; 'off': nothing shared (without the "
+                             "flag: the default, a fresh runtime directory per run). Also the backend of the "
+                             "shared scenario")
     parser.add_argument("--pythonpath", help="measure the openrouter_sync package found in this directory")
     args = parser.parse_args(argv)
     scenarios = args.scenarios.split(",")
@@ -275,11 +287,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.shared_state and not shared_state_supported(args.pythonpath):
         parser.error("--shared-state: this version of the library has no Throttle.shared")
     choice = args.shared_state
-    if choice not in (None, "file", "redis") and not choice.startswith(REDIS_SCHEMES):
-        parser.error("--shared-state takes file, redis or a redis://, rediss:// or unix:// URL")
+    if choice not in (None, "file", "redis", "off") and not choice.startswith(REDIS_SCHEMES):
+        parser.error("--shared-state takes file, redis, off or a redis://, rediss:// or unix:// URL")
     redis_server: Optional[RedisServer] = None
     backend = StateBackend()
-    if choice is not None and choice != "file":
+    if choice == "off":
+        backend = StateBackend("off")
+    elif choice is not None and choice != "file":
         if not redis_supported(args.pythonpath):
             parser.error("--shared-state redis: this version of the library (or its environment) has no Redis "
                          "backend (pip install 'openrouter-sync[redis]')")

@@ -6,8 +6,8 @@ and one picture (matplotlib, the ``bench`` extra) between its markers in BENCHMA
 - ``matrix``: rate control against independent servers, one row per server model
   (``benchmarks.ratelimit_matrix``): openrouter-sync and the plain requests + tenacity loop;
 - ``processes``: several processes started together against one limit
-  (``benchmarks.multiprocess``): openrouter-sync with independent throttles, with a shared state
-  file, and the plain loop;
+  (``benchmarks.multiprocess``): openrouter-sync by default, with independent throttles, with a
+  shared state file, and the plain loop;
 - ``overhead``: per-call CPU, answer time and import time (``benchmarks.overhead``):
   openrouter-sync, ``requests`` and the openai SDK (raw ``http.client`` as the floor);
 - ``batches``: a fault soak and a latency-bound batch on the fake server (``benchmarks.scenarios``)
@@ -135,7 +135,7 @@ def matrix(quick: bool) -> Family:
 # ----- many processes -----
 
 def processes(quick: bool) -> Family:
-    """2 and 4 processes x 16 workers against one bucket and one window, three ways."""
+    """2 and 4 processes x 16 workers against one bucket and one window, four ways."""
     from . import multiprocess as mp
 
     n = 40 if quick else 150
@@ -143,7 +143,8 @@ def processes(quick: bool) -> Family:
     models = mp.server_models(n)
     if quick:
         models = {"bucket": models["bucket"]}
-    ways = [("openrouter-sync (a throttle per process)", "ours", None),
+    ways = [("openrouter-sync (default)", "ours", None),
+            ("openrouter-sync (`off`: a throttle per process)", "ours", mp.StateBackend("off")),
             ("openrouter-sync (shared state file)", "ours", mp.StateBackend()),
             ("requests + tenacity loop", "plain", None)]
     lines: list[list[Any]] = []

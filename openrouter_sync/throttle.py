@@ -17,7 +17,9 @@ than ``max_gate_seconds``: the request that was told to wait longer handles that
 The key-wide lane's send slots and measured rate may be shared with other processes
 (:meth:`Throttle.shared`, ``$OPENROUTER_SYNC_SHARED_STATE``): through a locked file on one machine
 (:mod:`openrouter_sync.ratelimit.shared`), or through Redis across machines
-(:mod:`openrouter_sync.ratelimit.redis_state`, the optional ``openrouter-sync[redis]``).
+(:mod:`openrouter_sync.ratelimit.redis_state`, the optional ``openrouter-sync[redis]``). By default,
+the processes of one user on one machine share it through a file in a runtime directory, from
+the moment a second process on the same key is rate-limited (see :meth:`Throttle.for_endpoint`).
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from ._log import logger
 from .ratelimit.lane import Lane, finite_positive
-from .ratelimit.shared import SHARED_STATE_ENV, State, StateStore, sanitize, store_from_env
+from .ratelimit.shared import SHARED_STATE_ENV, State, StateStore, default_store, sanitize, store_from_env
 
 __all__ = ["KEY_SCOPE", "KeyThrottles", "ScopeStatus", "Throttle", "ThrottleStatus", "Ticket"]
 
@@ -45,6 +48,8 @@ Sleep = Callable[[float], None]
 KEY_SCOPE = "key"
 _NEVER = float("-inf")
 _RING = 16  # the latest key-wide 429s of all processes kept in the shared state
+STANDBY_LOOK = 0.05  # seconds between looks at the default state file: a peer's 429 is heard within an answer time
+_PEERS = 16  # processes kept in the default state file's list of those rate-limited lately (it holds 4 KiB)
 REFINE_LOOK = 0.01  # seconds between looks at a send slot while a first guess waits to be raised
 
 
@@ -145,6 +150,10 @@ class Throttle:
         self._key.fixed_interval = 60.0 / rpm if rpm else 0.0
         self._rate_limited = 0
         self._shared: Optional[StateStore] = None
+        # The default store, in standby until another process on this key is rate-limited (``_join_peers``).
+        self._standby: Optional[StateStore] = None
+        self._standby_mtime: Optional[int] = None  # the standby file's mtime as last looked at or written here
+        self._standby_look = _NEVER  # when acquire looks at it next
         self._seen_rate = 0.0  # stamp of the shared rate last taken over or written
         self._slot_gen = 0  # generation of the shared chain of send slots last seen
         self._restarts_seen = self._key.pacer.restarts
@@ -169,7 +178,15 @@ class Throttle:
         refused with a warning, and the state stays in this process.
         A Redis URL (``redis://``, ``rediss://``, ``unix://``; needs ``openrouter-sync[redis]``)
         shares it with processes on other machines too (without the ``redis`` package, or with a
-        malformed URL, a warning is logged and the state is not shared). Unset, or ``off``: not shared."""
+        malformed URL, a warning is logged and the state is not shared). ``off``: not shared.
+
+        Unset (the default): a file of this user's runtime directory (``$XDG_RUNTIME_DIR/openrouter-sync``,
+        else ``openrouter-sync-<uid>`` in the temporary directory) waits in standby. Each key-wide 429
+        is noted there, and every ``STANDBY_LOOK`` seconds a request looks (a ``stat``) whether the file
+        changed. Once another process on this key was rate-limited within ``max_gate_seconds``, the
+        state is shared there as with a directory named, and it stays shared. A process alone on its
+        key never shares, and its calls cost no more. Where that directory cannot be used, nothing is
+        shared, with no warning."""
         url = str(base_url).rstrip("/")
         digest = hashlib.sha256((api_key or "").encode("utf-8")).hexdigest()
         key = (url, digest)
@@ -178,9 +195,14 @@ class Throttle:
             if throttle is None:
                 name = hashlib.sha256(f"{url}\n{digest}".encode()).hexdigest()[:32]
                 throttle = cls()
-                throttle._shared = store_from_env(os.environ.get(SHARED_STATE_ENV, "").strip(), name)
-                if throttle._shared is not None:
-                    weakref.finalize(throttle, throttle._shared.close)
+                where = os.environ.get(SHARED_STATE_ENV, "").strip()
+                if where:
+                    throttle._shared = store_from_env(where, name)
+                else:
+                    throttle._standby = default_store(name)
+                store = throttle._shared or throttle._standby
+                if store is not None:
+                    weakref.finalize(throttle, store.close)
                 cls._registry[key] = throttle
             return throttle
 
@@ -215,7 +237,8 @@ class Throttle:
     @property
     def shared_state(self) -> Optional[str]:
         """Where the state shared with other processes lives (a file, or a Redis URL without its
-        password), or None: not shared, or no longer (the file could not be locked, Redis failed)."""
+        password), or None: not shared (by default, not until another process on this key is
+        rate-limited), or no longer (the file could not be locked, Redis failed)."""
         return None if self._shared is None or not self._shared.usable else self._shared.path
 
     def shared_cost(self) -> Optional[float]:
@@ -383,8 +406,10 @@ class Throttle:
         if self._shared is None:  # the common case, nothing to plan: every lane lets it go now
             with self._lock:
                 now = self._clock()
+                if self._standby is not None and now >= self._standby_look:
+                    self._look_for_peers(now)
                 lanes = [self._key, *(self._lane(name) for name in names)]
-                if all(lane.unhindered(now) for lane in lanes):
+                if self._shared is None and all(lane.unhindered(now) for lane in lanes):
                     return self._send(lanes, [], now, 0.0, names, None)
         places: Dict[Lane, int] = {}  # this request's places in line for a slot under a concurrency cap
         try:
@@ -590,6 +615,8 @@ class Throttle:
             now = self._clock()
             self._rate_limited += 1
             hint = None if shed else finite_positive(wait)  # a shed's wait is its own request's floor, not a gate
+            if target == KEY_SCOPE and self._standby is not None:
+                self._join_peers(now, announce=True)
             before = self._key_snapshot()
             for name in (KEY_SCOPE, *ticket.scopes):
                 if name != target and ticket.sent_at is not None:
@@ -607,6 +634,45 @@ class Throttle:
         return abs(end - round(end)) <= 0.01
 
     # ----- sharing with other processes -----
+    def _look_for_peers(self, now: float) -> None:
+        """In standby: every ``STANDBY_LOOK`` seconds, whether the default state file changed since
+        this process last looked or wrote it (a stat); if so, whether another process announced a
+        key-wide 429 there (``_join_peers``)."""
+        self._standby_look = now + STANDBY_LOOK
+        if self._standby is not None and _mtime(self._standby.path) != self._standby_mtime:
+            self._join_peers(now, announce=False)
+
+    def _join_peers(self, now: float, announce: bool) -> None:
+        """Share the key-wide lane through the default store from now on (as ``Throttle.shared``
+        does) once another process on this key was rate-limited within ``max_gate_seconds``; on a
+        key-wide 429 here (``announce``), say so in the store first. A process alone on its key
+        never shares: its calls keep their cost, and what only one controller alone does (window
+        ends, the end of a batch) stays."""
+        store = self._standby
+        if store is None:
+            return
+        with store.locked() as state:
+            if state is None:
+                self._standby = None  # the file cannot be locked or used: this process keeps its own
+                return
+            me = self._share_id()
+            present = state.get("present")
+            peers = {who: at for who, at in present.items() if isinstance(at, (int, float)) and not isinstance(at, bool)
+                     and now - self._max_gate <= at <= now + self._max_gate} if isinstance(present, dict) else {}
+            if announce:
+                peers[me] = now
+                state["present"] = dict(sorted(peers.items(), key=lambda item: item[1])[-_PEERS:])
+            joined = any(who != me for who in peers)
+        self._standby_mtime = _mtime(store.path)
+        if joined:
+            self._shared, self._standby = store, None
+            self._restarts_seen = self._key.pacer.restarts  # the peers' chain of send slots is taken over
+            # Sends before now carry no number among all processes' sends: no measurement spans them,
+            # and a first guess counts them once for each process rate-limited lately.
+            self._key.barrier = max(self._key.barrier, now)
+            self._key.unnumbered_share = float(len(peers) + (me not in peers))
+            logger.debug("another process on this key is rate-limited: sharing its rate limit state in %s", store.path)
+
     @contextmanager
     def _synced(self) -> Iterator[Optional[State]]:
         """The shared state under its file lock, taken over into the key-wide lane first (None: not shared)."""
@@ -852,3 +918,11 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _mtime(path: str) -> Optional[int]:
+    """A file's modification time in nanoseconds (None: there is none)."""
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None

@@ -21,12 +21,20 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+@pytest.fixture(scope="session")
+def _runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("runtime"))
+
+
 @pytest.fixture(autouse=True)
-def _no_ambient_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never see the developer's real key or proxy settings."""
-    for name in ("OPENROUTER_API_KEY", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
+def _no_ambient_key(monkeypatch: pytest.MonkeyPatch, _runtime_dir: str) -> None:
+    """Tests never see the developer's real key, proxy or shared-state settings; the default shared
+    state lives in a directory of this run (``$XDG_RUNTIME_DIR``), not in the user's own."""
+    for name in ("OPENROUTER_API_KEY", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY",
+                 "OPENROUTER_SYNC_SHARED_STATE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", _runtime_dir)
 
 
 @pytest.fixture

@@ -4,23 +4,104 @@ safely, and the throttles of keys no longer in use are let go."""
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import List
 
 import pytest
 
 from openrouter_sync import OpenRouterBackend
-from openrouter_sync.throttle import SHARED_STATE_ENV, Throttle
+from openrouter_sync import throttle as throttle_module
+from openrouter_sync.throttle import SHARED_STATE_ENV, STANDBY_LOOK, Throttle, Ticket
 
 
 def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def test_by_default_nothing_is_shared(monkeypatch: pytest.MonkeyPatch, key: str) -> None:
-    monkeypatch.delenv(SHARED_STATE_ENV, raising=False)
-    assert Throttle.for_endpoint("http://127.0.0.1:1/api/v1", key).shared_state is None
+def _rate_limited(throttle: Throttle) -> None:
+    throttle.on_rate_limited(Ticket(time.monotonic(), 0.0), None)
+
+
+def test_by_default_a_process_alone_on_its_key_shares_nothing(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, key: str) -> None:
+    """Its 429s are noted in a private file of the runtime directory (no key in it); its calls go
+    on as if nothing were shared."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    throttle = Throttle.for_endpoint("http://127.0.0.1:1/api/v1", key)
+    for _ in range(3):
+        _rate_limited(throttle)
+    assert throttle.shared_state is None
+    folder = tmp_path / "openrouter-sync"
+    files = list(folder.iterdir())
+    assert folder.stat().st_mode & 0o777 == 0o700 and len(files) == 1
+    assert files[0].stat().st_mode & 0o777 == 0o600 and key not in files[0].read_text()
+
+
+def test_by_default_processes_on_one_key_share_once_another_is_rate_limited(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, key: str) -> None:
+    """A second process rate-limited on the same key joins at its own 429; the first joins at its
+    next request after that (it looks at the file every ``STANDBY_LOOK`` seconds)."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    url = "http://127.0.0.1:1/api/v1"
+    throttle = Throttle.for_endpoint(url, key)
+    _rate_limited(throttle)
+    assert throttle.shared_state is None
+    code = ("import sys, time; from openrouter_sync.throttle import Throttle, Ticket; "
+            "t = Throttle.for_endpoint(sys.argv[1], sys.argv[2]); "
+            "t.on_rate_limited(Ticket(time.monotonic(), 0.0), None); print(t.shared_state)")
+    done = subprocess.run([sys.executable, "-c", code, url, key], capture_output=True, text=True, timeout=60)
+    where = done.stdout.strip()
+    assert done.returncode == 0 and Path(where).parent == tmp_path / "openrouter-sync", done.stderr
+    time.sleep(STANDBY_LOOK)
+    throttle.acquire(time.sleep, 5.0)
+    assert throttle.shared_state == where
+
+
+def test_in_standby_the_file_is_looked_at_once_per_look_and_holds_few_processes(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, key: str) -> None:
+    """Without ``STANDBY_LOOK`` every request would cost a stat; without ``_PEERS`` the list of
+    processes would outgrow the 4 KiB file."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    throttle = Throttle.for_endpoint("http://127.0.0.1:4/api/v1", key)
+    looks: List[str] = []
+    real = throttle_module._mtime
+    monkeypatch.setattr(throttle_module, "_mtime", lambda path: looks.append(path) or real(path))
+    started = time.monotonic()
+    for _ in range(2000):
+        throttle.on_answer(throttle.acquire(time.sleep, 5.0))
+    assert len(looks) <= (time.monotonic() - started) / throttle_module.STANDBY_LOOK + 2
+    _rate_limited(throttle)
+    path = tmp_path / "openrouter-sync" / os.listdir(tmp_path / "openrouter-sync")[0]
+    now = time.monotonic()
+    state = json.loads(path.read_text())
+    state["present"] = {f"gone{i}": now - 3600.0 for i in range(5)}  # long ago: no longer peers
+    path.write_text(json.dumps(state))
+    _rate_limited(throttle)
+    assert throttle.shared_state is None
+    state = json.loads(path.read_text())
+    state["present"] = {f"peer{i}": now + i * 1e-3 for i in range(40)}
+    path.write_text(json.dumps(state))
+    _rate_limited(throttle)
+    assert throttle.shared_state == str(path)
+    assert len(json.loads(path.read_text())["present"]) == throttle_module._PEERS
+
+
+def test_a_default_directory_that_is_not_this_users_alone_shares_nothing_quietly(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, key: str, caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "openrouter-sync"
+    folder.mkdir()
+    folder.chmod(0o777)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="openrouter_sync"):
+        throttle = Throttle.for_endpoint("http://127.0.0.1:6/api/v1", key)
+        _rate_limited(throttle)
+    assert throttle.shared_state is None and not list(folder.iterdir()) and not caplog.text
 
 
 def test_a_directory_named_holds_one_private_file_per_endpoint_and_key(

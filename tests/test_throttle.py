@@ -754,14 +754,16 @@ def _child(*args: str, timeout: float = 20.0) -> Dict[str, Any]:
 
 @pytest.mark.subprocess
 def test_processes_share_one_pace(tmp_path: Path) -> None:
-    """Three processes, 10 sends each, 1200/min between them all: every send 50 ms after the last."""
+    """Three processes, 10 sends each, 1200/min between them all: the 30 sends take 29 intervals of
+    50 ms, and no two go together (a process that wakes late from its sleep shortens the next gap,
+    so each gap is checked against less than the interval; processes on their own would send at once)."""
     path = str(tmp_path / "pace.state")
     start_at = time.monotonic() + 1.5  # all three start together (monotonic time is machine-wide)
     with ThreadPoolExecutor(3) as pool:
         results = list(pool.map(lambda _: _child(path, "pace", "1200", str(start_at)), range(3)))
     sent = sorted(t for r in results for t in r["sent"])
     gaps = [b - a for a, b in zip(sent, sent[1:])]
-    assert len(sent) == 30 and min(gaps) >= 0.045, gaps
+    assert len(sent) == 30 and sent[-1] - sent[0] >= 29 * 0.05 * 0.97 and min(gaps) >= 0.02, gaps
     assert all(r["cost"] is not None and r["cost"] < 0.005 for r in results)  # per access to the file
 
 

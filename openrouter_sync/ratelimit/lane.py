@@ -146,6 +146,7 @@ class Lane:
         self.waiting: Dict[int, float] = {}
         self._places = 0
         self.wall_offset = 0.0  # wall-clock time minus this lane's clock, as of the latest 429
+        self.unnumbered_share = 1.0  # all processes' sends per send of this one, for sends made before sharing began
         self.max_gate = math.inf  # the longest a gate may hold the others, as of the latest 429
         self.forget()
 
@@ -413,7 +414,8 @@ class Lane:
 
     def share_scale(self, start: float, end: float) -> float:
         """All processes' sends per send of this one in ``[start, end]`` (1 when not shared): what
-        this process measured is its share of what the server took.
+        this process measured is its share of what the server took. Sends made before this process
+        began sharing carry no number: for them, ``unnumbered_share`` (the processes sharing then).
 
         Counted strictly between the first and the last send in the range (by their numbers
         among all sends): a measurement runs from one refused send to another, and those two
@@ -430,7 +432,7 @@ class Lane:
         ends = sum(1 for r in self._records if r[3] in (lo, hi) and len(r) <= 4 and start <= r[0] <= end)
         between = own - ends
         if hi <= lo or between <= 0:
-            return 1.0 if own < 2 else max(1.0, (hi - lo + 1.0) / own)
+            return self.unnumbered_share if own < 2 else max(1.0, (hi - lo + 1.0) / own)
         return max(1.0, (hi - lo - 1.0) / between)
 
     # ----- the answer side -----

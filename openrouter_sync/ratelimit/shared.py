@@ -38,6 +38,7 @@ import math
 import os
 import random
 import stat
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -230,18 +231,43 @@ def store_from_env(where: str, name: str) -> Optional[StateStore]:
         except (ImportError, ValueError) as exc:  # no redis package, or a bad URL: calls never raise
             logger.warning("%s: %s; state is not shared", SHARED_STATE_ENV, exc)
             return None
-    directory = os.path.expanduser(where)
+    why = _not_private(os.path.expanduser(where))
+    if why:
+        logger.warning("%s: %s %s; state is not shared", SHARED_STATE_ENV, where, why)
+        return None
+    return SharedState(os.path.join(os.path.expanduser(where), f"{name}.state"))
+
+
+def default_store(name: str) -> Optional[StateStore]:
+    """The store for ``name`` in this user's runtime directory: ``$XDG_RUNTIME_DIR/openrouter-sync``,
+    else ``openrouter-sync-<uid>`` in the temporary directory. None, quietly (nothing was asked
+    for), where files cannot be locked or that directory is not this user's alone."""
+    if fcntl is None or not hasattr(os, "getuid"):
+        return None
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if runtime:
+        directory = os.path.join(runtime, "openrouter-sync")
+    else:
+        directory = os.path.join(tempfile.gettempdir(), f"openrouter-sync-{os.getuid()}")
+    why = _not_private(directory)
+    if why:
+        logger.debug("no default shared rate-limit state: %s %s", directory, why)
+        return None
+    return SharedState(os.path.join(directory, f"{name}.state"))
+
+
+def _not_private(directory: str) -> str:
+    """Why ``directory`` (created ``0700`` if missing) cannot hold a state ('' when it can): it must be
+    a directory of this user's alone, below nothing another user could swap."""
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         info = os.lstat(directory)
     except OSError as exc:
-        logger.warning("%s: %s cannot be used (%s); state is not shared", SHARED_STATE_ENV, where, exc)
-        return None
+        return f"cannot be used ({exc})"
     mine = not hasattr(os, "getuid") or info.st_uid == os.getuid()
     if not stat.S_ISDIR(info.st_mode) or not mine or info.st_mode & 0o022 or not _safe_ancestors(directory):
-        logger.warning("%s: %s is not a directory of this user's alone; state is not shared", SHARED_STATE_ENV, where)
-        return None
-    return SharedState(os.path.join(directory, f"{name}.state"))
+        return "is not a directory of this user's alone"
+    return ""
 
 
 def _safe_ancestors(directory: str) -> bool:
