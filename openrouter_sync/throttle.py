@@ -645,9 +645,10 @@ class Throttle:
     def _join_peers(self, now: float, announce: bool) -> None:
         """Share the key-wide lane through the default store from now on (as ``Throttle.shared``
         does) once another process on this key was rate-limited within ``max_gate_seconds``; on a
-        key-wide 429 here (``announce``), say so in the store first. A process alone on its key
-        never shares: its calls keep their cost, and what only one controller alone does (window
-        ends, the end of a batch) stays."""
+        key-wide 429 here (``announce``), say so in the store first. A process that joins says so
+        too, so that the one it saw (which has not seen it) joins at its next look. A process alone
+        on its key never shares: its calls keep their cost, and what only one controller alone does
+        (window ends, the end of a batch) stays."""
         store = self._standby
         if store is None:
             return
@@ -659,10 +660,10 @@ class Throttle:
             present = state.get("present")
             peers = {who: at for who, at in present.items() if isinstance(at, (int, float)) and not isinstance(at, bool)
                      and now - self._max_gate <= at <= now + self._max_gate} if isinstance(present, dict) else {}
-            if announce:
+            joined = any(who != me for who in peers)
+            if announce or joined:
                 peers[me] = now
                 state["present"] = dict(sorted(peers.items(), key=lambda item: item[1])[-_PEERS:])
-            joined = any(who != me for who in peers)
         self._standby_mtime = _mtime(store.path)
         if joined:
             self._shared, self._standby = store, None
@@ -670,7 +671,7 @@ class Throttle:
             # Sends before now carry no number among all processes' sends: no measurement spans them,
             # and a first guess counts them once for each process rate-limited lately.
             self._key.barrier = max(self._key.barrier, now)
-            self._key.unnumbered_share = float(len(peers) + (me not in peers))
+            self._key.unnumbered_share = float(len(peers))
             logger.debug("another process on this key is rate-limited: sharing its rate limit state in %s", store.path)
 
     @contextmanager

@@ -63,6 +63,25 @@ def test_by_default_processes_on_one_key_share_once_another_is_rate_limited(
     assert throttle.shared_state == where
 
 
+def test_a_process_that_joins_on_seeing_a_peer_is_seen_by_that_peer(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, key: str) -> None:
+    """A process that joins at a look, on the first one's 429 and before any 429 of its own, notes
+    itself in the file, so the first one joins too (found by an outside check: it stayed alone)."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    url = "http://127.0.0.1:5/api/v1"
+    first = Throttle.for_endpoint(url, key)
+    _rate_limited(first)
+    code = ("import sys, time; from openrouter_sync.throttle import Throttle; "
+            "t = Throttle.for_endpoint(sys.argv[1], sys.argv[2]); "
+            "t.on_answer(t.acquire(time.sleep, 5.0)); print(t.shared_state)")
+    done = subprocess.run([sys.executable, "-c", code, url, key], capture_output=True, text=True, timeout=60)
+    where = done.stdout.strip()
+    assert done.returncode == 0 and Path(where).parent == tmp_path / "openrouter-sync", done.stderr
+    time.sleep(STANDBY_LOOK)
+    first.acquire(time.sleep, 5.0)
+    assert first.shared_state == where
+
+
 def test_in_standby_the_file_is_looked_at_once_per_look_and_holds_few_processes(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, key: str) -> None:
     """Without ``STANDBY_LOOK`` every request would cost a stat; without ``_PEERS`` the list of
