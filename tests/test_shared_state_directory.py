@@ -28,6 +28,16 @@ def _rate_limited(throttle: Throttle) -> None:
     throttle.on_rate_limited(Ticket(time.monotonic(), 0.0), None)
 
 
+def _second_process(url: str, key: str, step: str, tmp_path: Path) -> str:
+    """Another process on ``url`` and ``key`` does ``step`` (``t`` is its throttle): where it shares."""
+    code = ("import sys, time; from openrouter_sync.throttle import Throttle, Ticket; "
+            f"t = Throttle.for_endpoint(sys.argv[1], sys.argv[2]); {step}; print(t.shared_state)")
+    done = subprocess.run([sys.executable, "-c", code, url, key], capture_output=True, text=True, timeout=60)
+    where = done.stdout.strip()
+    assert done.returncode == 0 and Path(where).parent == tmp_path / "openrouter-sync", done.stderr
+    return where
+
+
 def test_by_default_a_process_alone_on_its_key_shares_nothing(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, key: str) -> None:
     """Its 429s are noted in a private file of the runtime directory (no key in it); its calls go
@@ -52,12 +62,7 @@ def test_by_default_processes_on_one_key_share_once_another_is_rate_limited(
     throttle = Throttle.for_endpoint(url, key)
     _rate_limited(throttle)
     assert throttle.shared_state is None
-    code = ("import sys, time; from openrouter_sync.throttle import Throttle, Ticket; "
-            "t = Throttle.for_endpoint(sys.argv[1], sys.argv[2]); "
-            "t.on_rate_limited(Ticket(time.monotonic(), 0.0), None); print(t.shared_state)")
-    done = subprocess.run([sys.executable, "-c", code, url, key], capture_output=True, text=True, timeout=60)
-    where = done.stdout.strip()
-    assert done.returncode == 0 and Path(where).parent == tmp_path / "openrouter-sync", done.stderr
+    where = _second_process(url, key, "t.on_rate_limited(Ticket(time.monotonic(), 0.0), None)", tmp_path)
     time.sleep(STANDBY_LOOK)
     throttle.acquire(time.sleep, 5.0)
     assert throttle.shared_state == where
@@ -71,12 +76,7 @@ def test_a_process_that_joins_on_seeing_a_peer_is_seen_by_that_peer(
     url = "http://127.0.0.1:5/api/v1"
     first = Throttle.for_endpoint(url, key)
     _rate_limited(first)
-    code = ("import sys, time; from openrouter_sync.throttle import Throttle; "
-            "t = Throttle.for_endpoint(sys.argv[1], sys.argv[2]); "
-            "t.on_answer(t.acquire(time.sleep, 5.0)); print(t.shared_state)")
-    done = subprocess.run([sys.executable, "-c", code, url, key], capture_output=True, text=True, timeout=60)
-    where = done.stdout.strip()
-    assert done.returncode == 0 and Path(where).parent == tmp_path / "openrouter-sync", done.stderr
+    where = _second_process(url, key, "t.on_answer(t.acquire(time.sleep, 5.0))", tmp_path)
     time.sleep(STANDBY_LOOK)
     first.acquire(time.sleep, 5.0)
     assert first.shared_state == where
