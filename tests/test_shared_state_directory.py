@@ -53,33 +53,24 @@ def test_by_default_a_process_alone_on_its_key_shares_nothing(
     assert files[0].stat().st_mode & 0o777 == 0o600 and key not in files[0].read_text()
 
 
+@pytest.mark.parametrize(("port", "step"), [
+    (1, "t.on_rate_limited(Ticket(time.monotonic(), 0.0), None)"),  # joins at its own 429
+    (5, "t.on_answer(t.acquire(time.sleep, 5.0))"),  # joins at a look, with no 429 of its own
+], ids=["at-its-own-429", "at-a-look"])
 def test_by_default_processes_on_one_key_share_once_another_is_rate_limited(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, key: str) -> None:
-    """A second process rate-limited on the same key joins at its own 429; the first joins at its
-    next request after that (it looks at the file every ``STANDBY_LOOK`` seconds)."""
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, key: str, port: int, step: str) -> None:
+    """A second process on the same key joins at its own 429, or at a look on the first one's 429
+    (then it notes itself in the file: an outside check found the first one stayed alone); the
+    first joins at its next request after that (it looks at the file every ``STANDBY_LOOK`` seconds)."""
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    url = "http://127.0.0.1:1/api/v1"
+    url = f"http://127.0.0.1:{port}/api/v1"
     throttle = Throttle.for_endpoint(url, key)
     _rate_limited(throttle)
     assert throttle.shared_state is None
-    where = _second_process(url, key, "t.on_rate_limited(Ticket(time.monotonic(), 0.0), None)", tmp_path)
+    where = _second_process(url, key, step, tmp_path)
     time.sleep(STANDBY_LOOK)
     throttle.acquire(time.sleep, 5.0)
     assert throttle.shared_state == where
-
-
-def test_a_process_that_joins_on_seeing_a_peer_is_seen_by_that_peer(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, key: str) -> None:
-    """A process that joins at a look, on the first one's 429 and before any 429 of its own, notes
-    itself in the file, so the first one joins too (found by an outside check: it stayed alone)."""
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    url = "http://127.0.0.1:5/api/v1"
-    first = Throttle.for_endpoint(url, key)
-    _rate_limited(first)
-    where = _second_process(url, key, "t.on_answer(t.acquire(time.sleep, 5.0))", tmp_path)
-    time.sleep(STANDBY_LOOK)
-    first.acquire(time.sleep, 5.0)
-    assert first.shared_state == where
 
 
 def test_in_standby_the_file_is_looked_at_once_per_look_and_holds_few_processes(
