@@ -231,11 +231,12 @@ def store_from_env(where: str, name: str) -> Optional[StateStore]:
         except (ImportError, ValueError) as exc:  # no redis package, or a bad URL: calls never raise
             logger.warning("%s: %s; state is not shared", SHARED_STATE_ENV, exc)
             return None
-    why = _not_private(os.path.expanduser(where))
+    directory = os.path.expanduser(where)
+    why = _not_private(directory)
     if why:
         logger.warning("%s: %s %s; state is not shared", SHARED_STATE_ENV, where, why)
         return None
-    return SharedState(os.path.join(os.path.expanduser(where), f"{name}.state"))
+    return SharedState(os.path.join(directory, f"{name}.state"))
 
 
 def default_store(name: str) -> Optional[StateStore]:
