@@ -258,9 +258,11 @@ def test_a_window_that_takes_more_than_its_count_is_found_by_budget_probes() -> 
     (who may since have stopped), or a token bucket that looked like a window. A hold that never
     sent past it would keep it for good (a process held to 3 requests a window for minutes). A
     second before the end one request goes alone; accepted, the window takes one more, and the next
-    goes at once, alone too; refused, the rest wait for the end it names. The next window's count
-    includes those accepted, and after a refused probe one window goes without. (The first window
-    with a known end goes without too: a window's count is usually right.)"""
+    goes at once, alone too, and counts two more when accepted (each accepted in a row doubles what
+    the next counts, as a rate doubles while nothing is refused: a count far too low is found in a
+    few answer times, not one request per answer time); refused, the rest wait for the end it names.
+    The next window's count includes those accepted, and after a refused probe one window goes
+    without. (The first window with a known end goes without too: a window's count is usually right.)"""
     end = 1_700_000_002.0
     t, clock = _past_two_windows(end)
     for ticket in [t.acquire(clock.sleep, 60) for _ in range(10)]:  # at the next end (end + 4), no probe before
@@ -279,7 +281,7 @@ def test_a_window_that_takes_more_than_its_count_is_found_by_budget_probes() -> 
     assert last.sent_at == pytest.approx(end + 3.0 + 0.12, rel=0, abs=1e-4)
     clock.now += 0.004
     t.on_rate_limited(last, _whole_seconds(end + 4.0, clock.now))  # full
-    window = [t.acquire(clock.sleep, 60) for _ in range(12)]  # 10 + the 2 it took more
+    window = [t.acquire(clock.sleep, 60) for _ in range(13)]  # 10 + 1 + 2 for the two probes it took
     assert all(ticket.sent_at == pytest.approx(end + 4.0 + 0.02, rel=0, abs=1e-4) for ticket in window)
     clock.now += 0.05
     for ticket in window:

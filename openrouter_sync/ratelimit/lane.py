@@ -61,7 +61,8 @@ after that the window's length is known and the gate runs to each next end
 (``_hold_for_next_window``), with no pacing: the window's gates govern. A window's count is only
 what went through in one window (a share of what other clients left, who may stop; or a token
 bucket whose refusals happened to look like a window), so a second before an end requests go on
-one at a time, each accepted one a request more the window takes, until one is refused (its own
+one at a time, each accepted one in a row twice as many more the window takes as the one before
+(1, 2, 4: a count far too low is found in a few answer times), until one is refused (its own
 wait ends just after the end); after each refused one in a row a window more goes without, up to
 every fourth (``_budget_probe_at``). A window is never taken to be longer than a second more than
 the longest wait named (``_plausible_length``).
@@ -193,6 +194,7 @@ class Lane:
         self.window_holding = False  # the gate holds for the next window's end (``_hold_for_next_window``)
         self.budget_probing = False  # ... and lets budget probes through first (``_budget_probe_at``)
         self.budget_refusals = 0  # budget probes refused in a row
+        self.budget_step = 1  # how many more a window takes after its next budget probe goes through
         self.budget_skip = 1  # windows before the next budget probe (the first with a known end goes without)
         self.admitted_in_window = 0  # sent since the last barrier
         self.through_in_window = 0  # of those, not refused
@@ -519,6 +521,7 @@ class Lane:
             gate.free_probe()
             if self.budget_probing:  # the window was full: its end is named; the next probe waits longer
                 self.budget_refusals += 1
+                self.budget_step = 1
                 self.budget_skip = min(self.budget_refusals, BUDGET_SKIP_MAX)
         if self.straddle_from is not None:
             if was_probe:
@@ -889,7 +892,7 @@ class Lane:
         earlier one: a share of what other clients left, or a window that was no window (a token
         bucket whose 429s happened to name the probes' ends), and a hold that never sends past it
         would keep that count for good. So, a second before the end, requests go on one at a time:
-        one accepted is one more the window takes (``_budget_grew``); one refused names the end,
+        one accepted is more the window takes (``_budget_grew``); one refused names the end,
         and its own wait, rounded up to the second, ends just after it, where the rest go. After
         each refused in a row, one more window goes without (up to ``BUDGET_SKIP_MAX``), so a
         window whose count is right costs a 429 every few windows."""
@@ -899,9 +902,12 @@ class Lane:
         return max(now, end - 1.0 + WINDOW_SLACK)
 
     def _budget_grew(self, now: float) -> None:
-        """A budget probe went through before the window's end: the window takes one more than its
-        count (not counted in the next window's), and the next request probes at once."""
-        self.window_budget = (self.window_budget or 0) + 1
+        """A budget probe went through before the window's end: the window takes ``budget_step`` more
+        than its count (the probe, not counted in the next window's, and as many more as the probes
+        before it in a row: a count seen is a floor, found the way a rate is, by doubling), and
+        the next request probes at once."""
+        self.window_budget = (self.window_budget or 0) + self.budget_step
+        self.budget_step *= 2
         self.admitted_in_window = max(0, self.admitted_in_window - 1)
         self.through_in_window = max(0, self.through_in_window - 1)
         self.budget_refusals = 0
