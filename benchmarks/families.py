@@ -5,10 +5,10 @@ client against a plain requests + tenacity loop, per family, on the same instanc
 
 Each family gets the same number of instances (a family drawn at random among ten gets about a
 tenth of them, too few for a median). Each instance is drawn by ``tests/limiters.draw`` (its
-parameters: rates of 5-60/s, bursts, windows of 1-5 s at any phase, caps of 2-16, waits named in
-any style) and run for 150 or 300 prompts on 32 virtual workers (``tests/ratesim``: deterministic,
-no sockets). Makespans are given against the oracle's ideal (``tests/limiters.ideal``); refusals
-as a share of the prompts.
+parameters: rates of 5-60/s, bursts, windows of 1, 2 or 5 s or any length from 0.5 to 6 s at any
+phase, caps of 2-16, waits named in any style) and run for 150 or 300 prompts on 32 virtual
+workers (``tests/ratesim``: deterministic, no sockets). Makespans are given against the oracle's
+ideal (``tests/limiters.ideal``); refusals as a share of the prompts.
 """
 
 from __future__ import annotations

@@ -263,20 +263,20 @@ def ideal(server: Server, n: int, workers: int) -> float:
 def _window_greedy(server: FixedWindow, n: int, workers: int) -> float:
     """When the last of ``n`` answers is in for a client whose ``workers`` each send the moment they
     are free and the window has room (the exact limiter known)."""
-    free = [0.0] * workers  # seconds after the start at which each worker is free
+    free = [server.start] * workers  # clock values at which each worker is free
     counts: dict[int, int] = {}
-    end = 0.0
+    end = server.start
     for _ in range(n):
         while True:
             t = heapq.heappop(free)
-            index = math.floor((server.start + t - server.origin) / server.window + 1e-9)
+            index = server.index(t)  # as the server counts (a window of any length, in floats)
             if counts.get(index, 0) < server.limit:
                 break
-            heapq.heappush(free, server.origin + (index + 1) * server.window - server.start)
+            heapq.heappush(free, server.end(index))
         counts[index] = counts.get(index, 0) + 1
         heapq.heappush(free, t + server.latency)
         end = max(end, t + server.latency)
-    return end + server.delay
+    return end - server.start + server.delay
 
 
 def _counter_greedy(server: SlidingCounter, n: int, workers: int) -> float:
@@ -324,8 +324,8 @@ def draw(rng: random.Random, n: int, family: Optional[str] = None) -> Tuple[str,
     rate = rng.uniform(5.0, 60.0)
     if family == "bucket":
         return family, _latency(TokenBucket(rate, rng.choice([1, 5, 20, 100]), style), latency)
-    if family == "window":
-        window = rng.choice([1.0, 2.0, 5.0])
+    if family == "window":  # whole seconds mostly, and a quarter of any length (a real server's may drift)
+        window = rng.choice([1.0, 2.0, 5.0, rng.uniform(0.5, 6.0)])
         limit = max(8, int(rate * window))
         return family, _latency(FixedWindow(limit, window, rng.choice(["exact", "whole", "http-date-up"]),
                                             offset=rng.uniform(0.0, window)), latency)

@@ -260,14 +260,28 @@ class FixedWindow(Server):
         self.start = start
         self.counts: Dict[int, int] = {}
 
+    def index(self, now: float) -> int:
+        """The window ``now`` lies in."""
+        return int((now - self.origin) // self.window)
+
+    def end(self, index: int) -> float:
+        """The first clock value in the window after window ``index`` (a window of any length: its end
+        computed in floats may still read as in the window, then the next value is)."""
+        end = self.origin + (index + 1) * self.window
+        for _ in range(64):
+            if self.index(end) > index:
+                break
+            end = math.nextafter(end, math.inf)
+        return end
+
     def handle(self, now: float, model: str) -> Answer:
-        index = int((now - self.origin) // self.window)
+        index = self.index(now)
         used = self.counts.get(index, 0)
         if used < self.limit:
             self.counts[index] = used + 1
             return self.ok()
-        end = self.origin + (index + 1) * self.window
-        return self.refuse(parsed_wait(self.style, end - now, now), dated=self.style.startswith("http-date"))
+        return self.refuse(parsed_wait(self.style, self.end(index) - now, now),
+                           dated=self.style.startswith("http-date"))
 
     def ideal(self, n: int) -> float:
         first = self.origin + self.window - self.start  # what is left of the first window
