@@ -30,16 +30,23 @@ WORKERS = 32
 
 def measure(seed: int, family: str) -> Tuple[float, float, float, int, int]:
     """(ours x ideal, plain x ideal, ours' refusals per prompt, ours' and plain's lost prompts) on
-    the instance of ``family`` that ``seed`` draws (the same one for both clients)."""
+    the instance of ``family`` that ``seed`` draws (the same one for every client). The plain loop
+    is the better of two: one that ignores the waits the server names, and one that waits a number
+    named in ``Retry-After`` (as ``benchmarks/clients.py``'s does); the one that lost fewer prompts,
+    else the faster."""
     rng = random.Random(seed)
     n = rng.choice([150, 300])
     _, server = draw(rng, n, family)
     best = ideal(server, n, WORKERS)
     ours = simulate(server, n=n, workers=WORKERS, seed=seed)
-    rng = random.Random(seed)
-    n = rng.choice([150, 300])
-    _, server = draw(rng, n, family)
-    plain = simulate(server, n=n, workers=WORKERS, seed=seed, plain=True, max_attempts=10)
+    plains = []
+    for retry_after in (False, True):
+        rng = random.Random(seed)
+        n = rng.choice([150, 300])
+        _, server = draw(rng, n, family)
+        plains.append(simulate(server, n=n, workers=WORKERS, seed=seed, plain=True, retry_after=retry_after,
+                               max_attempts=10))
+    plain = min(plains, key=lambda run: (run.failures, run.makespan))  # a run that lost prompts ended early
     return ours.makespan / best, plain.makespan / best, ours.refusals / n, ours.failures, plain.failures
 
 

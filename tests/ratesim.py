@@ -405,8 +405,9 @@ class Run:
 
 
 def simulate(server: Server, n: int = 300, workers: int = 32, *, plain: bool = False,
-             throttle: Optional[Throttle] = None, models: Sequence[str] = ("openai/gpt-4o-mini",),
-             seed: int = 1, stagger: float = 0.0003, max_attempts: int = 60, max_wait: float = 120.0,
+             retry_after: bool = False, throttle: Optional[Throttle] = None,
+             models: Sequence[str] = ("openai/gpt-4o-mini",), seed: int = 1, stagger: float = 0.0003,
+             max_attempts: int = 60, max_wait: float = 120.0,
              clock: Optional[VirtualTime] = None, batch: bool = True,
              sample: Optional[Tuple[float, Callable[[float], None]]] = None) -> Run:
     """Run ``n`` prompts (model ``models[i % len(models)]``) through ``workers`` virtual threads.
@@ -417,14 +418,15 @@ def simulate(server: Server, n: int = 300, workers: int = 32, *, plain: bool = F
     request) or else an exponential back-off (0.2 * 2**(k-1), jitter 50%), then try again.
     ``plain=True``: the usual hand-written loop instead (no throttle, tenacity's
     ``wait_exponential_jitter(initial=0.1, max=5)``, waits named by the server ignored, every
-    refusal an attempt).
+    refusal an attempt); with ``retry_after=True`` too, it waits a number the server names in
+    ``Retry-After`` instead (exact or whole seconds, not a date or a body: ``benchmarks/clients.py``'s).
     ``sample``: (every, callback) to call ``callback(seconds since the start)`` while workers run.
     ``batch``: declare the prompts not yet answered to the throttle (``Throttle.expect``), as
     ``run_sheets`` does.
     """
     vt = clock or VirtualTime()
-    client = _Client(vt, server, n, workers, plain=plain, throttle=throttle, models=models, seed=seed,
-                     stagger=stagger, max_attempts=max_attempts, max_wait=max_wait, batch=batch)
+    client = _Client(vt, server, n, workers, plain=plain, retry_after=retry_after, throttle=throttle, models=models,
+                     seed=seed, stagger=stagger, max_attempts=max_attempts, max_wait=max_wait, batch=batch)
     if sample is not None:
         every, callback = sample
 
@@ -459,14 +461,26 @@ def simulate_processes(server: Server, processes: int, n: int, workers: int, *, 
     return runs
 
 
+def _in_retry_after(server: Server) -> bool:
+    """Whether ``server`` names its waits as a number in ``Retry-After`` (exact or whole seconds;
+    the load-shedding and concurrency models name one or none)."""
+    for model in (server, getattr(server, "inner", None), getattr(server, "first", None)):
+        style = getattr(model, "style", None)
+        if style is not None:
+            return style in ("exact", "whole")
+    return True
+
+
 class _Client:
     """One client's virtual worker threads, spawned on ``vt`` (see ``simulate``)."""
 
     def __init__(self, vt: VirtualTime, server: Server, n: int, workers: int, *, plain: bool = False,
-                 throttle: Optional[Throttle] = None, models: Sequence[str] = ("openai/gpt-4o-mini",),
-                 seed: int = 1, stagger: float = 0.0003, max_attempts: int = 60, max_wait: float = 120.0,
+                 retry_after: bool = False, throttle: Optional[Throttle] = None,
+                 models: Sequence[str] = ("openai/gpt-4o-mini",), seed: int = 1, stagger: float = 0.0003,
+             max_attempts: int = 60, max_wait: float = 120.0,
                  batch: bool = True, tag: str = "") -> None:
         self.vt, self.server, self.n, self.plain = vt, server, n, plain
+        self.named = not plain or (retry_after and _in_retry_after(server))  # the waits this client heeds
         self.models, self.max_attempts, self.max_wait, self.batch, self.tag = models, max_attempts, max_wait, batch, tag
         self.start = vt.now
         if throttle is None and not plain:
@@ -549,7 +563,7 @@ class _Client:
                 throttle.on_rate_limited(ticket, answer.wait, scopes[0] if shed else answer.scope, shed=shed)
             elif throttle is not None and ticket is not None:
                 throttle.on_answer(ticket)
-            wait = answer.wait if answer.wait is not None and not self.plain else self.backoff(attempt)
+            wait = answer.wait if answer.wait is not None and self.named else self.backoff(attempt)
             if wait > self.max_wait:
                 counts["failures"] += 1  # the retry policy gives up on waits this long
                 return

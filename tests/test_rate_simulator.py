@@ -419,3 +419,16 @@ def test_a_rate_limit_is_kept_beside_a_concurrency_cap() -> None:
             assert run.failures == 0 and run.ratio < 1.2
             shares.append(run.share_429)
     assert max(shares) < 0.3, shares
+
+
+def test_the_plain_loop_may_heed_retry_after_as_the_socket_benchmarks_does() -> None:
+    """``retry_after=True``: the plain loop waits a number the server names in ``Retry-After``
+    (``benchmarks/clients.py``'s plain loop does), and only that: a date or a body it cannot read."""
+    def runs(style: str) -> tuple[Run, Run]:
+        return (simulate(FixedWindow(20, 2.0, style), 100, plain=True, max_attempts=10),
+                simulate(FixedWindow(20, 2.0, style), 100, plain=True, retry_after=True, max_attempts=10))
+    ignored, heeded = runs("whole")
+    assert heeded.refusals < 0.6 * ignored.refusals  # a refused request waits for the window to end
+    assert heeded.failures == 0 and len(heeded.finished_at) == 100
+    ignored, heeded = runs("http-date")
+    assert (heeded.makespan, heeded.refusals) == (ignored.makespan, ignored.refusals)
