@@ -65,7 +65,9 @@ one at a time, each accepted one in a row twice as many more the window takes as
 (1, 2, 4: a count far too low is found in a few answer times), until one is refused (its own
 wait ends just after the end); after each refused one in a row a window more goes without, up to
 every fourth (``_budget_probe_at``). A window is never taken to be longer than a second more than
-the longest wait named (``_plausible_length``).
+the longest wait named (``_plausible_length``). A request sent after a window's gate opened and
+refused before half the window's count went refutes the window (a sliding log or counter frees its
+slots one by one): the lane assumes no window again (``_refuted``).
 A length guessed from windows that seem counted from the first request is tried once: one
 request goes at the next end, the rest when no refusal came back in time for it.
 When the first probe of the first wait (whole seconds) goes through, a window may have ended
@@ -194,6 +196,7 @@ class Lane:
         self.window_holding = False  # the gate holds for the next window's end (``_hold_for_next_window``)
         self.budget_probing = False  # ... and lets budget probes through first (``_budget_probe_at``)
         self.budget_refusals = 0  # budget probes refused in a row
+        self.windowless = False  # a window's model was refuted here: no fixed window (``_refuted``)
         self.budget_step = 1  # how many more a window takes after its next budget probe goes through
         self.budget_skip = 1  # windows before the next budget probe (the first with a known end goes without)
         self.admitted_in_window = 0  # sent since the last barrier
@@ -513,6 +516,7 @@ class Lane:
             sent_at = now
         in_flight = self._resolve(sent_at, est.LIMITED)
         self.path_time = now - sent_at
+        self._refuted(sent_at)
         self.through_in_window -= 1
         hold = None if wait is None else min(wait, max_gate)
         gate = self.gate
@@ -579,6 +583,18 @@ class Lane:
         if self.window_holding:
             self.window_holding = False
             self.gate.open(now)
+
+    def _refuted(self, sent_at: float) -> None:
+        """A fixed window takes its whole count from its start: a request sent after a window's gate
+        opened, refused before half the count went through, refutes the window's model (a sliding
+        log or counter frees its slots one by one, as they were used). Then no window is assumed
+        here again (until ``forget``): its rules would hold requests to ends that are not there."""
+        budget = self.window_budget
+        if budget is None or not self.gate.trusted or self.gate.until > sent_at or self.gate.probe_sent == sent_at \
+                or self.through_in_window > budget // 2:
+            return
+        self.windowless, self.window_holding = True, False
+        self.window_budget = self.window_grid = self.window_length = None
 
     def _concurrency(self, in_flight: int, now: float) -> bool:
         """A hint-less 429: whether it shows a concurrency limit (then the cap handles it).
@@ -677,7 +693,7 @@ class Lane:
         windowed = self.gate.trusted and self.gate.until > now and was_probe
         # a probe at a predicted window end (``_hold_for_next_window``)
         gridded = windowed and self.whole_waits and not self.capped and self.window_grid is not None
-        if hold is not None and hold >= LONG_GATE and (self.exactness >= 2 or gridded) \
+        if hold is not None and hold >= LONG_GATE and (self.exactness >= 2 or gridded) and not self.windowless \
                 and (self.through_in_window >= WINDOW_MIN or windowed):
             # The server's waits are exact and it takes requests in batches (a fixed window): its
             # gate governs, not pacing. What it let through since the last such gate is its window.
@@ -709,7 +725,7 @@ class Lane:
             self.gate.shut(now + hold, None, trusted=False)  # a short wait: everyone waits it out
         elif was_probe:  # the probe was refused: the rest of the wait is real
             self._narrow(now, hold)
-            if hold >= LONG_GATE and self.through_in_window >= WINDOW_MIN:
+            if hold >= LONG_GATE and self.through_in_window >= WINDOW_MIN and not self.windowless:
                 self.window_budget = self.through_in_window  # perhaps a window: what it took
             if hold >= LONG_GATE and self.whole_waits and not self.capped and self.window_budget is not None:
                 until, probe_at = self._window_until()  # perhaps a window: probe where its end likely is
