@@ -919,9 +919,9 @@ class Lane:
 
     def _budget_grew(self, now: float) -> None:
         """A budget probe went through before the window's end: the window takes ``budget_step`` more
-        than its count (the probe, not counted in the next window's, and as many more as the probes
-        before it in a row: a count seen is a floor, found the way a rate is, by doubling), and
-        the next request probes at once."""
+        than its count: one for the first probe accepted in a row, twice as many for each next (a
+        count seen is a floor, found the way a rate is, by doubling; the probe itself is not counted
+        in the next window's). The next request probes at once."""
         self.window_budget = (self.window_budget or 0) + self.budget_step
         self.budget_step *= 2
         self.admitted_in_window = max(0, self.admitted_in_window - 1)
