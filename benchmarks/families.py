@@ -23,9 +23,16 @@ from typing import Dict, List, Tuple
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
 from limiters import FAMILIES, draw, ideal
-from ratesim import simulate
+from ratesim import Server, simulate
 
 WORKERS = 32
+
+
+def _instance(seed: int, family: str) -> Tuple[int, Server]:
+    """The batch size and a fresh server of the instance of ``family`` that ``seed`` draws."""
+    rng = random.Random(seed)
+    n = rng.choice([150, 300])
+    return n, draw(rng, n, family)[1]
 
 
 def measure(seed: int, family: str) -> Tuple[float, float, float, int, int]:
@@ -34,18 +41,11 @@ def measure(seed: int, family: str) -> Tuple[float, float, float, int, int]:
     is the better of two: one that ignores the waits the server names, and one that waits a number
     named in ``Retry-After`` (as ``benchmarks/clients.py``'s does); the one that lost fewer prompts,
     else the faster."""
-    rng = random.Random(seed)
-    n = rng.choice([150, 300])
-    _, server = draw(rng, n, family)
+    n, server = _instance(seed, family)
     best = ideal(server, n, WORKERS)
     ours = simulate(server, n=n, workers=WORKERS, seed=seed)
-    plains = []
-    for retry_after in (False, True):
-        rng = random.Random(seed)
-        n = rng.choice([150, 300])
-        _, server = draw(rng, n, family)
-        plains.append(simulate(server, n=n, workers=WORKERS, seed=seed, plain=True, retry_after=retry_after,
-                               max_attempts=10))
+    plains = [simulate(_instance(seed, family)[1], n=n, workers=WORKERS, seed=seed, plain=True, retry_after=heed,
+                       max_attempts=10) for heed in (False, True)]
     plain = min(plains, key=lambda run: (run.failures, run.makespan))  # a run that lost prompts ended early
     return ours.makespan / best, plain.makespan / best, ours.refusals / n, ours.failures, plain.failures
 

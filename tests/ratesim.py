@@ -477,8 +477,7 @@ class _Client:
     def __init__(self, vt: VirtualTime, server: Server, n: int, workers: int, *, plain: bool = False,
                  retry_after: bool = False, throttle: Optional[Throttle] = None,
                  models: Sequence[str] = ("openai/gpt-4o-mini",), seed: int = 1, stagger: float = 0.0003,
-             max_attempts: int = 60, max_wait: float = 120.0,
-                 batch: bool = True, tag: str = "") -> None:
+                 max_attempts: int = 60, max_wait: float = 120.0, batch: bool = True, tag: str = "") -> None:
         self.vt, self.server, self.n, self.plain = vt, server, n, plain
         self.named = not plain or (retry_after and _in_retry_after(server))  # the waits this client heeds
         self.models, self.max_attempts, self.max_wait, self.batch, self.tag = models, max_attempts, max_wait, batch, tag
